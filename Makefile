@@ -1,0 +1,33 @@
+# Quick start: `make demo` and `make test`; both set up .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build; GPU hosts use the Dockerfile (or TORCH=torch for the CUDA wheel).
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq "$(TORCH)"
+	$(BIN)/pip install -qq -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/editx batch manifests/demo.csv --engine dsp --out-dir demo-out --cache-dir demo-out/.cache
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check editx_cli tests benchmarks scripts
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf demo-out .pytest_cache

@@ -1,0 +1,87 @@
+"""Engines behind one small interface, looked up by name.
+
+An engine module must be cheap to import: its class attributes say what it
+supports, so a manifest is checked against it before any model library loads.
+Heavy imports happen in `load()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+REGISTRY: dict[str, str] = {
+    "dsp": "editx_cli.engine.dsp:DspEngine",
+}
+
+
+@dataclass
+class Request:
+    """One pass of the model: audio in, instructions, audio out."""
+
+    kind: str  # "clone" or "edit"
+    audio: np.ndarray  # mono float32: the prompt voice (clone) or the audio to edit
+    sr: int
+    audio_text: str = ""  # transcript of `audio`
+    text: str = ""  # clone: text to speak; paralinguistic: the tagged new text
+    edit_type: str = ""
+    edit_info: str = ""
+    intensity: float = 1.0
+    seed: int = 0
+    audio_digest: str = ""  # samples_digest(audio, sr), computed once by the caller
+
+
+@dataclass
+class Result:
+    audio: np.ndarray
+    sr: int
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    info: dict[str, Any] = field(default_factory=dict)  # engine facts worth reporting
+
+
+class Engine:
+    """Base class. Subclasses set the class attributes and implement `load` and `run`."""
+
+    name: ClassVar[str]
+    task_kinds: ClassVar[frozenset[str]]
+    edit_types: ClassVar[frozenset[str]]
+    # Edit types that need a transcript of the input audio.
+    needs_transcript: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, config: dict[str, Any], cache: Any) -> None:
+        self.config = config
+        self.cache = cache
+        self.device = "cpu"
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> list[str]:
+        """Problems with the engine's options (missing folders...), found without loading."""
+        return []
+
+    def fingerprint(self) -> str:
+        """Identity of what produces the output (code and checkpoint versions); cheap."""
+        raise NotImplementedError
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def run(self, request: Request) -> Result:
+        raise NotImplementedError
+
+    def versions(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def names() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def get(name: str) -> type[Engine]:
+    module_name, _, class_name = REGISTRY[name].partition(":")
+    return getattr(importlib.import_module(module_name), class_name)

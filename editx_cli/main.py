@@ -1,0 +1,281 @@
+"""The editx command line. Thin: it turns arguments into tasks and calls batch.py.
+
+Nothing heavy is imported at module level, so `editx --help` stays fast and
+`--gpu` can pick the visible device before torch loads.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from editx_cli import __version__
+
+log = logging.getLogger("editx")
+DEFAULT_ENGINE = "dsp"
+
+
+def _common(f):
+    """Options shared by clone, edit and batch, each with an EDITX_ environment default."""
+    options = [
+        click.option("--engine", envvar="EDITX_ENGINE", default=DEFAULT_ENGINE, show_default=True,
+                     help="Engine that runs the tasks (see `editx doctor`)."),
+        click.option("--gpu", envvar="EDITX_GPU", type=int, default=None,
+                     help="GPU index to run on (sets CUDA_VISIBLE_DEVICES); default: first GPU if any."),
+        click.option("--cache-dir", envvar="EDITX_CACHE_DIR", type=click.Path(file_okay=False), default=None,
+                     help="Feature cache folder (default: the user cache folder)."),
+        click.option("--no-cache", is_flag=True, envvar="EDITX_NO_CACHE", help="Neither read nor write the cache."),
+        click.option("--overwrite", is_flag=True, envvar="EDITX_OVERWRITE",
+                     help="Replace existing output files that editx did not write."),
+        click.option("--dry-run", is_flag=True, help="Validate and print the plan; run nothing."),
+        click.option("--seed", envvar="EDITX_SEED", type=int, default=0, show_default=True,
+                     help="Sampling seed for tasks that set none."),
+        click.option("--report", "report_path", envvar="EDITX_REPORT", type=click.Path(dir_okay=False),
+                     default=None, help="Where to write the JSON report (a CSV twin is written beside it)."),
+        click.option("-q", "--quiet", is_flag=True, envvar="EDITX_QUIET", help="No progress bar, warnings only."),
+        click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
+    ]
+    return functools.reduce(lambda g, opt: opt(g), reversed(options), f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="editx")
+def cli() -> None:
+    """Batch audio editing with Step-Audio-EditX: voice cloning and edits of emotion,
+    style, speed, paralinguistic sounds, denoising and silence removal.
+
+    \b
+      editx clone ref.wav --prompt-text "..." --text "..." -o out.wav
+      editx edit in.wav --type emotion --info happy --intensity 1.5 -o out.wav
+      editx batch manifest.csv --gpu 1
+
+    Exit codes: 0 all tasks done, 1 some tasks failed, 2 bad usage or input.
+    """
+
+
+@cli.command()
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("-o", "--out-dir", envvar="EDITX_OUT_DIR", type=click.Path(file_okay=False), default="editx-out",
+              show_default=True, help="Folder for outputs and the report; relative `output` paths resolve here.")
+@click.option("--fail-fast", is_flag=True, envvar="EDITX_FAIL_FAST", help="Stop at the first failed task.")
+@_common
+def batch(manifest: str, out_dir: str, fail_fast: bool, **common) -> None:
+    """Run every task of a CSV or JSONL MANIFEST.
+
+    Relative audio paths resolve against the manifest's folder. Tasks already done
+    by an earlier run with the same inputs and parameters are skipped.
+    """
+    from editx_cli import manifest as manifests
+
+    _setup(common)
+    out = Path(out_dir).resolve()
+    path = Path(manifest)
+    engine_cls = _engine_class(common["engine"])
+
+    def build():
+        rows = manifests.read_rows(path)
+        return manifests.validate(rows, source=str(path), base_dir=path.resolve().parent,
+                                  out_dir=out, engine=engine_cls)
+
+    report_path = Path(common["report_path"]) if common["report_path"] else out / "report.json"
+    _run(build, common, report_path, fail_fast=fail_fast)
+
+
+@cli.command()
+@click.argument("prompt_audio", type=click.Path(dir_okay=False))
+@click.option("--prompt-text", required=True, help="Transcript of PROMPT_AUDIO.")
+@click.option("--text", required=True, help="Text to speak in the prompt's voice.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output file (.wav or .flac); default: <prompt>_cloned.wav here.")
+@_common
+def clone(prompt_audio: str, prompt_text: str, text: str, output: str | None, **common) -> None:
+    """Speak TEXT in the voice of PROMPT_AUDIO (zero-shot clone)."""
+    row = {"id": "clone", "task": "clone", "prompt_audio": prompt_audio, "prompt_text": prompt_text,
+           "text": text, "output": output or f"{Path(prompt_audio).stem}_cloned.wav"}
+    _single(row, common, {"prompt_audio": "PROMPT_AUDIO", "prompt_text": "--prompt-text", "text": "--text",
+                          "output": "--output", "task": "--engine"})
+
+
+@cli.command()
+@click.argument("input_audio", type=click.Path(dir_okay=False))
+@click.option("--type", "edit_type", required=True,
+              help="emotion, style, speed, paralinguistic, denoise or vad.")
+@click.option("--info", "edit_info", default="", help="e.g. happy, whisper, faster, remove.")
+@click.option("--intensity", default="1.0", show_default=True, help="Strength of the edit, 0.1 to 3.0.")
+@click.option("--iterations", default="1", show_default=True, help="Apply the edit this many times in a row.")
+@click.option("--audio-text", default="", help="Transcript of INPUT_AUDIO.")
+@click.option("--text", default="", help="Paralinguistic edits: the new text with tags such as [Laughter].")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Output file (.wav or .flac); default: <input>_<type>.wav here.")
+@_common
+def edit(input_audio: str, edit_type: str, edit_info: str, intensity: str, iterations: str,
+         audio_text: str, text: str, output: str | None, **common) -> None:
+    """Edit INPUT_AUDIO: change its emotion, style or speed, add sounds, denoise, remove silence."""
+    row = {"id": "edit", "task": "edit", "input_audio": input_audio, "edit_type": edit_type,
+           "edit_info": edit_info, "intensity": intensity, "iterations": iterations,
+           "audio_text": audio_text, "text": text,
+           "output": output or f"{Path(input_audio).stem}_{edit_type or 'edit'}.wav"}
+    _single(row, common, {"input_audio": "INPUT_AUDIO", "edit_type": "--type", "edit_info": "--info",
+                          "intensity": "--intensity", "iterations": "--iterations",
+                          "audio_text": "--audio-text", "text": "--text", "output": "--output",
+                          "task": "--engine", "seed": "--seed"})
+
+
+def _single(row: dict, common: dict, labels: dict) -> None:
+    from editx_cli import manifest as manifests
+
+    _setup(common)
+    engine_cls = _engine_class(common["engine"])
+
+    def build():
+        return manifests.validate([row], source="command line", base_dir=Path.cwd(), out_dir=Path.cwd(),
+                                  engine=engine_cls, field_labels=labels)
+
+    report_path = Path(common["report_path"]) if common["report_path"] else None
+    _run(build, common, report_path, single=True)
+
+
+def _setup(common: dict) -> None:
+    level = logging.DEBUG if common["verbose"] else logging.WARNING if common["quiet"] else logging.INFO
+    logging.basicConfig(stream=sys.stderr, level=level, format="editx: %(message)s")
+    if common["gpu"] is not None:
+        # Must happen before torch initialises CUDA; the engine then sees it as cuda:0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(common["gpu"])
+
+
+def _engine_class(name: str):
+    from editx_cli import engine as engines
+
+    if name not in engines.names():
+        _usage_error(f"--engine: unknown engine {name!r} (known: {', '.join(engines.names())})")
+    return engines.get(name)
+
+
+def _usage_error(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False, single: bool = False) -> None:
+    from editx_cli import batch as runner
+    from editx_cli import report as reports
+    from editx_cli.manifest import InvalidInput
+
+    config = runner.RunConfig(
+        engine=common["engine"],
+        engine_config={"gpu": common["gpu"]},
+        cache_dir=common["cache_dir"],
+        use_cache=not common["no_cache"],
+        report=report_path,
+        dry_run=common["dry_run"],
+        options=runner.RunOptions(
+            overwrite=common["overwrite"], fail_fast=fail_fast, seed=common["seed"],
+            progress=not common["quiet"] and sys.stderr.isatty(),
+        ),
+    )
+    try:
+        tasks = build()
+        report, planned = runner.execute(tasks, config)
+    except InvalidInput as e:
+        shown = e.problems[:50]
+        for p in shown:
+            click.echo(f"error: {p}", err=True)
+        if len(e.problems) > len(shown):
+            click.echo(f"error: ... and {len(e.problems) - len(shown)} more", err=True)
+        sys.exit(2)
+
+    if report is None:
+        for p in planned:
+            t = p.task
+            what = t.task if t.task == "clone" else f"edit {t.edit_type}" + (f" {t.edit_info}" if t.edit_info else "")
+            src = f"@{t.input_task}" if t.input_task else str(p.source)
+            state = "done already, skip" if p.skip else "run"
+            click.echo(f"{t.id}\t{what}\t{src}\t-> {t.output}\t[{state}]")
+        return
+    if not common["quiet"]:
+        click.echo(reports.summary(report), err=True)
+    if single:
+        for t in report["tasks"]:
+            if t["status"] in ("done", "skipped"):
+                click.echo(t["output"])
+    if report_path is not None:
+        click.echo(str(report_path))
+    sys.exit(runner.exit_code(report))
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--cache-dir", envvar="EDITX_CACHE_DIR", type=click.Path(file_okay=False), default=None,
+              help="Feature cache folder (default: the user cache folder).")
+@click.pass_context
+def cache(ctx: click.Context, cache_dir: str | None) -> None:
+    """Show or clear the persistent feature cache (default: `stats`)."""
+    ctx.obj = cache_dir
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(stats)
+
+
+@cache.command()
+@click.pass_obj
+def path(cache_dir: str | None) -> None:
+    """Print the cache folder."""
+    from editx_cli.cache import default_dir
+
+    click.echo(str(Path(cache_dir) if cache_dir else default_dir()))
+
+
+@cache.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def stats(cache_dir: str | None, as_json: bool = False) -> None:
+    """Path, size, entries and lifetime hit rate."""
+    from editx_cli.cache import FeatureCache
+
+    c = FeatureCache(cache_dir)
+    s = c.stats()
+    c.close()
+    if as_json:
+        click.echo(json.dumps(s))
+        return
+    rate = f"{s['hit_rate']:.1%}" if s["hit_rate"] is not None else "n/a"
+    click.echo(f"path:     {s['path']}\nentries:  {s['entries']}\n"
+               f"size:     {s['size_bytes'] / 1e6:.1f} MB of {s['size_limit_bytes'] / 1e6:.0f} MB\n"
+               f"hits:     {s['hits']}\nmisses:   {s['misses']}\nhit rate: {rate}")
+
+
+@cache.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def clear(cache_dir: str | None, yes: bool) -> None:
+    """Delete every cached entry."""
+    from editx_cli.cache import FeatureCache
+
+    c = FeatureCache(cache_dir)
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"Delete {len(c._cache)} entries in {c.directory}?", abort=True)
+    n = c.clear()
+    c.close()
+    click.echo(f"cleared {n} entries from {c.directory}")
+
+
+@cli.command()
+@click.option("--engine", "engine_names", multiple=True, help="Engines to check (default: all).")
+def doctor(engine_names: tuple[str, ...]) -> None:
+    """What is installed, which devices exist, and whether each engine is ready."""
+    from editx_cli import doctor as checks
+
+    ok = checks.report(list(engine_names) or None, echo=click.echo)
+    sys.exit(0 if ok else 1)
+
+
+def main() -> None:
+    cli(prog_name="editx")
+
+
+if __name__ == "__main__":
+    main()

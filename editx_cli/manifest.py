@@ -1,0 +1,357 @@
+"""Reading and validating manifests (CSV or JSONL) into tasks.
+
+Every problem is collected, not just the first, so that one run of
+`editx batch --dry-run` shows a user everything to fix. Nothing here loads a
+model: the engine class only says what it supports.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from editx_cli.audio import OUTPUT_FORMATS, AudioError, probe
+from editx_cli.tasks import EDIT_INFOS, INTENSITY_RANGE, MAX_ITERATIONS, TASK_KINDS, Task
+
+FIELDS = (
+    "id", "task", "prompt_audio", "prompt_text", "text", "input_audio", "audio_text",
+    "edit_type", "edit_info", "intensity", "iterations", "seed", "output",
+)
+CLONE_ONLY = ("prompt_audio", "prompt_text")
+EDIT_ONLY = ("input_audio", "audio_text", "edit_type", "edit_info", "intensity", "iterations")
+ID_PATTERN = re.compile(r"^[\w][\w.\-]*$")
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
+
+
+@dataclass(frozen=True)
+class Problem:
+    source: str
+    row: int | None  # None: the whole file or its header
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.source
+        if self.row is not None:
+            where += f": row {self.row}"
+        if self.field:
+            label = self.field if self.field.startswith("--") else f"field '{self.field}'"
+            where += f", {label}"
+        return f"{where}: {self.message}"
+
+
+class InvalidInput(Exception):
+    """Bad usage or an invalid manifest: the run stops before anything runs (exit 2)."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV or JSONL manifest as dicts of raw values, in file order."""
+    import pandas as pd
+
+    source = str(path)
+    fail = lambda msg, row=None, field=None: InvalidInput([Problem(source, row, field, msg)])  # noqa: E731
+    if not path.exists():
+        raise fail("manifest not found")
+    if not path.is_file():
+        raise fail("manifest is not a regular file")
+    suffix = path.suffix.lower()
+    if suffix not in MANIFEST_SUFFIXES:
+        raise fail(f"unknown manifest format {suffix or '(none)'!r}: use .csv or .jsonl")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise fail(f"not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        raise fail("manifest is empty")
+
+    if suffix == ".csv":
+        try:
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=True)
+        except (pd.errors.ParserError, csv.Error) as e:
+            raise fail(f"not valid CSV ({str(e).strip().splitlines()[0]})") from None
+        unnamed = [c for c in frame.columns if str(c).startswith("Unnamed:")]
+        if unnamed:
+            raise fail("the header has an empty column name", field="header")
+        return frame.to_dict(orient="records")
+
+    # JSONL: locate a broken line ourselves, since pandas names no line.
+    lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    for row, (_, line) in enumerate(lines, 1):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise fail(f"not valid JSON ({e.msg}, column {e.colno})", row=row) from None
+        if not isinstance(obj, dict):
+            raise fail("each line must be a JSON object", row=row)
+    frame = pd.read_json(io.StringIO(text), lines=True, dtype=False, convert_dates=False)
+    return [{k: v for k, v in rec.items() if not _is_missing(v)} for rec in frame.to_dict(orient="records")]
+
+
+def _is_missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def validate(
+    rows: list[dict[str, Any]],
+    *,
+    source: str,
+    base_dir: Path,
+    out_dir: Path,
+    engine: type,
+    field_labels: dict[str, str] | None = None,
+) -> list[Task]:
+    """Turn raw rows into tasks, or raise InvalidInput listing every problem.
+
+    `field_labels` renames fields in messages (the CLI shows its option names).
+    """
+    problems: list[Problem] = []
+    labels = field_labels or {}
+
+    def bad(row: int | None, fld: str | None, msg: str) -> None:
+        problems.append(Problem(source, None if field_labels else row, labels.get(fld, fld), msg))
+
+    known = set(FIELDS)
+    seen_unknown: set[str] = set()
+    for row in rows:
+        for key in row:
+            if key not in known and key not in seen_unknown:
+                seen_unknown.add(key)
+                bad(None, str(key), f"unknown field (known fields: {', '.join(FIELDS)})")
+    if not rows:
+        bad(None, None, "manifest has no tasks")
+
+    tasks: list[Task] = []
+    for n, raw in enumerate(rows, 1):
+        task = _validate_row(n, raw, base_dir, out_dir, engine, bad)
+        if task is not None:
+            task.source = source
+            if field_labels:
+                task.row = None
+            tasks.append(task)
+
+    _check_ids_and_outputs(tasks, bad)
+    _check_chains(tasks, bad)
+    if problems:
+        raise InvalidInput(problems)
+    return tasks
+
+
+def _text(raw: dict, key: str) -> str:
+    v = raw.get(key)
+    if _is_missing(v):
+        return ""
+    return v if isinstance(v, str) else str(v)
+
+
+def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type, bad) -> Task | None:
+    ok = True
+
+    def err(fld: str | None, msg: str) -> None:
+        nonlocal ok
+        ok = False
+        bad(n, fld, msg)
+
+    for key, v in raw.items():
+        plain = isinstance(v, (str, int, float)) and not isinstance(v, bool)
+        if not (plain or _is_missing(v)):
+            err(key, f"expected a text or a number, got {type(v).__name__}")
+    if not ok:
+        return None
+
+    task_id = _text(raw, "id").strip() or str(n)
+    if not ID_PATTERN.match(task_id):
+        err("id", f"{task_id!r} is not a usable id (letters, digits, '.', '-', '_'; it names the output file)")
+
+    kind = _text(raw, "task").strip()
+    if not kind:
+        err("task", f"missing (one of: {', '.join(TASK_KINDS)})")
+        return None
+    if kind not in TASK_KINDS:
+        err("task", f"unknown task {kind!r} (one of: {', '.join(TASK_KINDS)})")
+        return None
+    if kind not in engine.task_kinds:
+        err("task", f"the {engine.name} engine cannot run {kind} tasks (it runs: {', '.join(sorted(engine.task_kinds))})")
+
+    intensity = _number(raw, "intensity", 1.0, float, err)
+    if intensity is not None and not INTENSITY_RANGE[0] <= intensity <= INTENSITY_RANGE[1]:
+        err("intensity", f"{intensity:g} is outside {INTENSITY_RANGE[0]}–{INTENSITY_RANGE[1]}")
+    iterations = _number(raw, "iterations", 1, int, err)
+    if iterations is not None and not 1 <= iterations <= MAX_ITERATIONS:
+        err("iterations", f"{iterations} is outside 1–{MAX_ITERATIONS}")
+    seed = _number(raw, "seed", None, int, err)
+    if seed is not None and not 0 <= seed < 2**32:
+        err("seed", f"{seed} is outside 0–{2**32 - 1}")
+
+    fields = {k: _text(raw, k) for k in FIELDS}
+    if kind == "clone":
+        for key in EDIT_ONLY:
+            if fields[key].strip():
+                err(key, "does not apply to a clone task")
+        prompt_audio = _audio_path(fields["prompt_audio"], base_dir, "prompt_audio", err)
+        for key in ("prompt_text", "text"):
+            if not fields[key].strip():
+                err(key, "missing (a clone needs prompt_audio, prompt_text and text)")
+        input_audio, input_task = None, None
+    else:
+        for key in CLONE_ONLY:
+            if fields[key].strip():
+                err(key, "does not apply to an edit task")
+        prompt_audio = None
+        input_audio, input_task = None, None
+        ref = fields["input_audio"].strip()
+        if ref.startswith("@"):
+            input_task = ref[1:]
+            if not input_task:
+                err("input_audio", "'@' must be followed by a task id")
+        else:
+            input_audio = _audio_path(ref, base_dir, "input_audio", err)
+        edit_type = fields["edit_type"].strip()
+        edit_info = fields["edit_info"].strip()
+        if not edit_type:
+            err("edit_type", f"missing (one of: {', '.join(EDIT_INFOS)})")
+        elif edit_type not in EDIT_INFOS:
+            err("edit_type", f"unknown edit type {edit_type!r} (one of: {', '.join(EDIT_INFOS)})")
+        elif edit_type not in engine.edit_types:
+            err("edit_type", f"the {engine.name} engine cannot do {edit_type!r} edits "
+                f"(it does: {', '.join(sorted(engine.edit_types))})")
+        else:
+            allowed = EDIT_INFOS[edit_type]
+            if allowed and not edit_info:
+                err("edit_info", f"missing for {edit_type} (one of: {', '.join(allowed)})")
+            elif allowed and edit_info not in allowed:
+                err("edit_info", f"unknown {edit_type} {edit_info!r} (one of: {', '.join(allowed)})")
+            elif not allowed and edit_info:
+                err("edit_info", f"{edit_type} takes no edit_info, got {edit_info!r}")
+            if edit_type == "paralinguistic" and not fields["text"].strip():
+                err("text", "missing (a paralinguistic edit needs the new text with tags such as [Laughter])")
+            elif edit_type != "paralinguistic" and fields["text"].strip():
+                err("text", f"does not apply to a {edit_type} edit")
+            if edit_type in engine.needs_transcript and not fields["audio_text"].strip():
+                err("audio_text", f"missing (a {edit_type} edit needs the transcript of input_audio)")
+
+    output = _output_path(fields["output"].strip(), task_id, out_dir, err)
+    if not ok:
+        return None
+    return Task(
+        id=task_id, task=kind, source="", row=n, output=output,
+        prompt_audio=prompt_audio, prompt_text=fields["prompt_text"], text=fields["text"],
+        input_audio=input_audio, input_task=input_task, audio_text=fields["audio_text"].strip(),
+        edit_type=fields["edit_type"].strip(), edit_info=fields["edit_info"].strip(),
+        intensity=float(intensity), iterations=int(iterations), seed=seed,
+    )
+
+
+def _number(raw: dict, key: str, default, kind: type, err):
+    v = raw.get(key)
+    if _is_missing(v) or (isinstance(v, str) and not v.strip()):
+        return default
+    try:
+        number = float(v)
+    except (TypeError, ValueError):
+        err(key, f"{v!r} is not a number")
+        return None
+    if not math.isfinite(number):
+        err(key, f"{v!r} is not a finite number")
+        return None
+    if kind is int:
+        if number != int(number):
+            err(key, f"{v!r} is not a whole number")
+            return None
+        return int(number)
+    return number
+
+
+def _audio_path(value: str, base_dir: Path, key: str, err) -> Path | None:
+    if not value.strip():
+        err(key, "missing")
+        return None
+    path = Path(value.strip()).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        info = probe(path)
+    except AudioError as e:
+        err(key, f"{value.strip()}: {e}")
+        return None
+    if info.seconds < 0.1:
+        err(key, f"{value.strip()}: audio is too short ({info.seconds * 1000:.0f} ms; at least 100 ms)")
+        return None
+    return path.resolve()
+
+
+def _output_path(value: str, task_id: str, out_dir: Path, err) -> Path | None:
+    path = Path(value).expanduser() if value else Path(f"{task_id}.wav")
+    if not path.is_absolute():
+        path = out_dir / path
+    if path.suffix.lower() not in OUTPUT_FORMATS:
+        err("output", f"{value or path.name}: unsupported format (use {' or '.join(OUTPUT_FORMATS)})")
+        return None
+    return path.resolve()
+
+
+def _check_ids_and_outputs(tasks: list[Task], bad) -> None:
+    first_by_id: dict[str, Task] = {}
+    first_by_output: dict[Path, Task] = {}
+    inputs = {t.prompt_audio or t.input_audio: t for t in tasks if (t.prompt_audio or t.input_audio)}
+    for t in tasks:
+        if t.id in first_by_id:
+            bad(t.row, "id", f"duplicate id {t.id!r} (also row {first_by_id[t.id].row})")
+        else:
+            first_by_id[t.id] = t
+        if t.output in first_by_output:
+            bad(t.row, "output", f"{t.output.name}: same output as row {first_by_output[t.output].row}")
+        else:
+            first_by_output[t.output] = t
+        if t.output in inputs:
+            other = inputs[t.output]
+            bad(t.row, "output", f"{t.output.name}: would overwrite the input audio of row {other.row}")
+
+
+def _check_chains(tasks: list[Task], bad) -> None:
+    by_id = {t.id: t for t in tasks}
+    for t in tasks:
+        if t.input_task is not None and t.input_task not in by_id:
+            bad(t.row, "input_audio", f"@{t.input_task}: no task with that id")
+    # Walk each chain; a chain that returns to a task already on it is a cycle.
+    reported: set[str] = set()
+    for t in tasks:
+        path: list[str] = []
+        cur: Task | None = t
+        while cur is not None and cur.input_task is not None:
+            if cur.id in path:
+                cycle = path[path.index(cur.id):] + [cur.id]
+                if t.id == cur.id and t.id not in reported:
+                    reported.update(cycle)
+                    bad(t.row, "input_audio", "chain forms a cycle: " + " -> ".join("@" + c for c in cycle))
+                break
+            path.append(cur.id)
+            cur = by_id.get(cur.input_task)
+
+
+def order(tasks: list[Task]) -> list[Task]:
+    """Tasks in manifest order, except that a chained edit follows the task it reads."""
+    by_id = {t.id: t for t in tasks}
+    done: set[str] = set()
+    ordered: list[Task] = []
+
+    def visit(t: Task) -> None:
+        if t.id in done:
+            return
+        done.add(t.id)
+        if t.input_task is not None:
+            visit(by_id[t.input_task])
+        ordered.append(t)
+
+    for t in tasks:
+        visit(t)
+    return ordered

@@ -1,0 +1,137 @@
+"""The run report: report.json (run + tasks), report.csv (one row per task), a summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Outcome:
+    """What happened to one task; one row of the report."""
+
+    id: str
+    task: str
+    edit_type: str
+    status: str = "pending"  # done, skipped, failed, cancelled
+    output: str = ""
+    input_seconds: float | None = None
+    output_seconds: float | None = None
+    seed: int | None = None
+    intensity: float | None = None
+    iterations: int | None = None
+    stages: dict[str, float] = field(default_factory=dict)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    error: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+
+PACKAGES = ("editx", "click", "numpy", "pandas", "soundfile", "soxr", "diskcache", "torch")
+
+
+def package_versions(extra: dict[str, str] | None = None) -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    out.update(extra or {})
+    return out
+
+
+def build(
+    outcomes: list[Outcome],
+    *,
+    wall_seconds: float,
+    load_seconds: float,
+    engine: str,
+    device: str,
+    cache_dir: str | None,
+    versions: dict[str, str],
+    started_at: float,
+) -> dict[str, Any]:
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "cancelled")}
+    done = [o for o in outcomes if o.status == "done"]
+    hits = sum(o.cache_hits for o in outcomes)
+    misses = sum(o.cache_misses for o in outcomes)
+    audio_out = sum(o.output_seconds or 0.0 for o in done)
+    processing = sum(sum(o.stages.values()) for o in done)
+    stage_totals: dict[str, float] = {}
+    for o in done:
+        for k, v in o.stages.items():
+            stage_totals[k] = round(stage_totals.get(k, 0.0) + v, 4)
+    run = {
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_at)),
+        "engine": engine,
+        "device": device,
+        "tasks": len(outcomes),
+        **counts,
+        "wall_seconds": round(wall_seconds, 3),
+        "engine_load_seconds": round(load_seconds, 3),
+        "tasks_per_hour": round(len(done) / wall_seconds * 3600, 1) if wall_seconds > 0 and done else 0.0,
+        "output_audio_seconds": round(audio_out, 3),
+        # processing seconds per second of audio produced; below 1 is faster than real time
+        "real_time_factor": round(processing / audio_out, 4) if audio_out else None,
+        "stage_seconds": stage_totals,
+        "cache": {
+            "dir": cache_dir,
+            "hits": hits,
+            "misses": misses,
+            "hit_rate": round(hits / (hits + misses), 4) if hits + misses else None,
+        },
+        "versions": versions,
+    }
+    return {"run": run, "tasks": [asdict(o) for o in outcomes]}
+
+
+def write(report: dict[str, Any], json_path: Path) -> Path:
+    """Write report.json and its CSV twin (same name, .csv); return the JSON path."""
+    import pandas as pd
+
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_text(json_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    rows = []
+    for t in report["tasks"]:
+        row = {k: v for k, v in t.items() if k not in ("stages", "info")}
+        row.update({f"{k}_s": v for k, v in t["stages"].items()})
+        row["info"] = json.dumps(t["info"], ensure_ascii=False) if t["info"] else ""
+        rows.append(row)
+    csv_path = json_path.with_suffix(".csv")
+    _atomic_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
+    return json_path
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    part.write_text(text, encoding="utf-8")
+    os.replace(part, path)
+
+
+def summary(report: dict[str, Any]) -> str:
+    r = report["run"]
+    cache = r["cache"]
+    lines = [
+        f"editx: {r['tasks']} tasks on {r['engine']} ({r['device']}): "
+        f"{r['done']} done, {r['skipped']} skipped, {r['failed']} failed"
+        + (f", {r['cancelled']} cancelled" if r["cancelled"] else ""),
+        f"  wall {r['wall_seconds']:.2f} s (engine load {r['engine_load_seconds']:.2f} s), "
+        f"{r['tasks_per_hour']:.0f} tasks/h, real-time factor "
+        + (f"{r['real_time_factor']:.3f}" if r["real_time_factor"] is not None else "n/a"),
+        "  cache: " + (
+            f"{cache['hits']} hits, {cache['misses']} misses ({cache['hit_rate']:.0%})"
+            if cache["hit_rate"] is not None else "not used"
+        ),
+    ]
+    for t in report["tasks"]:
+        if t["status"] in ("failed", "cancelled"):
+            lines.append(f"  {t['status']} {t['id']}: {t['error']}")
+    return "\n".join(lines)
