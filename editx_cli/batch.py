@@ -16,9 +16,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from editx_cli import audio
 from editx_cli.engine import Engine, Request

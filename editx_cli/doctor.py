@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
-from typing import Callable
 
 from editx_cli import engine as engines
 

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,12 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 
     if suffix == ".csv":
         try:
-            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skip_blank_lines=True)
+            with warnings.catch_warnings():
+                # pandas only warns, and drops data, when rows have more fields than the header
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False)
+        except pd.errors.ParserWarning:
+            raise fail("not valid CSV (a row has more fields than the header)") from None
         except (pd.errors.ParserError, csv.Error) as e:
             raise fail(f"not valid CSV ({str(e).strip().splitlines()[0]})") from None
         unnamed = [c for c in frame.columns if str(c).startswith("Unnamed:")]
@@ -93,7 +99,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             raise fail(f"not valid JSON ({e.msg}, column {e.colno})", row=row) from None
         if not isinstance(obj, dict):
             raise fail("each line must be a JSON object", row=row)
-    frame = pd.read_json(io.StringIO(text), lines=True, dtype=False, convert_dates=False)
+    frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)
     return [{k: v for k, v in rec.items() if not _is_missing(v)} for rec in frame.to_dict(orient="records")]
 
 
@@ -180,7 +186,8 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
         err("task", f"unknown task {kind!r} (one of: {', '.join(TASK_KINDS)})")
         return None
     if kind not in engine.task_kinds:
-        err("task", f"the {engine.name} engine cannot run {kind} tasks (it runs: {', '.join(sorted(engine.task_kinds))})")
+        runs = ", ".join(sorted(engine.task_kinds))
+        err("task", f"the {engine.name} engine cannot run {kind} tasks (it runs: {runs})")
 
     intensity = _number(raw, "intensity", 1.0, float, err)
     if intensity is not None and not INTENSITY_RANGE[0] <= intensity <= INTENSITY_RANGE[1]:

@@ -1,0 +1,65 @@
+"""Shared fixtures: the committed demo clips, isolated cache folders, CLI runners."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from editx_cli.main import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIPS = ROOT / "manifests" / "clips"
+EDITX = str(Path(sys.executable).with_name("editx"))
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path, monkeypatch):
+    """No test reads or writes the user's cache folder."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EDITX_CACHE_DIR", str(cache))
+    for var in ("EDITX_ENGINE", "EDITX_GPU", "EDITX_OUT_DIR", "EDITX_REPORT", "EDITX_SEED"):
+        monkeypatch.delenv(var, raising=False)
+    return cache
+
+
+@pytest.fixture
+def clips() -> Path:
+    return CLIPS
+
+
+def invoke(*args: str):
+    """Run the CLI in-process; returns Click's Result (exit_code, stdout, stderr)."""
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_editx(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run the installed `editx` console script in a real subprocess."""
+    return subprocess.run([EDITX, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **kw.pop("env", {})}, **kw)
+
+
+def write_manifest(path: Path, header: list[str], rows: list[list]) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    return x.mean(axis=1), sr
+
+
+def duration(path: Path) -> float:
+    info = sf.info(str(path))
+    return info.frames / info.samplerate
