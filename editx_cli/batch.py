@@ -135,7 +135,12 @@ def run(
     load_seconds = 0.0
     if todo:
         t0 = time.perf_counter()
-        engine.load()
+        try:
+            engine.load()
+        except Exception as e:  # a broken install or checkpoint: nothing can run
+            log.debug("engine load failed", exc_info=True)
+            raise InvalidInput([Problem(f"--engine {engine.name}", None, None,
+                                        f"the engine failed to load: {_one_line(e)}")]) from None
         load_seconds = time.perf_counter() - t0
         log.info("engine %s loaded on %s in %.2f s", engine.name, engine.device, load_seconds)
     if on_loaded:
@@ -193,17 +198,18 @@ def _run_one(p: PlannedTask, engine: Engine, o: Outcome) -> None:
         add("read", time.perf_counter() - t0)
         o.input_seconds = round(len(x) / sr, 3)
         audio_text = t.prompt_text if t.task == "clone" else t.audio_text
+        path = str(p.source)
         for _ in range(t.iterations):
             request = Request(
                 kind=t.task, audio=x, sr=sr, audio_text=audio_text, text=t.text,
                 edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity,
-                seed=o.seed, audio_digest=audio.samples_digest(x, sr),
+                seed=o.seed, audio_digest=audio.samples_digest(x, sr), path=path,
             )
             result = engine.run(request)
             for stage, seconds in result.stages.items():
                 add(stage, seconds)
             o.info.update(result.info)
-            x, sr = result.audio, result.sr
+            x, sr, path = result.audio, result.sr, ""
             # The next pass edits this output; its transcript is what was just spoken.
             if t.edit_type == "paralinguistic":
                 audio_text = t.text
@@ -288,6 +294,7 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
             cache_dir=str(cache.directory) if cache.directory else None,
             versions=reports.package_versions(engine.versions()),
             started_at=started,
+            engine_info=engine.run_info(),
         )
         if config.report is not None:
             reports.write(report, config.report)

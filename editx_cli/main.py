@@ -18,7 +18,7 @@ import click
 from editx_cli import __version__
 
 log = logging.getLogger("editx")
-DEFAULT_ENGINE = "dsp"
+DEFAULT_ENGINE = "stepaudio"
 
 
 def _common(f):
@@ -41,7 +41,32 @@ def _common(f):
         click.option("-q", "--quiet", is_flag=True, envvar="EDITX_QUIET", help="No progress bar, warnings only."),
         click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
     ]
-    return functools.reduce(lambda g, opt: opt(g), reversed(options), f)
+    return functools.reduce(lambda g, opt: opt(g), reversed(options + _model_options()), f)
+
+
+def _model_options() -> list:
+    """Where the stepaudio engine finds its checkpoints and code, and how it runs them."""
+    folder = click.Path(file_okay=False)
+    return [
+        click.option("--model-dir", envvar="EDITX_MODEL_DIR", type=folder, default=None,
+                     help="The Step-Audio-EditX folder (LLM + CosyVoice-300M-25Hz)."),
+        click.option("--tokenizer-dir", envvar="EDITX_TOKENIZER_DIR", type=folder, default=None,
+                     help="The Step-Audio-Tokenizer folder."),
+        click.option("--editx-src", envvar="EDITX_SRC", type=folder, default=None,
+                     help="A Step-Audio-EditX source checkout (provides the vocoder code)."),
+        click.option("--variant", envvar="EDITX_VARIANT", type=click.Choice(["base", "bnb", "awq"]),
+                     default="base", show_default=True, help="Model variant (sibling folders of --model-dir)."),
+        click.option("--dtype", envvar="EDITX_DTYPE", default="auto", show_default=True,
+                     type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
+                     help="LLM dtype; auto: bfloat16 on GPU, float32 on CPU."),
+        click.option("--llm-impl", envvar="EDITX_LLM_IMPL", type=click.Choice(["native", "remote"]),
+                     default="native", show_default=True,
+                     help="native: editx's Step1 (batches correctly); remote: the checkpoint's own code "
+                          "(trust_remote_code)."),
+    ]
+
+
+MODEL_KEYS = ("model_dir", "tokenizer_dir", "editx_src", "variant", "dtype", "llm_impl")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -143,7 +168,12 @@ def _single(row: dict, common: dict, labels: dict) -> None:
 
 def _setup(common: dict) -> None:
     level = logging.DEBUG if common["verbose"] else logging.WARNING if common["quiet"] else logging.INFO
-    logging.basicConfig(stream=sys.stderr, level=level, format="editx: %(message)s")
+    # Only editx's own logger: model libraries log chattily at INFO on the root logger.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("editx: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
     if common["gpu"] is not None:
         # Must happen before torch initialises CUDA; the engine then sees it as cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(common["gpu"])
@@ -169,7 +199,7 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
 
     config = runner.RunConfig(
         engine=common["engine"],
-        engine_config={"gpu": common["gpu"]},
+        engine_config={"gpu": common["gpu"], **{k: common[k] for k in MODEL_KEYS}},
         cache_dir=common["cache_dir"],
         use_cache=not common["no_cache"],
         report=report_path,
@@ -263,13 +293,22 @@ def clear(cache_dir: str | None, yes: bool) -> None:
     click.echo(f"cleared {n} entries from {c.directory}")
 
 
+def _with_model_options(f):
+    return functools.reduce(lambda g, opt: opt(g), reversed(_model_options()), f)
+
+
 @cli.command()
 @click.option("--engine", "engine_names", multiple=True, help="Engines to check (default: all).")
-def doctor(engine_names: tuple[str, ...]) -> None:
-    """What is installed, which devices exist, and whether each engine is ready."""
+@_with_model_options
+def doctor(engine_names: tuple[str, ...], **model) -> None:
+    """What is installed, which devices exist, and whether each engine is ready.
+
+    For stepaudio, give the model folders (or set EDITX_MODEL_DIR, EDITX_TOKENIZER_DIR,
+    EDITX_SRC): each missing file is named.
+    """
     from editx_cli import doctor as checks
 
-    ok = checks.report(list(engine_names) or None, echo=click.echo)
+    ok = checks.report(list(engine_names) or None, echo=click.echo, config=model)
     sys.exit(0 if ok else 1)
 
 

@@ -58,6 +58,7 @@ def build(
     cache_dir: str | None,
     versions: dict[str, str],
     started_at: float,
+    engine_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "cancelled")}
     done = [o for o in outcomes if o.status == "done"]
@@ -72,6 +73,7 @@ def build(
     run = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started_at)),
         "engine": engine,
+        "engine_info": engine_info or {},
         "device": device,
         "tasks": len(outcomes),
         **counts,

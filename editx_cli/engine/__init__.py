@@ -15,6 +15,7 @@ import numpy as np
 
 REGISTRY: dict[str, str] = {
     "dsp": "editx_cli.engine.dsp:DspEngine",
+    "stepaudio": "editx_cli.engine.stepaudio:StepAudioEngine",
 }
 
 
@@ -32,6 +33,7 @@ class Request:
     intensity: float = 1.0
     seed: int = 0
     audio_digest: str = ""  # samples_digest(audio, sr), computed once by the caller
+    path: str = ""  # the file `audio` was read from, when it was read from one
 
 
 @dataclass
@@ -72,6 +74,10 @@ class Engine:
         raise NotImplementedError
 
     def versions(self) -> dict[str, str]:
+        return {}
+
+    def run_info(self) -> dict[str, Any]:
+        """Facts about this run worth reporting (what was loaded, which variant)."""
         return {}
 
     def close(self) -> None:

@@ -1,0 +1,289 @@
+"""The Step-Audio-EditX engine: zero-shot clone and every edit type of the released model.
+
+One pass: prompt/input audio -> prompt features (codes, mel, speaker embedding;
+from the persistent cache when possible) -> LLM decoding (guided when
+intensity != 1) -> the checkpoint's vocoder -> 24 kHz audio.
+
+Intensity w is a guidance weight: logits = l_ref + w * (l_edit - l_ref). The
+edit row is the edit prompt; the reference row asks the model for the same
+audio without the edit: a clone prompt whose speaker is the input audio
+(its codes and transcript) and whose target text is that transcript. For
+every edit type that is the model's own "say this again in this voice",
+so w < 1 moves toward the input as it is and w > 1 pushes past the edit.
+w = 1 decodes the edit row alone. A guided denoise or vad edit needs the
+input's transcript for that reference prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from editx_cli.cache import fingerprint_files
+from editx_cli.engine import Engine, Request, Result
+from editx_cli.engine.stepaudio import layout, prompts
+
+log = logging.getLogger("editx")
+
+CODE_VERSION = "stepaudio-1"
+SAMPLE_RATE = 24000
+MAX_LENGTH = 8192  # prompt + generated ids, as the reference's max_length
+TOKENS_PER_SECOND = 41.67
+PROMPT_PEAK = 0.6  # the reference scales louder audio down to this peak to avoid clipping after edits
+EDIT_TYPES = ("emotion", "style", "speed", "paralinguistic", "denoise", "vad")
+
+
+class StepAudioEngine(Engine):
+    name = "stepaudio"
+    task_kinds = frozenset({"clone", "edit"})
+    edit_types = frozenset(EDIT_TYPES)
+    needs_transcript = frozenset({"emotion", "style", "speed", "paralinguistic"})
+
+    def __init__(self, config: dict[str, Any], cache: Any) -> None:
+        super().__init__(config, cache)
+        self.model_dir = _path(config.get("model_dir"))
+        self.tokenizer_dir = _path(config.get("tokenizer_dir"))
+        self.editx_src = _path(config.get("editx_src"))
+        self.variant = config.get("variant") or "base"
+        self.llm_impl = config.get("llm_impl") or "native"
+        self.dtype_name = config.get("dtype") or "auto"
+        self.llm_dir = layout.llm_dir(self.model_dir, self.variant) if self.model_dir else None
+        self.audio_tokenizer = None
+        self.speaker_encoder = None
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any]) -> list[str]:
+        out = layout.problems(_path(config.get("model_dir")), _path(config.get("tokenizer_dir")),
+                              _path(config.get("editx_src")), config.get("variant") or "base",
+                              config.get("llm_impl") or "native")
+        if (config.get("variant") == "awq") and (config.get("llm_impl") or "native") == "native":
+            out.append("--variant awq needs --llm-impl remote (its packed weights load through transformers)")
+        return out
+
+    # -- identity -------------------------------------------------------------------------
+
+    def _feature_files(self) -> list[Path]:
+        from editx_cli.engine.stepaudio.wav2token import AudioTokenizer
+
+        tok = AudioTokenizer(self.tokenizer_dir, layout.FUNASR_ID, "cpu")
+        vocoder_dir = self.llm_dir / layout.VOCODER_SUBDIR
+        return tok.files() + [vocoder_dir / "campplus.onnx", vocoder_dir / "cosyvoice.yaml"]
+
+    def feature_fingerprint(self) -> str:
+        from editx_cli.engine.stepaudio import features, vocoder, wav2token
+
+        versions = ";".join([CODE_VERSION, wav2token.CODE_VERSION, features.CODE_VERSION, vocoder.CODE_VERSION])
+        return fingerprint_files(self._feature_files(), versions)
+
+    def fingerprint(self) -> str:
+        vocoder_dir = self.llm_dir / layout.VOCODER_SUBDIR
+        files = [self.llm_dir / "config.json", self.llm_dir / "tokenizer.model",
+                 *layout.weight_files(self.llm_dir), *(vocoder_dir / n for n in layout.VOCODER_FILES)]
+        return ";".join([self.feature_fingerprint(), fingerprint_files(files, CODE_VERSION), self.llm_impl,
+                         self.dtype_name])
+
+    def versions(self) -> dict[str, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        out = {}
+        for pkg in ("transformers", "funasr", "onnxruntime", "onnxruntime-gpu", "openai-whisper", "librosa"):
+            try:
+                out[pkg] = version(pkg)
+            except PackageNotFoundError:
+                pass
+        return out
+
+    def run_info(self) -> dict[str, Any]:
+        return {"variant": self.variant, "llm_impl": self.llm_impl, "dtype": str(getattr(self, "dtype", "")),
+                "audio_tokenizer_loaded": bool(self.audio_tokenizer and self.audio_tokenizer.loaded)}
+
+    # -- loading --------------------------------------------------------------------------
+
+    def load(self) -> None:
+        import torch
+
+        from editx_cli.engine.stepaudio.vocoder import Vocoder
+        from editx_cli.engine.stepaudio.wav2token import AudioTokenizer
+
+        gpu_asked = self.config.get("gpu") is not None
+        if torch.cuda.is_available():
+            self.device = "cuda:0"  # --gpu N has set CUDA_VISIBLE_DEVICES, so N is device 0 here
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        elif gpu_asked:
+            raise RuntimeError(f"--gpu {self.config['gpu']} was given but no CUDA device is available")
+        else:
+            self.device = "cpu"
+        self.dtype = _dtype(self.dtype_name, self.device)
+        t0 = time.perf_counter()
+        self._load_llm()
+        log.debug("LLM (%s, %s) loaded in %.2f s", self.llm_impl, self.dtype, time.perf_counter() - t0)
+        self.vocoder = Vocoder(self.llm_dir / layout.VOCODER_SUBDIR, self.editx_src, self.device)
+        self.audio_tokenizer = AudioTokenizer(self.tokenizer_dir, layout.FUNASR_ID, self.device)
+        self.features_key = self.feature_fingerprint()
+
+    def _load_llm(self) -> None:
+        import torch
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # it warns that config.json names a model type it does not know
+        remote = self.llm_impl == "remote"
+        tok = AutoTokenizer.from_pretrained(str(self.llm_dir), local_files_only=True, trust_remote_code=remote)
+        self.encode = tok.encode
+        if not remote:
+            from editx_cli.engine.stepaudio.step1 import Step1ForCausalLM
+
+            model = Step1ForCausalLM.from_folder(self.llm_dir, self.device, self.dtype)
+            self.llm = model
+
+            def forward(ids, mask, past):
+                logits, past = model(ids, mask, past)
+                return logits[:, -1], past
+
+            def reorder(past, index):
+                return [(k[index], v[index]) for k, v in past]
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(self.llm_dir), trust_remote_code=True,
+                                                         local_files_only=True, dtype=self.dtype).to(self.device)
+            model.eval()
+            self.llm = model
+
+            # The checkpoint's code is driven without its KV cache (its cache API follows an
+            # older transformers): every step recomputes the whole sequence. A comparison path.
+            def forward(ids, mask, past):
+                seq = ids if past is None else torch.cat([past, ids], dim=1)
+                out = model(input_ids=seq, attention_mask=mask.long())
+                return out.logits[:, -1].float(), seq
+
+            def reorder(past, index):
+                return past[index]
+
+        self.forward, self.reorder = forward, reorder
+
+    # -- one pass -------------------------------------------------------------------------
+
+    def prompt_features(self, x: np.ndarray, sr: int, digest: str) -> dict[str, Any]:
+        """Codes, mixed tokens, prompt mel and speaker embedding of one audio, cached by content."""
+        key = self.cache.key("stepaudio", digest, self.features_key)
+        value, _ = self.cache.get_or_compute(key, lambda: self._compute_features(x, sr))
+        return value
+
+    def _compute_features(self, x: np.ndarray, sr: int) -> dict[str, Any]:
+        from editx_cli.engine.stepaudio.features import SpeakerEncoder, prompt_mel
+        from editx_cli.engine.stepaudio.wav2token import preprocess
+
+        if self.speaker_encoder is None:
+            self.speaker_encoder = SpeakerEncoder(self.llm_dir / layout.VOCODER_SUBDIR / "campplus.onnx")
+        # Tokens come from the trimmed 16 kHz audio, mel and embedding from the untrimmed
+        # audio: the reference's mismatch, kept (the vocoder stretches the mel to fit).
+        vq02, vq06 = self.audio_tokenizer(preprocess(x, sr))
+        return {
+            "vq02": vq02,
+            "vq06": vq06,
+            "mixed": prompts.interleave(vq02, vq06),
+            "mel": prompt_mel(x, sr, self.vocoder.mel_conf),
+            "embedding": self.speaker_encoder(x, sr),
+        }
+
+    def run(self, request: Request) -> Result:
+        from editx_cli.engine.stepaudio import generate
+
+        stages: dict[str, float] = {}
+        t0 = time.perf_counter()
+        x = np.asarray(request.audio, np.float32)
+        peak = float(np.max(np.abs(x))) if x.size else 0.0
+        if peak > PROMPT_PEAK:
+            x = x / peak * PROMPT_PEAK
+        feats = self.prompt_features(x, request.sr, request.audio_digest)
+        if not feats["mixed"]:
+            raise ValueError("the audio is too short or silent: it gave no speech tokens")
+        audio_tokens = prompts.token_string(feats["mixed"])
+        stages["tokenize"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        reference = None
+        if request.kind == "clone":
+            speaker = prompts.clone_speaker_name(request.audio_text, _raw_channels(request))
+            ids = prompts.clone_ids(self.encode, speaker, request.audio_text, audio_tokens, request.text)
+            budget = _clone_budget(feats["mixed"], request.audio_text, request.text)
+        else:
+            prefix = prompts.instruction_prefix(request.edit_type, request.edit_info, request.audio_text,
+                                                request.text)
+            ids = prompts.edit_ids(self.encode, prefix, audio_tokens)
+            budget = _edit_budget(feats["mixed"])
+            if request.intensity != 1.0:
+                if not request.audio_text.strip():
+                    raise ValueError(f"intensity {request.intensity:g} on a {request.edit_type} edit needs "
+                                     "audio_text (the guidance reference re-speaks it)")
+                speaker = prompts.clone_speaker_name(request.audio_text, x[None])
+                reference = prompts.clone_ids(self.encode, speaker, request.audio_text, audio_tokens,
+                                              request.audio_text)
+        longest = max(len(ids), len(reference or []))
+        budget = min(budget, MAX_LENGTH - longest)
+        if budget < 1:
+            raise ValueError(f"the prompt is {longest} tokens: no room left under {MAX_LENGTH} "
+                             "(use a shorter prompt audio)")
+        job = generate.Job(ids, request.seed, budget, request.intensity, reference)
+        generate.run([job], self.forward, self.reorder, self.device)
+        stages["generate"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        # The reference drops the last generated id unconditionally (it assumes the
+        # end-of-turn); so do we. Ids outside the audio range, which the reference would
+        # pass on (and crash on above 70655), are dropped.
+        kept = job.tokens[:-1]
+        mixed = [t - prompts.AUDIO_BASE for t in kept
+                 if prompts.AUDIO_BASE <= t < prompts.AUDIO_BASE + prompts.N_VQ02 + prompts.N_VQ06]
+        if not mixed:
+            raise RuntimeError("the model produced no audio tokens")
+        wav = self.vocoder(mixed, feats["mixed"], feats["mel"], feats["embedding"])
+        stages["vocode"] = time.perf_counter() - t0
+        info = {"prompt_tokens": len(ids), "generated_tokens": len(job.tokens), "token_budget": budget,
+                "stopped": "end" if job.tokens and job.tokens[-1] == generate.EOS else "budget",
+                "guided": reference is not None}
+        return Result(wav.astype(np.float32), self.vocoder.sample_rate, stages, info)
+
+
+def _path(value: Any) -> Path | None:
+    return Path(value).expanduser().resolve() if value else None
+
+
+def _dtype(name: str, device: str):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
+            "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}[name]
+
+
+def _raw_channels(request: Request) -> np.ndarray:
+    """The prompt file's samples as read, (channels, samples), for the speaker name hash."""
+    import soundfile as sf
+
+    if request.path and os.path.exists(request.path):
+        data, _ = sf.read(request.path, dtype="float32", always_2d=True)
+        return data.T
+    return np.asarray(request.audio, np.float32)[None]
+
+
+def _edit_budget(mixed: list[int]) -> int:
+    # An edit re-speaks its input: twice the input's length covers "more slower" (x1.44)
+    # and added paralinguistic sounds; beyond that the decode is a runaway.
+    return 2 * len(mixed) + 50
+
+
+def _clone_budget(prompt_mixed: list[int], prompt_text: str, text: str) -> int:
+    # Speech tokens per character of the prompt, applied to the new text with room for a
+    # slower delivery; at least 3 s.
+    per_char = len(prompt_mixed) / max(1, len(prompt_text.strip()))
+    return max(math.ceil(3 * TOKENS_PER_SECOND), math.ceil(len(text) * per_char * 2.5) + 50)

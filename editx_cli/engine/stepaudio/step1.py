@@ -1,0 +1,182 @@
+"""A native implementation of the Step1 causal LM, loading the checkpoint's weights by name.
+
+Pre-norm blocks of RMSNorm, grouped-query attention and a SwiGLU MLP; no rotary
+embedding: position enters only as an ALiBi-style bias -slope * sqrt(i - j).
+Unlike the checkpoint's own code, the bias also masks padded keys, so a
+left-padded row attends exactly as its prompt would alone (the bias depends only
+on i - j), which is what makes batches of different lengths correct.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Step1Config:
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_attention_groups: int
+    num_hidden_layers: int
+    vocab_size: int
+    rms_norm_eps: float = 1e-5
+    max_seq_len: int = 32768
+
+    @classmethod
+    def from_json(cls, path: Path) -> Step1Config:
+        raw = json.loads(Path(path).read_text())
+        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+def alibi_slopes(heads: int) -> torch.Tensor:
+    n = 2 ** math.floor(math.log2(heads))
+    m0 = 2.0 ** (-8.0 / n)
+    slopes = [m0**i for i in range(1, n + 1)]
+    if heads > n:
+        m1 = 2.0 ** (-4.0 / n)
+        slopes += [m1**i for i in range(1, 2 * (heads - n), 2)]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Step1Config) -> None:
+        super().__init__()
+        self.heads, self.groups, self.head_dim = cfg.num_attention_heads, cfg.num_attention_groups, cfg.head_dim
+        h, kv = cfg.hidden_size, cfg.num_attention_groups * cfg.head_dim
+        self.q_proj = nn.Linear(h, h, bias=False)
+        self.k_proj = nn.Linear(h, kv, bias=False)
+        self.v_proj = nn.Linear(h, kv, bias=False)
+        self.o_proj = nn.Linear(h, h, bias=False)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, past: tuple | None) -> tuple[torch.Tensor, tuple]:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, self.groups, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.groups, self.head_dim).transpose(1, 2)
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        rep = self.heads // self.groups  # each key/value group serves `rep` consecutive heads
+        out = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1),
+                                             attn_mask=bias)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1)), (k, v)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Step1Config) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Step1Config) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, past: tuple | None) -> tuple[torch.Tensor, tuple]:
+        a, kv = self.self_attn(self.input_layernorm(x), bias, past)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+class Step1Body(nn.Module):
+    def __init__(self, cfg: Step1Config) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Step1ForCausalLM(nn.Module):
+    def __init__(self, cfg: Step1Config) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = Step1Body(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.register_buffer("slopes", alibi_slopes(cfg.num_attention_heads), persistent=False)
+
+    def attention_bias(self, key_mask: torch.Tensor, query_len: int, dtype: torch.dtype) -> torch.Tensor:
+        """(batch, heads, query_len, key_len) additive bias: ALiBi-sqrt, causal, padded keys masked."""
+        key_len = key_mask.shape[1]
+        q_pos = torch.arange(key_len - query_len, key_len, device=key_mask.device)
+        k_pos = torch.arange(key_len, device=key_mask.device)
+        dist = (q_pos[:, None] - k_pos[None, :]).float()
+        bias = -self.slopes.to(key_mask.device)[:, None, None] * dist.clamp(min=0).sqrt()
+        blocked = (dist < 0)[None, None] | ~key_mask[:, None, None, :]
+        bias = bias[None].masked_fill(blocked, float("-inf"))
+        # A padding query sees no real key; let it attend freely so softmax stays finite.
+        # Its output is never read: real tokens never attend to padding.
+        bias = bias.masked_fill(blocked.all(-1, keepdim=True), 0.0)
+        return bias.to(dtype)
+
+    def forward(self, input_ids: torch.Tensor, key_mask: torch.Tensor, past: KVCache | None = None,
+                all_logits: bool = False) -> tuple[torch.Tensor, KVCache]:
+        """Logits for the last position (or every position) and the extended KV cache.
+
+        `key_mask` (batch, past + new) is True for real tokens, False for padding.
+        """
+        x = self.model.embed_tokens(input_ids)
+        bias = self.attention_bias(key_mask, input_ids.shape[1], x.dtype)
+        new_past: KVCache = []
+        for i, layer in enumerate(self.model.layers):
+            x, kv = layer(x, bias, past[i] if past is not None else None)
+            new_past.append(kv)
+        h = self.model.norm(x if all_logits else x[:, -1:])
+        return self.lm_head(h).float(), new_past
+
+    @classmethod
+    def from_folder(cls, folder: Path, device: str, dtype: torch.dtype) -> Step1ForCausalLM:
+        """Load config.json and every *.safetensors in the folder by weight name."""
+        from safetensors import safe_open
+
+        cfg = Step1Config.from_json(folder / "config.json")
+        with torch.device("meta"):
+            model = cls(cfg)
+        state: dict[str, torch.Tensor] = {}
+        for path in sorted(folder.glob("*.safetensors")):
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    state[name] = f.get_tensor(name).to(dtype)
+        if "lm_head.weight" not in state:  # declared tied to the embedding
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        expected = set(model.state_dict())
+        missing, unexpected = expected - set(state), set(state) - expected
+        if missing:
+            raise RuntimeError(f"{folder}: weights missing from the safetensors files: {sorted(missing)[:5]}")
+        if unexpected:
+            raise RuntimeError(f"{folder}: unexpected weights (not a Step1 checkpoint?): {sorted(unexpected)[:5]}")
+        model.load_state_dict(state, assign=True)
+        model.slopes = alibi_slopes(cfg.num_attention_heads)
+        return model.to(device).eval()

@@ -1,0 +1,170 @@
+"""Adapter for the checkpoint's own vocoder code (CosyVoice-300M-25Hz, from `--editx-src`).
+
+`cosyvoice.yaml` is read with a restricted loader: `!new:` / `!name:` may only
+name classes of the `stepvocoder` package (or torch.nn), `!ref <key>` may only
+point inside the file; any other tag, which could run arbitrary Python, is
+refused. Weights load with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CODE_VERSION = "vocoder-1"
+ALLOWED_PREFIXES = ("stepvocoder.", "torch.nn.")
+VQ02_PAD = 1024
+
+
+class UnsafeConfig(ValueError):
+    pass
+
+
+@dataclass
+class _Tagged:
+    tag: str
+    value: Any
+    line: int
+
+
+def load_config(path: Path) -> dict:
+    """Parse cosyvoice.yaml and construct only what its allowed tags name."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def tagged(loader, suffix, node):
+        if isinstance(node, yaml.MappingNode):
+            value = loader.construct_mapping(node, deep=True)
+        elif isinstance(node, yaml.SequenceNode):
+            value = loader.construct_sequence(node, deep=True)
+        else:
+            value = loader.construct_scalar(node)
+        return _Tagged(suffix, value, node.start_mark.line + 1)
+
+    Loader.add_multi_constructor("!", tagged)
+    try:
+        raw = yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise UnsafeConfig(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UnsafeConfig(f"{path}: expected a mapping at the top level")
+    return _build(raw, raw, path)
+
+
+def _build(value: Any, root: dict, path: Path) -> Any:
+    if isinstance(value, dict):
+        return {k: _build(v, root, path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_build(v, root, path) for v in value]
+    if not isinstance(value, _Tagged):
+        return value
+    kind, _, target = value.tag.partition(":")
+    where = f"{path}, line {value.line}"
+    if kind == "ref":
+        return _build(_lookup(root, str(value.value), where), root, path)
+    if kind not in ("new", "name"):
+        raise UnsafeConfig(f"{where}: tag !{value.tag} is not allowed (only !new:, !name: and !ref)")
+    if not target.startswith(ALLOWED_PREFIXES):
+        raise UnsafeConfig(f"{where}: refusing to construct {target!r}: only classes under "
+                           f"{' or '.join(ALLOWED_PREFIXES)} may be named")
+    module_name, _, attr = target.rpartition(".")
+    obj = getattr(importlib.import_module(module_name), attr)
+    if not isinstance(obj, type):
+        raise UnsafeConfig(f"{where}: {target!r} is not a class")
+    args = _build(value.value, root, path)
+    if kind == "name":
+        return functools.partial(obj, **args) if isinstance(args, dict) else obj
+    if isinstance(args, dict):
+        return obj(**args)
+    if isinstance(args, list):
+        return obj(*args)
+    return obj() if args in ("", None) else obj(args)
+
+
+def _lookup(root: dict, ref: str, where: str) -> Any:
+    m = re.fullmatch(r"<([^<>]+)>", ref.strip())
+    if not m:
+        raise UnsafeConfig(f"{where}: unsupported !ref {ref!r} (only a plain <key> reference)")
+    node: Any = root
+    for part in re.findall(r"[^.\[\]]+", m.group(1)):
+        if not isinstance(node, dict) or part not in node:
+            raise UnsafeConfig(f"{where}: !ref {ref} names nothing in the file")
+        node = node[part]
+    return node
+
+
+def reshape(mixed: list[int]) -> torch.Tensor:  # noqa: F821
+    """Mixed [02, 02, 06, 06, 06] groups -> time-aligned (1, 3G, 2) pairs at 25 Hz.
+
+    An incomplete last group is padded from [0, 0, 0, 1024, 1024, 1024] as the
+    reference does (it calls that tail's audio "wrong anyway").
+    """
+    import torch
+
+    seq = list(mixed)
+    if len(seq) % 5:
+        seq += [0, 0, 0, 1024, 1024, 1024][-(5 - len(seq) % 5) :]
+    pairs = []
+    for g in range(len(seq) // 5):
+        a, b, c, d, e = seq[5 * g : 5 * g + 5]
+        pairs += [(a, c - 1024 + 1025), (b, d - 1024 + 1025), (VQ02_PAD, e - 1024 + 1025)]
+    return torch.tensor(pairs, dtype=torch.long).reshape(1, -1, 2)
+
+
+class Vocoder:
+    def __init__(self, vocoder_dir: Path, editx_src: Path, device: str) -> None:
+        import torch
+
+        if str(editx_src) not in sys.path:
+            sys.path.insert(0, str(editx_src))
+        # The flow draws its noise buffer from the global RNG at construction: seed it so
+        # that every run builds the same vocoder.
+        torch.manual_seed(0)
+        self.config = load_config(vocoder_dir / "cosyvoice.yaml")
+        for key in ("flow", "hift", "mel_conf"):
+            if key not in self.config:
+                raise UnsafeConfig(f"{vocoder_dir / 'cosyvoice.yaml'}: no top-level {key!r}")
+        self.flow, self.hift = self.config["flow"], self.config["hift"]
+        self.flow.load_state_dict(torch.load(vocoder_dir / "flow.pt", map_location="cpu", weights_only=True))
+        self.hift.load_state_dict(torch.load(vocoder_dir / "hift.pt", map_location="cpu", weights_only=True))
+        self.flow = self.flow.to(device, torch.float32).eval()
+        self.hift = self.hift.to(device, torch.float32).eval()
+        self.mel_conf = self.config["mel_conf"]
+        self.device = device
+        self.sample_rate = int(self.mel_conf["sampling_rate"])
+
+    def __call__(self, tokens: list[int], prompt_tokens: list[int], prompt_mel: np.ndarray,
+                 embedding: np.ndarray) -> np.ndarray:
+        """Generated and prompt tokens (mixed N values) + prompt features -> mono float32 audio."""
+        import torch
+        import torch.nn.functional as F
+
+        token = reshape(tokens).to(self.device)
+        prompt = reshape(prompt_tokens).to(self.device)
+        # The wrapper hands the vocoder bf16-rounded features; keep that rounding.
+        feat = torch.from_numpy(prompt_mel)[None].to(torch.bfloat16).float()
+        emb = torch.from_numpy(embedding)[None].to(torch.bfloat16).float().to(self.device)
+        # The prompt mel (untrimmed audio) is stretched to the prompt tokens (trimmed
+        # audio) by nearest neighbour, as the reference does.
+        feat = F.interpolate(feat.transpose(1, 2), size=prompt.shape[1] * 2, mode="nearest").transpose(1, 2)
+        feat = feat.to(self.device)
+
+        def length(t):
+            return torch.tensor([t.shape[1]], dtype=torch.long, device=self.device)
+
+        with torch.inference_mode():
+            mel = self.flow.inference(token, length(token), prompt, length(prompt), feat, length(feat), emb, 10)
+            if type(self.hift).__name__ == "BigVGAN":  # its first conv has no padding
+                speech = self.hift.inference(F.pad(mel, (3, 3), mode="reflect")).squeeze(0)
+            else:
+                speech, _ = self.hift.inference(mel)
+        return speech.float().cpu().numpy().reshape(-1)
