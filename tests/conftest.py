@@ -24,7 +24,8 @@ def isolated_cache(tmp_path, monkeypatch):
     """No test reads or writes the user's cache folder."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDITX_CACHE_DIR", str(cache))
-    for var in ("EDITX_ENGINE", "EDITX_GPU", "EDITX_OUT_DIR", "EDITX_REPORT", "EDITX_SEED"):
+    for var in ("EDITX_ENGINE", "EDITX_GPU", "EDITX_OUT_DIR", "EDITX_REPORT", "EDITX_SEED", "EDITX_MODEL_DIR",
+                "EDITX_TOKENIZER_DIR", "EDITX_SRC", "EDITX_VARIANT", "EDITX_DTYPE", "EDITX_LLM_IMPL"):
         monkeypatch.delenv(var, raising=False)
     return cache
 
@@ -32,6 +33,20 @@ def isolated_cache(tmp_path, monkeypatch):
 @pytest.fixture
 def clips() -> Path:
     return CLIPS
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """Tiny Step-Audio-EditX checkpoints in the released layout, built once per session."""
+    root = tmp_path_factory.mktemp("tiny")
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_checkpoints.py"), str(root)],
+                   check=True, capture_output=True)
+    return root
+
+
+def model_args(root: Path) -> list[str]:
+    return ["--engine", "stepaudio", "--model-dir", str(root / "Step-Audio-EditX"),
+            "--tokenizer-dir", str(root / "Step-Audio-Tokenizer"), "--editx-src", str(root / "editx-src")]
 
 
 def invoke(*args: str):

@@ -168,10 +168,13 @@ def test_cache_command_stats_and_clear(tmp_path, isolated_cache):
 
 
 def test_doctor_lists_packages_devices_and_engines():
-    r = invoke("doctor")
+    r = invoke("doctor", "--engine", "dsp")
     assert r.exit_code == 0
     assert "engine dsp: ready" in r.stdout
     assert "torch" in r.stdout and "onnxruntime providers" in r.stdout
+    r = invoke("doctor", "--engine", "stepaudio")
+    assert r.exit_code == 1
+    assert "engine stepaudio: NOT READY" in r.stdout and "--model-dir (EDITX_MODEL_DIR) is not set" in r.stdout
 
 
 def test_no_cache_flag_leaves_no_cache(tmp_path, isolated_cache):

@@ -1,0 +1,155 @@
+"""The stepaudio engine end to end on tiny checkpoints in the released layout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import CLIPS, invoke, model_args, write_manifest
+
+TEXT = "Batch editing keeps every voice clip consistent, from the first take to the last."
+NARRATION = str(CLIPS / "narration.wav")
+HEADER = ["id", "task", "prompt_audio", "prompt_text", "text", "input_audio", "audio_text", "edit_type",
+          "edit_info", "intensity", "iterations", "seed"]
+
+
+def edit_row(id_, edit_type, info="", intensity="", iterations="", text="", audio_text=TEXT, src=NARRATION):
+    return [id_, "edit", "", "", text, src, audio_text, edit_type, info, intensity, iterations, ""]
+
+
+ROWS = [
+    ["clone", "clone", NARRATION, TEXT, "Hello from a cloned voice.", "", "", "", "", "", "", ""],
+    edit_row("happy", "emotion", "happy"),
+    edit_row("calm", "emotion", "remove"),
+    edit_row("whisper", "style", "whisper"),
+    edit_row("fast", "speed", "faster"),
+    edit_row("laugh", "paralinguistic", text="Batch editing [Laughter] keeps every voice clip consistent."),
+    edit_row("clean", "denoise", audio_text=""),
+    edit_row("tight", "vad", audio_text=""),
+    edit_row("happy-twice", "emotion", "happy", iterations="2"),
+    edit_row("happy-strong", "emotion", "happy", intensity="2.0"),
+    edit_row("clone-then-sad", "emotion", "sad", audio_text="Hello from a cloned voice.", src="@clone"),
+]
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny, tmp_path_factory):
+    """One batch of every task kind, run twice against one cache folder."""
+    base = tmp_path_factory.mktemp("run")
+    m = write_manifest(base / "m.csv", HEADER, ROWS)
+    cache = base / "cache"
+    r1 = invoke("batch", m, *model_args(tiny), "-o", base / "o1", "--cache-dir", cache, "-q")
+    r2 = invoke("batch", m, *model_args(tiny), "-o", base / "o2", "--cache-dir", cache, "-q")
+    reports = [json.loads((base / o / "report.json").read_text()) for o in ("o1", "o2")]
+    return base, (r1, r2), reports
+
+
+def test_every_task_kind_produces_24khz_audio_of_plausible_length(first_run):
+    base, (r1, _), (report, _) = first_run
+    assert r1.exit_code == 0, r1.stderr
+    assert report["run"]["done"] == len(ROWS)
+    for t in report["tasks"]:
+        info = sf.info(t["output"])
+        assert info.samplerate == 24000 and info.channels == 1
+        seconds = info.frames / info.samplerate
+        # each 5-token group is 0.12 s of audio; the decode never passes its token budget
+        groups = (t["info"]["generated_tokens"] - 1) // 5 + 1
+        assert 0.1 < seconds <= groups * 0.12 + 1e-6, t["id"]
+        assert t["info"]["generated_tokens"] <= t["info"]["token_budget"]
+        assert {"tokenize", "generate", "vocode", "write"} <= set(t["stages"])
+        x, _ = sf.read(t["output"])
+        assert np.abs(x).max() > 0.01  # not silence
+
+
+def test_second_run_hits_the_cache_and_never_loads_the_tokenizer(first_run):
+    base, (_, r2), (one, two) = first_run
+    assert r2.exit_code == 0
+    assert one["run"]["engine_info"]["audio_tokenizer_loaded"] is True
+    assert two["run"]["engine_info"]["audio_tokenizer_loaded"] is False
+    assert two["run"]["cache"]["misses"] == 0 and two["run"]["cache"]["hit_rate"] == 1.0
+    # distinct audio seen in run 1: the clip, the clone output, two intermediate outputs
+    assert one["run"]["cache"]["misses"] >= 2
+    for t in one["tasks"]:  # same seed, same output
+        assert Path(t["output"]).read_bytes() == (base / "o2" / Path(t["output"]).name).read_bytes(), t["id"]
+
+
+def test_intensity_changes_the_output(first_run):
+    base = first_run[0]
+    a, _ = sf.read(base / "o1" / "happy.wav")
+    b, _ = sf.read(base / "o1" / "happy-strong.wav")
+    assert a.shape != b.shape or not np.array_equal(a, b)
+    tasks = {t["id"]: t for t in first_run[2][0]["tasks"]}
+    assert tasks["happy-strong"]["info"]["guided"] is True and tasks["happy"]["info"]["guided"] is False
+
+
+def test_iterations_chain_the_edit(first_run):
+    base = first_run[0]
+    once, _ = sf.read(base / "o1" / "happy.wav")
+    twice, _ = sf.read(base / "o1" / "happy-twice.wav")
+    assert once.shape != twice.shape or not np.array_equal(once, twice)
+    tasks = {t["id"]: t for t in first_run[2][0]["tasks"]}
+    # the second pass re-tokenised the first pass's output: a second cache lookup
+    assert tasks["happy-twice"]["cache_hits"] + tasks["happy-twice"]["cache_misses"] == 2
+
+
+def test_a_different_seed_gives_a_different_output(tiny, tmp_path):
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"s{seed}.wav"
+        r = invoke("edit", NARRATION, "--type", "style", "--info", "child", "--audio-text", TEXT, "--seed", seed,
+                   *model_args(tiny), "-o", out, "-q")
+        assert r.exit_code == 0, r.stderr
+        outs.append(sf.read(out)[0])
+    assert outs[0].shape != outs[1].shape or not np.array_equal(*outs)
+
+
+def test_guided_denoise_without_transcript_fails_that_task(tiny, tmp_path):
+    r = invoke("edit", NARRATION, "--type", "denoise", "--intensity", "2", *model_args(tiny),
+               "-o", tmp_path / "o.wav", "--report", tmp_path / "r.json", "-q")
+    assert r.exit_code == 1
+    task = json.loads((tmp_path / "r.json").read_text())["tasks"][0]
+    assert task["status"] == "failed" and "needs audio_text" in task["error"]
+
+
+def test_transcript_required_for_emotion(tiny, tmp_path):
+    r = invoke("edit", NARRATION, "--type", "emotion", "--info", "sad", *model_args(tiny), "-o", tmp_path / "o.wav")
+    assert r.exit_code == 2
+    assert "--audio-text" in r.stderr and "needs the transcript" in r.stderr
+
+
+def test_missing_model_folders_are_named(tmp_path):
+    r = invoke("edit", NARRATION, "--type", "vad", "--engine", "stepaudio", "--model-dir", tmp_path / "nope",
+               "--tokenizer-dir", tmp_path, "--editx-src", tmp_path, "-o", tmp_path / "o.wav")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert f"{tmp_path / 'nope'}: folder not found" in r.stderr
+    assert "linguistic_tokenizer.npy: missing" in r.stderr
+    assert "no stepvocoder/cosyvoice2 package" in r.stderr
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_doctor_checks_the_model_folders(tiny):
+    r = invoke("doctor", "--engine", "stepaudio", *model_args(tiny)[2:])
+    assert r.exit_code == 0 and "engine stepaudio: ready" in r.stdout
+
+
+@pytest.mark.parametrize("tag", [
+    "!new:os.system\n        command: echo owned",
+    "!apply:builtins.exec\n        - print(1)",
+    "!!python/object/apply:os.system ['echo owned']",
+    "!name:subprocess.Popen\n        args: x",
+])
+def test_unsafe_vocoder_yaml_is_refused(tiny, tmp_path, tag):
+    import shutil
+
+    root = tmp_path / "ckpt"
+    shutil.copytree(tiny, root, symlinks=True)
+    yaml_path = root / "Step-Audio-EditX" / "CosyVoice-300M-25Hz" / "cosyvoice.yaml"
+    yaml_path.write_text(yaml_path.read_text() + f"evil: {tag}\n")
+    r = invoke("edit", NARRATION, "--type", "vad", *model_args(root), "-o", tmp_path / "o.wav")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert "the engine failed to load" in r.stderr
+    assert "not allowed" in r.stderr or "refusing to construct" in r.stderr or "not valid YAML" in r.stderr
+    assert not (tmp_path / "o.wav").exists()
