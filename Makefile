@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench clean conformance tiny
 
 setup: $(STAMP)
 
@@ -31,3 +31,7 @@ bench: $(STAMP)
 
 clean:
 	rm -rf demo-out .pytest_cache
+
+# Needs the released checkpoints: EDITX_MODEL_DIR, EDITX_TOKENIZER_DIR, EDITX_SRC.
+conformance: $(STAMP)
+	$(BIN)/python -m pytest -q -rs tests/test_conformance.py

@@ -209,7 +209,7 @@ def build_llm_dir(root: Path) -> None:
     head = rnd(VOCAB, h, std=0.5)
     head[:, 0] = -2.0
     head[AUDIO_BASE:AUDIO_BASE + 5120, 0] = 1.0
-    head[3, 0] = 0.55
+    head[3, 0] = 1.8  # end-of-turn: some decodes end by themselves, some reach their budget
     weights = {"model.embed_tokens.weight": embed, "model.norm.weight": torch.ones(h), "lm_head.weight": head}
     for i in range(LLM["num_hidden_layers"]):
         p = f"model.layers.{i}."

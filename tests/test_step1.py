@@ -104,6 +104,13 @@ def test_guided_tokens_follow_l_ref_plus_w_times_the_difference(native):
     assert plain.tokens == alone.tokens != job.tokens
 
 
+def test_budget_ends_a_runaway_decode(native):
+    forward, reorder = native_forward(native)
+    jobs = generate.run([generate.Job(prompt(40, s), seed=s, budget=25) for s in range(4)], forward, reorder, "cpu")
+    assert all(len(j.tokens) <= 25 for j in jobs)
+    assert any(len(j.tokens) == 25 and j.tokens[-1] != generate.EOS for j in jobs)
+
+
 def test_repetition_mask():
     logits = torch.zeros(10)
     assert torch.isinf(generate.mask_repetition(logits, [1, 2, 3, 4, 5, 6, 7, 8, 5, 5])[5])

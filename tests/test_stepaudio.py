@@ -62,6 +62,8 @@ def test_every_task_kind_produces_24khz_audio_of_plausible_length(first_run):
         assert {"tokenize", "generate", "vocode", "write"} <= set(t["stages"])
         x, _ = sf.read(t["output"])
         assert np.abs(x).max() > 0.01  # not silence
+    # the tiny model ends its decodes itself (end-of-turn, id 3), dropped before the vocoder
+    assert "end" in {t["info"]["stopped"] for t in report["tasks"]}
 
 
 def test_second_run_hits_the_cache_and_never_loads_the_tokenizer(first_run):
