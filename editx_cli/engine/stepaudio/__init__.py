@@ -140,7 +140,7 @@ class StepAudioEngine(Engine):
         if not remote:
             from editx_cli.engine.stepaudio.step1 import Step1ForCausalLM
 
-            model = Step1ForCausalLM.from_folder(self.llm_dir, self.device, self.dtype)
+            model = Step1ForCausalLM.from_folder(self.llm_dir, self.device, self.dtype, nf4=self.variant == "bnb")
             self.llm = model
 
             def forward(ids, mask, past):

@@ -157,8 +157,13 @@ class Step1ForCausalLM(nn.Module):
         return self.lm_head(h).float(), new_past
 
     @classmethod
-    def from_folder(cls, folder: Path, device: str, dtype: torch.dtype) -> Step1ForCausalLM:
-        """Load config.json and every *.safetensors in the folder by weight name."""
+    def from_folder(cls, folder: Path, device: str, dtype: torch.dtype, nf4: bool = False) -> Step1ForCausalLM:
+        """Load config.json and every *.safetensors in the folder by weight name.
+
+        `nf4` quantizes the blocks' linear layers to 4-bit NF4 with double quantization
+        (bitsandbytes, CUDA only), as the released bnb variant is loaded; embeddings,
+        norms and the output layer stay in `dtype`.
+        """
         from safetensors import safe_open
 
         cfg = Step1Config.from_json(folder / "config.json")
@@ -179,4 +184,25 @@ class Step1ForCausalLM(nn.Module):
             raise RuntimeError(f"{folder}: unexpected weights (not a Step1 checkpoint?): {sorted(unexpected)[:5]}")
         model.load_state_dict(state, assign=True)
         model.slopes = alibi_slopes(cfg.num_attention_heads)
+        if nf4:
+            _quantize_nf4(model, dtype, device)
         return model.to(device).eval()
+
+
+def _quantize_nf4(model: Step1ForCausalLM, compute_dtype: torch.dtype, device: str) -> None:
+    if not device.startswith("cuda"):
+        raise RuntimeError("4-bit (bnb) weights need a CUDA device")
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise RuntimeError("the bnb variant needs the bitsandbytes package (pip install bitsandbytes)") from None
+    for block in model.model.layers:
+        for parent in (block.self_attn, block.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=False,
+                                          compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4")
+                    # Params4bit quantizes when moved to the GPU
+                    q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False,
+                                                 compress_statistics=True, quant_type="nf4")
+                    setattr(parent, name, q)

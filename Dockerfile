@@ -1,0 +1,41 @@
+# editx for GPU hosts: CUDA runtime, CUDA builds of torch and onnxruntime, the
+# Step-Audio-EditX source (its vocoder code) at a pinned commit as EDITX_SRC.
+#
+#   docker build -t editx .
+#   docker run --gpus '"device=1"' -v /data/models:/models:ro -v /data/editx-cache:/cache \
+#       -v "$PWD":/work editx batch manifest.csv --out-dir out
+FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
+ARG EDITX_SRC_REPO=https://github.com/stepfun-ai/Step-Audio-EditX.git
+ARG EDITX_SRC_COMMIT=aacb90a2
+
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-pip python3-venv git libsndfile1 \
+ && rm -rf /var/lib/apt/lists/*
+
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN pip install --upgrade pip && pip install torch --index-url "$TORCH_INDEX"
+
+COPY pyproject.toml README.md /opt/editx/
+COPY editx_cli /opt/editx/editx_cli
+RUN pip install /opt/editx \
+ # onnxruntime and onnxruntime-gpu share a module name: keep only the GPU build
+ && pip uninstall -y onnxruntime && pip install onnxruntime-gpu \
+ # what the vocoder modules of the source checkout import, and 4-bit loading for --variant bnb
+ && pip install einops bitsandbytes
+
+RUN git clone "$EDITX_SRC_REPO" /opt/Step-Audio-EditX \
+ && git -C /opt/Step-Audio-EditX checkout "$EDITX_SRC_COMMIT"
+
+ENV EDITX_SRC=/opt/Step-Audio-EditX \
+    EDITX_MODEL_DIR=/models/Step-Audio-EditX \
+    EDITX_TOKENIZER_DIR=/models/Step-Audio-Tokenizer \
+    EDITX_CACHE_DIR=/cache \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+VOLUME ["/models", "/cache", "/work"]
+WORKDIR /work
+ENTRYPOINT ["editx"]
+CMD ["--help"]
