@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from editx_cli import audio
-from editx_cli.engine import Engine, Request
+from editx_cli.engine import Engine, Request, Result
 from editx_cli.manifest import InvalidInput, Problem, order
 from editx_cli.report import Outcome
 from editx_cli.tasks import Task
@@ -45,6 +45,7 @@ class RunOptions:
     fail_fast: bool = False
     seed: int = 0
     progress: bool = True
+    batch_size: int = 8  # tasks decoded together by engines that batch
 
 
 def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False) -> list[PlannedTask]:
@@ -149,31 +150,70 @@ def run(
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), unit="task", file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
-    failed_ids: set[str] = set()
-    stop = False
-    for p in todo:
+    status = {p.task.id: ("done" if p.skip else "pending") for p in planned}
+    pending = list(todo)
+    active: list[_Work] = []
+
+    def finish(w: _Work | PlannedTask, state: str, error: str = "") -> None:
+        p = w.p if isinstance(w, _Work) else w
         o = outcomes[p.task.id]
-        if stop:
-            o.status, o.error = "cancelled", "not run: an earlier task failed and --fail-fast is set"
-            continue
-        bar.set_postfix_str(p.task.id, refresh=False)
-        if p.task.input_task in failed_ids:
-            o.status, o.error = "failed", f"input task {p.task.input_task!r} failed"
-        else:
-            _run_one(p, engine, o)
-        if o.status == "failed":
-            failed_ids.add(p.task.id)
-            log.error("%s: task %s failed: %s", p.task.where, p.task.id, o.error)
-            stop = options.fail_fast
+        o.status, o.error = state, error
+        status[p.task.id] = state
+        if state == "failed":
+            log.error("%s: task %s failed: %s", p.task.where, p.task.id, error)
         bar.update(1)
+
+    while pending or active:
+        if options.fail_fast and "failed" in status.values():
+            for w in [*active, *pending]:
+                finish(w, "cancelled", "not run: an earlier task failed and --fail-fast is set")
+            break
+        for p in list(pending):  # a chain whose input task failed cannot run
+            upstream = status.get(p.task.input_task or "")
+            if upstream in ("failed", "cancelled"):
+                pending.remove(p)
+                finish(p, "failed", f"input task {p.task.input_task!r} failed")
+        ready = [p for p in pending if p.task.input_task is None or status[p.task.input_task] == "done"]
+        if not active and not ready:  # cannot happen with validated chains; never spin
+            for p in pending:
+                finish(p, "failed", "its input task never ran")
+            break
+        # Fill the wave from work in progress first, then new tasks, shortest first so a
+        # batch holds prompts of similar length (little padding).
+        size = max(1, options.batch_size)
+        room = size - min(len(active), size)
+        by_length = sorted(ready, key=lambda p: _probe_seconds(p.source)) if size > 1 else ready
+        starting = by_length[:room]
+        for p in starting:
+            pending.remove(p)
+            w = _start(p, outcomes[p.task.id])
+            if w is None:
+                finish(p, "failed", outcomes[p.task.id].error)
+            else:
+                active.append(w)
+        wave = (sorted(active, key=lambda w: len(w.x) / w.sr) if size > 1 else active)[:size]
+        if not wave:
+            continue
+        bar.set_postfix_str(",".join(w.p.task.id for w in wave)[:40], refresh=False)
+        results = engine.run_batch([w.request() for w in wave])
+        for w, result in zip(wave, results, strict=True):
+            if isinstance(result, BaseException):
+                active.remove(w)
+                w.close()
+                finish(w, "failed", _one_line(result))
+                continue
+            w.absorb(result)
+            if w.passes == w.p.task.iterations:
+                active.remove(w)
+                error = w.commit()
+                finish(w, "failed" if error else "done", error)
     bar.close()
     return [outcomes[p.task.id] for p in planned], load_seconds
 
 
 def _outcome(t: Task) -> Outcome:
     return Outcome(id=t.id, task=t.task, edit_type=t.edit_type, output=str(t.output),
-                   seed=t.seed, intensity=t.intensity,
-                   iterations=t.iterations)
+                   seed=t.seed, intensity=t.intensity, iterations=t.iterations)
 
 
 def _seconds(path: Path) -> float | None:
@@ -183,57 +223,80 @@ def _seconds(path: Path) -> float | None:
         return None
 
 
-def _run_one(p: PlannedTask, engine: Engine, o: Outcome) -> None:
+def _probe_seconds(path: Path) -> float:
+    return _seconds(path) or 0.0
+
+
+@dataclass
+class _Work:
+    """A task in progress: its current audio and how many passes it has had."""
+
+    p: PlannedTask
+    o: Outcome
+    x: Any
+    sr: int
+    path: str
+    audio_text: str
+    passes: int = 0
+
+    def request(self) -> Request:
+        t = self.p.task
+        return Request(kind=t.task, audio=self.x, sr=self.sr, audio_text=self.audio_text, text=t.text,
+                       edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity, seed=self.o.seed,
+                       audio_digest=audio.samples_digest(self.x, self.sr), path=self.path)
+
+    def absorb(self, result: Result) -> None:
+        o = self.o
+        for stage, seconds in result.stages.items():
+            o.stages[stage] = round(o.stages.get(stage, 0.0) + seconds, 4)
+        o.info.update(result.info)
+        o.cache_hits += result.cache_hits
+        o.cache_misses += result.cache_misses
+        self.x, self.sr, self.path = result.audio, result.sr, ""
+        self.passes += 1
+        # The next pass edits this output; its transcript is what was just spoken.
+        if self.p.task.edit_type == "paralinguistic":
+            self.audio_text = self.p.task.text
+
+    def commit(self) -> str:
+        """Write the output atomically; return an error message, or "" on success."""
+        t, o = self.p.task, self.o
+        try:
+            if self.x.size == 0:
+                raise RuntimeError("the engine produced no audio")
+            t0 = time.perf_counter()
+            for stale in t.output.parent.glob(f".{t.output.name}.*.part"):  # left by a killed run
+                stale.unlink(missing_ok=True)
+            tmp = audio.write_atomic(t.output, self.x, self.sr)
+            try:
+                commit(tmp, t.output, self.p.fingerprint, t.id)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            o.stages["write"] = round(time.perf_counter() - t0, 4)
+            o.output_seconds = round(len(self.x) / self.sr, 3)
+            return ""
+        except Exception as e:  # one task's failure must not stop the others
+            log.debug("task %s failed", t.id, exc_info=True)
+            return _one_line(e)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.x = None
+
+
+def _start(p: PlannedTask, o: Outcome) -> _Work | None:
     t = p.task
-    cache = engine.cache
-    hits0, misses0 = cache.hits, cache.misses
-    stages: dict[str, float] = {}
-
-    def add(stage: str, seconds: float) -> None:
-        stages[stage] = stages.get(stage, 0.0) + seconds
-
     try:
         t0 = time.perf_counter()
         x, sr = audio.load(p.source)
-        add("read", time.perf_counter() - t0)
-        o.input_seconds = round(len(x) / sr, 3)
-        audio_text = t.prompt_text if t.task == "clone" else t.audio_text
-        path = str(p.source)
-        for _ in range(t.iterations):
-            request = Request(
-                kind=t.task, audio=x, sr=sr, audio_text=audio_text, text=t.text,
-                edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity,
-                seed=o.seed, audio_digest=audio.samples_digest(x, sr), path=path,
-            )
-            result = engine.run(request)
-            for stage, seconds in result.stages.items():
-                add(stage, seconds)
-            o.info.update(result.info)
-            x, sr, path = result.audio, result.sr, ""
-            # The next pass edits this output; its transcript is what was just spoken.
-            if t.edit_type == "paralinguistic":
-                audio_text = t.text
-        if x.size == 0:
-            raise RuntimeError("the engine produced no audio")
-        t0 = time.perf_counter()
-        for stale in t.output.parent.glob(f".{t.output.name}.*.part"):  # left by a killed run
-            stale.unlink(missing_ok=True)
-        tmp = audio.write_atomic(t.output, x, sr)
-        try:
-            commit(tmp, t.output, p.fingerprint, t.id)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        add("write", time.perf_counter() - t0)
-        o.output_seconds = round(len(x) / sr, 3)
-        o.status = "done"
-    except Exception as e:  # one task's failure, whatever its kind, must not stop the others
-        log.debug("task %s failed", t.id, exc_info=True)
-        o.status, o.error = "failed", _one_line(e)
-    finally:
-        o.stages = {k: round(v, 4) for k, v in stages.items()}
-        o.cache_hits = cache.hits - hits0
-        o.cache_misses = cache.misses - misses0
+        o.stages["read"] = round(time.perf_counter() - t0, 4)
+    except Exception as e:
+        o.error = _one_line(e)
+        return None
+    o.input_seconds = round(len(x) / sr, 3)
+    return _Work(p, o, x, sr, str(p.source), t.prompt_text if t.task == "clone" else t.audio_text)
 
 
 def _one_line(e: BaseException) -> str:

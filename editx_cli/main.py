@@ -88,9 +88,12 @@ def cli() -> None:
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("-o", "--out-dir", envvar="EDITX_OUT_DIR", type=click.Path(file_okay=False), default="editx-out",
               show_default=True, help="Folder for outputs and the report; relative `output` paths resolve here.")
-@click.option("--fail-fast", is_flag=True, envvar="EDITX_FAIL_FAST", help="Stop at the first failed task.")
+@click.option("--fail-fast", is_flag=True, envvar="EDITX_FAIL_FAST",
+              help="Stop after the batch in which a task fails.")
+@click.option("--batch-size", envvar="EDITX_BATCH_SIZE", type=click.IntRange(1, 256), default=8, show_default=True,
+              help="Tasks decoded together (stepaudio; halved on GPU out-of-memory).")
 @_common
-def batch(manifest: str, out_dir: str, fail_fast: bool, **common) -> None:
+def batch(manifest: str, out_dir: str, fail_fast: bool, batch_size: int, **common) -> None:
     """Run every task of a CSV or JSONL MANIFEST.
 
     Relative audio paths resolve against the manifest's folder. Tasks already done
@@ -109,7 +112,7 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, **common) -> None:
                                   out_dir=out, engine=engine_cls)
 
     report_path = Path(common["report_path"]) if common["report_path"] else out / "report.json"
-    _run(build, common, report_path, fail_fast=fail_fast)
+    _run(build, common, report_path, fail_fast=fail_fast, batch_size=batch_size)
 
 
 @cli.command()
@@ -192,20 +195,21 @@ def _usage_error(message: str) -> None:
     sys.exit(2)
 
 
-def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False, single: bool = False) -> None:
+def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False, single: bool = False,
+         batch_size: int = 1) -> None:
     from editx_cli import batch as runner
     from editx_cli import report as reports
     from editx_cli.manifest import InvalidInput
 
     config = runner.RunConfig(
         engine=common["engine"],
-        engine_config={"gpu": common["gpu"], **{k: common[k] for k in MODEL_KEYS}},
+        engine_config={"gpu": common["gpu"], "batch_size": batch_size, **{k: common[k] for k in MODEL_KEYS}},
         cache_dir=common["cache_dir"],
         use_cache=not common["no_cache"],
         report=report_path,
         dry_run=common["dry_run"],
         options=runner.RunOptions(
-            overwrite=common["overwrite"], fail_fast=fail_fast, seed=common["seed"],
+            overwrite=common["overwrite"], fail_fast=fail_fast, seed=common["seed"], batch_size=batch_size,
             progress=not common["quiet"] and sys.stderr.isatty(),
         ),
     )

@@ -116,7 +116,7 @@ def test_a_failing_task_does_not_stop_the_others(tmp_path):
     assert "failed bad:" in r.stderr and "Traceback" not in r.stderr
     assert (out / "ok2.wav").exists()
     # --fail-fast stops after the failure
-    r = invoke("batch", m, "--engine", "dsp", "-o", tmp_path / "out2", "--fail-fast", "-q")
+    r = invoke("batch", m, "--engine", "dsp", "-o", tmp_path / "out2", "--fail-fast", "--batch-size", "1", "-q")
     assert r.exit_code == 1
     report = json.loads((tmp_path / "out2" / "report.json").read_text())
     assert [t["status"] for t in report["tasks"]] == ["done", "failed", "cancelled", "cancelled"]

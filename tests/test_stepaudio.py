@@ -155,3 +155,32 @@ def test_unsafe_vocoder_yaml_is_refused(tiny, tmp_path, tag):
     assert "the engine failed to load" in r.stderr
     assert "not allowed" in r.stderr or "refusing to construct" in r.stderr or "not valid YAML" in r.stderr
     assert not (tmp_path / "o.wav").exists()
+
+
+def test_batched_decoding_gives_the_same_outputs_as_one_at_a_time(tiny, tmp_path):
+    rows = [edit_row(f"e{i}", "emotion", info, intensity=w) for i, (info, w) in
+            enumerate([("happy", ""), ("sad", "1.5"), ("angry", ""), ("fear", "0.5")])]
+    rows.append(["c", "clone", str(CLIPS / "pauses.wav"), "First, open the file. Then wait for the signal. "
+                 "Finally, save your work.", "A short line.", "", "", "", "", "", "", ""])
+    rows.append(["c2", "clone", NARRATION, TEXT, "Another voice line.", "", "", "", "", "", "", ""])
+    m = write_manifest(tmp_path / "m.csv", HEADER, rows)
+    reports = {}
+    for size in ("1", "4"):
+        out = tmp_path / f"b{size}"
+        r = invoke("batch", m, *model_args(tiny), "-o", out, "--batch-size", size, "-q")
+        assert r.exit_code == 0, r.stderr
+        reports[size] = json.loads((out / "report.json").read_text())
+    for row in rows:
+        assert (tmp_path / "b1" / f"{row[0]}.wav").read_bytes() == (tmp_path / "b4" / f"{row[0]}.wav").read_bytes()
+    one, four = (reports[s]["run"]["engine_info"]["decode"] for s in ("1", "4"))
+    assert one["batch_sizes"] == {"1": 6}
+    assert sum(int(k) * v for k, v in four["batch_sizes"].items()) == 6 and max(map(int, four["batch_sizes"])) > 1
+    assert 0 <= one["padding_waste"] < four["padding_waste"] < 1
+    assert four["tokens_per_second"] > 0 and four["generated_tokens"] == one["generated_tokens"]
+    # rows sharing a prompt audio share its features: with no cache at all, a batch of six
+    # still computes the narration clip's features once
+    out = tmp_path / "nocache"
+    assert invoke("batch", m, *model_args(tiny), "-o", out, "--batch-size", "6", "--no-cache", "-q").exit_code == 0
+    tasks = json.loads((out / "report.json").read_text())["tasks"]
+    assert sum(t["cache_misses"] for t in tasks) == 2  # narration + pauses
+    assert {t["info"]["batch_size"] for t in tasks} == {6}

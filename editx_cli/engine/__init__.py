@@ -42,6 +42,8 @@ class Result:
     sr: int
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage
     info: dict[str, Any] = field(default_factory=dict)  # engine facts worth reporting
+    cache_hits: int = 0  # feature-cache lookups this pass made
+    cache_misses: int = 0
 
 
 class Engine:
@@ -72,6 +74,17 @@ class Engine:
 
     def run(self, request: Request) -> Result:
         raise NotImplementedError
+
+    def run_batch(self, requests: list[Request]) -> list[Result | Exception]:
+        """One result (or the error that stopped it) per request, in order. Engines that
+        decode several requests at once override this; the default runs them in turn."""
+        results: list[Result | Exception] = []
+        for r in requests:
+            try:
+                results.append(self.run(r))
+            except Exception as e:  # one request's failure is that request's alone
+                results.append(e)
+        return results
 
     def versions(self) -> dict[str, str]:
         return {}

@@ -75,6 +75,7 @@ class DspEngine(Engine):
         t0 = time.perf_counter()
         stages: dict[str, float] = {}
         info: dict[str, Any] = {}
+        hit: bool | None = None
         x, sr = request.audio, request.sr
         if request.edit_type == "speed":
             import librosa
@@ -90,20 +91,22 @@ class DspEngine(Engine):
             info["prop_decrease"] = round(prop, 4)
         elif request.edit_type == "vad":
             t_feat = time.perf_counter()
-            segments = self._speech_segments(x, sr, request.audio_digest)
+            segments, hit = self._speech_segments(x, sr, request.audio_digest)
             stages["features"] = time.perf_counter() - t_feat
             y = _join_speech(x, sr, segments, VAD_MAX_PAUSE_S / request.intensity)
             info["speech_segments"] = len(segments)
         else:
             raise ValueError(f"the dsp engine cannot do edit_type {request.edit_type!r}")
         stages["process"] = time.perf_counter() - t0 - sum(stages.values())
-        return Result(np.asarray(y, dtype=np.float32), sr, stages, info)
+        return Result(np.asarray(y, dtype=np.float32), sr, stages, info,
+                      cache_hits=int(hit is True), cache_misses=int(hit is False))
 
-    def _speech_segments(self, x: np.ndarray, sr: int, digest: str) -> list[tuple[int, int]]:
-        """Speech spans as (start, end) sample indices at the audio's own rate."""
+    def _speech_segments(self, x: np.ndarray, sr: int, digest: str) -> tuple[list[tuple[int, int]], bool]:
+        """Speech spans as (start, end) sample indices at the audio's own rate, and whether
+        they came from the cache."""
         key = self.cache.key("vad", digest or samples_digest(x, sr), self._vad_fingerprint())
-        spans, _ = self.cache.get_or_compute(key, lambda: self._detect(x, sr))
-        return [(int(a), int(b)) for a, b in spans]
+        spans, hit = self.cache.get_or_compute(key, lambda: self._detect(x, sr))
+        return [(int(a), int(b)) for a, b in spans], hit
 
     def _vad_fingerprint(self) -> str:
         return f"{CODE_VERSION};silero-vad={self.versions()['silero-vad']};onnx"

@@ -20,6 +20,8 @@ import logging
 import math
 import os
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,8 @@ class StepAudioEngine(Engine):
         self.llm_dir = layout.llm_dir(self.model_dir, self.variant) if self.model_dir else None
         self.audio_tokenizer = None
         self.speaker_encoder = None
+        self.max_batch = int(config.get("batch_size") or 8)
+        self.stats = DecodeStats()
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> list[str]:
@@ -101,7 +105,8 @@ class StepAudioEngine(Engine):
 
     def run_info(self) -> dict[str, Any]:
         return {"variant": self.variant, "llm_impl": self.llm_impl, "dtype": str(getattr(self, "dtype", "")),
-                "audio_tokenizer_loaded": bool(self.audio_tokenizer and self.audio_tokenizer.loaded)}
+                "audio_tokenizer_loaded": bool(self.audio_tokenizer and self.audio_tokenizer.loaded),
+                "decode": self.stats.summary()}
 
     # -- loading --------------------------------------------------------------------------
 
@@ -171,11 +176,11 @@ class StepAudioEngine(Engine):
 
     # -- one pass -------------------------------------------------------------------------
 
-    def prompt_features(self, x: np.ndarray, sr: int, digest: str) -> dict[str, Any]:
-        """Codes, mixed tokens, prompt mel and speaker embedding of one audio, cached by content."""
+    def prompt_features(self, x: np.ndarray, sr: int, digest: str) -> tuple[dict[str, Any], bool]:
+        """Codes, mixed tokens, prompt mel and speaker embedding of one audio, cached by content;
+        and whether the cache had them."""
         key = self.cache.key("stepaudio", digest, self.features_key)
-        value, _ = self.cache.get_or_compute(key, lambda: self._compute_features(x, sr))
-        return value
+        return self.cache.get_or_compute(key, lambda: self._compute_features(x, sr))
 
     def _compute_features(self, x: np.ndarray, sr: int) -> dict[str, Any]:
         from editx_cli.engine.stepaudio.features import SpeakerEncoder, prompt_mel
@@ -195,21 +200,56 @@ class StepAudioEngine(Engine):
         }
 
     def run(self, request: Request) -> Result:
+        (result,) = self.run_batch([request])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def run_batch(self, requests: list[Request]) -> list[Result | Exception]:
+        """Prepare every request, decode them all in one batch, vocode each."""
+        results: list[Result | Exception | None] = [None] * len(requests)
+        prepared: dict[int, _Prepared] = {}
+        shared: dict[str, tuple[dict, bool]] = {}  # rows with the same prompt audio share its features
+        for i, r in enumerate(requests):
+            try:
+                prepared[i] = self._prepare(r, shared)
+            except Exception as e:  # this request's problem alone
+                results[i] = e
+        if prepared:
+            t0 = time.perf_counter()
+            try:
+                self._decode([p.job for p in prepared.values()])
+            except Exception as e:
+                for i in prepared:
+                    results[i] = e
+                prepared = {}
+            share = (time.perf_counter() - t0) / max(1, len(prepared))
+        for i, p in prepared.items():
+            try:
+                results[i] = self._vocode(p, share, len(prepared))
+            except Exception as e:
+                results[i] = e
+        return results  # type: ignore[return-value]
+
+    def _prepare(self, request: Request, shared: dict[str, tuple[dict, bool]]) -> _Prepared:
         from editx_cli.engine.stepaudio import generate
 
-        stages: dict[str, float] = {}
         t0 = time.perf_counter()
         x = np.asarray(request.audio, np.float32)
         peak = float(np.max(np.abs(x))) if x.size else 0.0
         if peak > PROMPT_PEAK:
             x = x / peak * PROMPT_PEAK
-        feats = self.prompt_features(x, request.sr, request.audio_digest)
+        if request.audio_digest not in shared:
+            shared[request.audio_digest] = self.prompt_features(x, request.sr, request.audio_digest)
+            hit = shared[request.audio_digest][1]
+        else:
+            hit = True
+        feats = shared[request.audio_digest][0]
         if not feats["mixed"]:
             raise ValueError("the audio is too short or silent: it gave no speech tokens")
         audio_tokens = prompts.token_string(feats["mixed"])
-        stages["tokenize"] = time.perf_counter() - t0
+        tokenize = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
         reference = None
         if request.kind == "clone":
             speaker = prompts.clone_speaker_name(request.audio_text, _raw_channels(request))
@@ -233,24 +273,91 @@ class StepAudioEngine(Engine):
             raise ValueError(f"the prompt is {longest} tokens: no room left under {MAX_LENGTH} "
                              "(use a shorter prompt audio)")
         job = generate.Job(ids, request.seed, budget, request.intensity, reference)
-        generate.run([job], self.forward, self.reorder, self.device)
-        stages["generate"] = time.perf_counter() - t0
+        return _Prepared(job, feats, hit, tokenize, time.perf_counter() - t0 - tokenize)
+
+    def _decode(self, jobs: list) -> None:
+        """Decode in batches of at most `max_batch`; on CUDA out-of-memory, halve and retry."""
+        import torch
+
+        from editx_cli.engine.stepaudio import generate
+
+        size = max(1, min(len(jobs), self.max_batch))
+        for start in range(0, len(jobs), size):
+            chunk = jobs[start : start + size]
+            t0 = time.perf_counter()
+            try:
+                generate.run(chunk, self.forward, self.reorder, self.device)
+            except torch.cuda.OutOfMemoryError:
+                if len(chunk) == 1:
+                    raise
+                for job in chunk:
+                    job.tokens.clear()
+                torch.cuda.empty_cache()
+                self.max_batch = max(1, len(chunk) // 2)
+                log.warning("GPU out of memory at batch size %d: retrying at %d", len(chunk), self.max_batch)
+                self._decode(chunk)
+                continue
+            self.stats.add(chunk, time.perf_counter() - t0)
+
+    def _vocode(self, p: _Prepared, generate_share: float, batch_size: int) -> Result:
+        from editx_cli.engine.stepaudio import generate
 
         t0 = time.perf_counter()
         # The reference drops the last generated id unconditionally (it assumes the
         # end-of-turn); so do we. Ids outside the audio range, which the reference would
         # pass on (and crash on above 70655), are dropped.
+        job = p.job
         kept = job.tokens[:-1]
         mixed = [t - prompts.AUDIO_BASE for t in kept
                  if prompts.AUDIO_BASE <= t < prompts.AUDIO_BASE + prompts.N_VQ02 + prompts.N_VQ06]
         if not mixed:
             raise RuntimeError("the model produced no audio tokens")
-        wav = self.vocoder(mixed, feats["mixed"], feats["mel"], feats["embedding"])
-        stages["vocode"] = time.perf_counter() - t0
-        info = {"prompt_tokens": len(ids), "generated_tokens": len(job.tokens), "token_budget": budget,
+        wav = self.vocoder(mixed, p.feats["mixed"], p.feats["mel"], p.feats["embedding"])
+        stages = {"tokenize": p.tokenize_seconds, "generate": p.prompt_seconds + generate_share,
+                  "vocode": time.perf_counter() - t0}
+        info = {"prompt_tokens": len(job.prompt), "generated_tokens": len(job.tokens), "token_budget": job.budget,
                 "stopped": "end" if job.tokens and job.tokens[-1] == generate.EOS else "budget",
-                "guided": reference is not None}
-        return Result(wav.astype(np.float32), self.vocoder.sample_rate, stages, info)
+                "guided": job.guided, "batch_size": batch_size}
+        return Result(wav.astype(np.float32), self.vocoder.sample_rate, stages, info,
+                      cache_hits=int(p.hit), cache_misses=int(not p.hit))
+
+
+@dataclass
+class _Prepared:
+    job: Any
+    feats: dict
+    hit: bool
+    tokenize_seconds: float
+    prompt_seconds: float
+
+
+class DecodeStats:
+    """Per-run decode figures for the report."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.seconds = 0.0
+        self.prompt_tokens = 0
+        self.padded_tokens = 0
+        self.batch_sizes: Counter[int] = Counter()
+
+    def add(self, jobs: list, seconds: float) -> None:
+        rows = [j.prompt for j in jobs] + [j.reference for j in jobs if j.guided]
+        width = max(len(r) for r in rows)
+        self.tokens += sum(len(j.tokens) for j in jobs)
+        self.seconds += seconds
+        self.prompt_tokens += sum(len(r) for r in rows)
+        self.padded_tokens += len(rows) * width
+        self.batch_sizes[len(jobs)] += 1
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "generated_tokens": self.tokens,
+            "decode_seconds": round(self.seconds, 3),
+            "tokens_per_second": round(self.tokens / self.seconds, 1) if self.seconds else None,
+            "padding_waste": round(1 - self.prompt_tokens / self.padded_tokens, 4) if self.padded_tokens else None,
+            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+        }
 
 
 def _path(value: Any) -> Path | None:
