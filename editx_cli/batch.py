@@ -143,7 +143,7 @@ def run(
             raise InvalidInput([Problem(f"--engine {engine.name}", None, None,
                                         f"the engine failed to load: {_one_line(e)}")]) from None
         load_seconds = time.perf_counter() - t0
-        log.info("engine %s loaded on %s in %.2f s", engine.name, engine.device, load_seconds)
+        log.debug("engine %s ready on %s in %.2f s", engine.name, engine.device, load_seconds)
     if on_loaded:
         on_loaded(load_seconds)
 
@@ -173,7 +173,8 @@ def run(
             if upstream in ("failed", "cancelled"):
                 pending.remove(p)
                 finish(p, "failed", f"input task {p.task.input_task!r} failed")
-        ready = [p for p in pending if p.task.input_task is None or status[p.task.input_task] == "done"]
+        # An input task outside this run (a worker gets only ready tasks) is already done.
+        ready = [p for p in pending if status.get(p.task.input_task or "", "done") == "done"]
         if not active and not ready:  # cannot happen with validated chains; never spin
             for p in pending:
                 finish(p, "failed", "its input task never ran")
@@ -317,6 +318,10 @@ class RunConfig:
     report: Path | None = None
     dry_run: bool = False
     options: RunOptions = field(default_factory=RunOptions)
+    workers: int = 1  # worker processes on the CPU
+    gpus: list[int] | None = None  # one worker process per GPU
+    ray: str | None = None  # run on Ray: "local" or a cluster address
+    log_level: int = logging.WARNING
 
 
 def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None, list[PlannedTask]]:
@@ -347,17 +352,21 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
         planned = plan(tasks, engine.fingerprint(), config.options.overwrite)
         if config.dry_run:
             return None, planned
-        outcomes, load_seconds = run(planned, engine, config.options)
+        if config.ray is not None or config.gpus or config.workers > 1:
+            outcomes, load_seconds, device, info = _run_parallel(planned, config, cache)
+        else:
+            outcomes, load_seconds = run(planned, engine, config.options)
+            device, info = engine.device, engine.run_info()
         report = reports.build(
             outcomes,
             wall_seconds=time.perf_counter() - t_wall,
             load_seconds=load_seconds,
             engine=engine.name,
-            device=engine.device,
+            device=device,
             cache_dir=str(cache.directory) if cache.directory else None,
             versions=reports.package_versions(engine.versions()),
             started_at=started,
-            engine_info=engine.run_info(),
+            engine_info=info,
         )
         if config.report is not None:
             reports.write(report, config.report)
@@ -365,6 +374,42 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
         return report, planned
     finally:
         cache.close()
+
+
+def _run_parallel(planned: list[PlannedTask], config: RunConfig, cache) -> tuple[list[Outcome], float, str, dict]:
+    from tqdm import tqdm
+
+    from editx_cli import parallel
+
+    todo = sum(not p.skip for p in planned)
+    bar = tqdm(total=todo, unit="task", file=sys.stderr, disable=not config.options.progress, dynamic_ncols=True)
+
+    def finished(o: Outcome) -> None:
+        if o.status == "failed":
+            log.error("task %s failed: %s", o.id, o.error)
+        bar.update(1)
+
+    spec = parallel.WorkerSpec(config.engine, {**config.engine_config, "workers": config.workers},
+                               str(cache.directory) if cache.directory else None, config.use_cache,
+                               config.cache_size, config.options, log_level=config.log_level)
+    if config.ray is not None:
+        ran, workers = parallel.run_ray(planned, spec, None if config.ray == "local" else config.ray, finished)
+    else:
+        gpus = config.gpus or [None] * config.workers
+        specs = [parallel.WorkerSpec(**{**spec.__dict__, "gpu": g}) for g in gpus]
+        ran, workers = parallel.run_processes(planned, specs, finished)
+    bar.close()
+    by_id = {o.id: o for o in ran}
+    outcomes = []
+    for p in planned:
+        o = by_id.get(p.task.id) or _outcome(p.task)
+        if p.skip:
+            o.status, o.output_seconds = "skipped", _seconds(p.task.output)
+        outcomes.append(o)
+    devices = sorted({w.device for w in workers if w.device})
+    info = {"workers": [{"name": w.name, "device": w.device, "load_seconds": round(w.load_seconds, 3),
+                         "error": w.error, **w.run_info} for w in workers]}
+    return outcomes, max((w.load_seconds for w in workers), default=0.0), ", ".join(devices), info
 
 
 def exit_code(report: dict[str, Any]) -> int:

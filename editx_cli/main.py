@@ -92,8 +92,16 @@ def cli() -> None:
               help="Stop after the batch in which a task fails.")
 @click.option("--batch-size", envvar="EDITX_BATCH_SIZE", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Tasks decoded together (stepaudio; halved on GPU out-of-memory).")
+@click.option("--gpus", envvar="EDITX_GPUS", default=None,
+              help="Comma-separated GPU indices: one worker process per GPU, each loading the model once.")
+@click.option("--workers", envvar="EDITX_WORKERS", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Worker processes on the CPU (or Ray actors when the cluster has no GPU).")
+@click.option("--ray", "ray_address", envvar="EDITX_RAY", is_flag=False, flag_value="local", default=None,
+              help="Run on Ray: alone, a local instance (or RAY_ADDRESS); or a cluster ADDRESS. "
+                   "One actor per GPU. Needs editx[ray].")
 @_common
-def batch(manifest: str, out_dir: str, fail_fast: bool, batch_size: int, **common) -> None:
+def batch(manifest: str, out_dir: str, fail_fast: bool, batch_size: int, gpus: str | None, workers: int,
+          ray_address: str | None, **common) -> None:
     """Run every task of a CSV or JSONL MANIFEST.
 
     Relative audio paths resolve against the manifest's folder. Tasks already done
@@ -112,7 +120,16 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, batch_size: int, **commo
                                   out_dir=out, engine=engine_cls)
 
     report_path = Path(common["report_path"]) if common["report_path"] else out / "report.json"
-    _run(build, common, report_path, fail_fast=fail_fast, batch_size=batch_size)
+    gpu_list = None
+    if gpus:
+        try:
+            gpu_list = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            _usage_error(f"--gpus: {gpus!r} is not a comma-separated list of GPU indices")
+        if common["gpu"] is not None:
+            _usage_error("--gpu and --gpus exclude each other")
+    _run(build, common, report_path, fail_fast=fail_fast, batch_size=batch_size,
+         parallel={"workers": workers, "gpus": gpu_list, "ray": ray_address})
 
 
 @cli.command()
@@ -196,7 +213,7 @@ def _usage_error(message: str) -> None:
 
 
 def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False, single: bool = False,
-         batch_size: int = 1) -> None:
+         batch_size: int = 1, parallel: dict | None = None) -> None:
     from editx_cli import batch as runner
     from editx_cli import report as reports
     from editx_cli.manifest import InvalidInput
@@ -212,6 +229,8 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
             overwrite=common["overwrite"], fail_fast=fail_fast, seed=common["seed"], batch_size=batch_size,
             progress=not common["quiet"] and sys.stderr.isatty(),
         ),
+        log_level=log.level,
+        **(parallel or {}),
     )
     try:
         tasks = build()

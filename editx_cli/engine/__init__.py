@@ -54,6 +54,8 @@ class Engine:
     edit_types: ClassVar[frozenset[str]]
     # Edit types that need a transcript of the input audio.
     needs_transcript: ClassVar[frozenset[str]] = frozenset()
+    # Whether run_batch decodes several requests at once (worth handing a worker a group).
+    batches: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any], cache: Any) -> None:
         self.config = config

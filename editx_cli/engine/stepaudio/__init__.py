@@ -46,6 +46,7 @@ class StepAudioEngine(Engine):
     task_kinds = frozenset({"clone", "edit"})
     edit_types = frozenset(EDIT_TYPES)
     needs_transcript = frozenset({"emotion", "style", "speed", "paralinguistic"})
+    batches = True
 
     def __init__(self, config: dict[str, Any], cache: Any) -> None:
         super().__init__(config, cache)
@@ -111,6 +112,8 @@ class StepAudioEngine(Engine):
     # -- loading --------------------------------------------------------------------------
 
     def load(self) -> None:
+        if getattr(self, "llm", None) is not None:  # loaded once per run
+            return
         import torch
 
         from editx_cli.engine.stepaudio.vocoder import Vocoder

@@ -1,0 +1,327 @@
+"""Running a plan on several engines at once: worker processes (one per GPU, or N on the
+CPU) or Ray actors (one per GPU of a cluster).
+
+Each worker loads the engine once and asks for work; the dispatcher hands out
+small groups of ready tasks (up to the batch size), so a slow task holds up
+only its own worker, and a chained task is handed out only after the task it
+reads is done. A worker that dies fails only the tasks it held; the run goes on
+with the others. Workers run tasks through `batch.run`, so outputs, resume
+records and per-task figures are exactly those of a single-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from editx_cli.batch import PlannedTask, RunOptions, run
+from editx_cli.manifest import InvalidInput, Problem
+from editx_cli.report import Outcome
+
+log = logging.getLogger("editx")
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker needs to build its engine; picklable."""
+
+    engine: str
+    engine_config: dict[str, Any]
+    cache_dir: str | None
+    use_cache: bool
+    cache_size: int | None
+    options: RunOptions
+    gpu: int | None = None
+    log_level: int = logging.WARNING
+
+
+@dataclass
+class WorkerInfo:
+    name: str
+    device: str = ""
+    load_seconds: float = 0.0
+    run_info: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+class Scheduler:
+    """Which tasks are ready, running, finished; the chain and fail-fast rules."""
+
+    def __init__(self, planned: list[PlannedTask], options: RunOptions,
+                 on_finish: Callable[[Outcome], None]) -> None:
+        self.options = options
+        self.pending = [p for p in planned if not p.skip]
+        self.status = {p.task.id: ("done" if p.skip else "pending") for p in planned}
+        self.outcomes: dict[str, Outcome] = {}
+        self.on_finish = on_finish
+
+    @property
+    def finished(self) -> bool:
+        return not self.pending and "running" not in self.status.values()
+
+    def take(self, workers: int, batches: bool) -> list[PlannedTask]:
+        """Ready tasks for one worker, now running; [] when none is ready yet.
+
+        An engine that batches gets up to batch_size tasks, but no more than an even share
+        of what is ready, so no worker idles while another holds a queue; one that does
+        not batch gets one task at a time.
+        """
+        self._settle()
+        ready = [p for p in self.pending if p.task.input_task is None or self.status[p.task.input_task] == "done"]
+        share = -(-len(ready) // max(1, workers))
+        group = ready[: max(1, min(self.options.batch_size, share))] if batches else ready[:1]
+        for p in group:
+            self.pending.remove(p)
+            self.status[p.task.id] = "running"
+        return group
+
+    def complete(self, outcomes: list[Outcome]) -> None:
+        for o in outcomes:
+            self.status[o.id] = o.status
+            self.outcomes[o.id] = o
+            self.on_finish(o)
+
+    def fail(self, group: list[PlannedTask], error: str) -> None:
+        self.complete([_failed(p, error) for p in group])
+
+    def _settle(self) -> None:
+        stop = self.options.fail_fast and "failed" in self.status.values()
+        for p in list(self.pending):
+            if stop:
+                self.pending.remove(p)
+                self.complete([_failed(p, "not run: an earlier task failed and --fail-fast is set", "cancelled")])
+            elif self.status.get(p.task.input_task or "") in ("failed", "cancelled"):
+                self.pending.remove(p)
+                self.complete([_failed(p, f"input task {p.task.input_task!r} failed")])
+
+    def stalled(self) -> bool:
+        """Pending tasks remain but nothing runs and nothing is ready: only after failures."""
+        self._settle()
+        return bool(self.pending) and "running" not in self.status.values() and not any(
+            p.task.input_task is None or self.status[p.task.input_task] == "done" for p in self.pending)
+
+
+def _failed(p: PlannedTask, error: str, status: str = "failed") -> Outcome:
+    t = p.task
+    return Outcome(id=t.id, task=t.task, edit_type=t.edit_type, output=str(t.output), status=status, error=error,
+                   seed=t.seed, intensity=t.intensity, iterations=t.iterations)
+
+
+# -- worker processes -------------------------------------------------------------------
+
+
+def _worker(conn, spec: WorkerSpec) -> None:
+    """A worker process: build and load the engine once, then run what it is given."""
+    if spec.gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.gpu)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"editx[{os.getpid()}]: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(spec.log_level)
+    log.propagate = False
+    engine, cache = _build(spec)
+    try:
+        t0 = time.perf_counter()
+        engine.load()
+    except Exception as e:
+        conn.send(("error", f"{type(e).__name__}: {e}".splitlines()[0]))
+        return
+    conn.send(("ready", engine.device, time.perf_counter() - t0))
+    while True:
+        group = conn.recv()
+        if group is None:
+            break
+        outcomes, _ = run(group, engine, spec.options)
+        conn.send(("done", outcomes, engine.run_info()))
+    cache.close()
+
+
+def _build(spec: WorkerSpec):
+    from editx_cli import engine as engines
+    from editx_cli.cache import DEFAULT_SIZE_LIMIT, FeatureCache, NullCache
+
+    cache = FeatureCache(spec.cache_dir, spec.cache_size or DEFAULT_SIZE_LIMIT) if spec.use_cache else NullCache()
+    return engines.get(spec.engine)(spec.engine_config, cache), cache
+
+
+def run_processes(planned: list[PlannedTask], specs: list[WorkerSpec],
+                  on_finish: Callable[[Outcome], None]) -> tuple[list[Outcome], list[WorkerInfo]]:
+    """Run the plan on one process per spec; outcomes in plan order, and what each worker did."""
+    from multiprocessing.connection import wait
+
+    from editx_cli import engine as engines
+
+    sched = Scheduler(planned, specs[0].options, on_finish)
+    batches = engines.get(specs[0].engine).batches
+    ctx = mp.get_context("spawn")  # no fork: CUDA and model libraries do not survive it
+    workers = []
+    for i, spec in enumerate(specs):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker, args=(child, spec), name=f"editx-worker-{i}", daemon=True)
+        proc.start()
+        child.close()
+        name = f"gpu {spec.gpu}" if spec.gpu is not None else f"worker {i}"
+        workers.append({"proc": proc, "conn": parent, "info": WorkerInfo(name), "held": None, "ready": False})
+    try:
+        while not sched.finished:
+            alive = [w for w in workers if not w.get("dead")]
+            if not alive or sched.stalled():
+                _abandon(sched, "no worker left to run it" if not alive else "its input task never ran")
+                break
+            for w in alive:  # hand work to every idle, loaded worker
+                if w["ready"] and w["held"] is None:
+                    group = sched.take(len(alive), batches)
+                    if group:
+                        w["held"] = group
+                        w["conn"].send(group)
+            ready = wait([w["conn"] for w in alive] + [w["proc"].sentinel for w in alive], timeout=1.0)
+            for w in alive:
+                if w["conn"] in ready:
+                    try:
+                        _receive(w, w["conn"].recv(), sched)
+                        continue
+                    except (EOFError, OSError):  # the worker's end of the pipe is gone
+                        pass
+                elif w["proc"].sentinel not in ready:
+                    continue
+                w["proc"].join(5)
+                _died(w, sched)
+        loaded = [w for w in workers if w["ready"]]
+        if not loaded and not any(o.status == "done" for o in sched.outcomes.values()):
+            errors = {w["info"].error for w in workers if w["info"].error}
+            if errors:
+                raise InvalidInput([Problem("workers", None, None, f"the engine failed to load: {e}")
+                                    for e in sorted(errors)])
+    finally:
+        for w in workers:
+            if w["proc"].is_alive():
+                try:
+                    w["conn"].send(None)
+                except (OSError, BrokenPipeError):
+                    pass
+        for w in workers:
+            w["proc"].join(10)
+            if w["proc"].is_alive():
+                w["proc"].kill()
+    return [sched.outcomes[p.task.id] for p in planned if p.task.id in sched.outcomes], \
+        [w["info"] for w in workers]
+
+
+def _receive(w: dict, msg: tuple, sched: Scheduler) -> None:
+    kind = msg[0]
+    if kind == "ready":
+        w["ready"], w["info"].device, w["info"].load_seconds = True, msg[1], msg[2]
+        log.info("%s: engine loaded on %s in %.2f s", w["info"].name, msg[1], msg[2])
+    elif kind == "error":
+        w["info"].error = msg[1]
+        log.error("%s: the engine failed to load: %s", w["info"].name, msg[1])
+    elif kind == "done":
+        w["held"] = None
+        w["info"].run_info = msg[2]
+        sched.complete(msg[1])
+
+
+def _died(w: dict, sched: Scheduler) -> None:
+    if w.get("dead"):
+        return
+    w["dead"] = True
+    code = w["proc"].exitcode
+    if w["held"]:
+        ids = ", ".join(p.task.id for p in w["held"])
+        log.error("%s died (exit code %s) while running %s", w["info"].name, code, ids)
+        sched.fail(w["held"], f"{w['info'].name} died (exit code {code}) while running this task")
+        w["held"] = None
+
+
+def _abandon(sched: Scheduler, why: str) -> None:
+    for p in list(sched.pending):
+        sched.pending.remove(p)
+        sched.complete([_failed(p, f"not run: {why}")])
+
+
+# -- Ray ----------------------------------------------------------------------------------
+
+
+def run_ray(planned: list[PlannedTask], spec: WorkerSpec, address: str | None,
+            on_finish: Callable[[Outcome], None]) -> tuple[list[Outcome], list[WorkerInfo]]:
+    """Run the plan on Ray actors, one per GPU of the cluster (or `--workers` CPU actors when
+    it has none). Each actor holds a loaded engine; outputs go to the shared output folder."""
+    try:
+        import ray
+    except ImportError:
+        raise InvalidInput([Problem("--ray", None, None,
+                                    "Ray is not installed: pip install 'editx[ray]'")]) from None
+    ray.init(address=address or None, ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    count = gpus or max(1, int(spec.engine_config.get("workers") or 1))
+    actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1 if not gpus else 0)(_EngineActor)
+    actors = [actor_cls.remote(spec) for _ in range(count)]
+    infos = [WorkerInfo(f"ray actor {i}") for i in range(count)]
+    sched = Scheduler(planned, spec.options, on_finish)
+    from editx_cli import engine as engines
+
+    batches = engines.get(spec.engine).batches
+    ready: dict[int, bool] = {}
+    in_flight: dict[Any, tuple[int, list[PlannedTask] | None]] = {a.load.remote(): (i, None)
+                                                                   for i, a in enumerate(actors)}
+    dead: set[int] = set()
+    while in_flight or not sched.finished:
+        if sched.finished:
+            break
+        busy = {i for i, _ in in_flight.values()}
+        for i, actor in enumerate(actors):
+            if ready.get(i) and i not in busy and i not in dead:
+                group = sched.take(count - len(dead), batches)
+                if group:
+                    in_flight[actor.run.remote(group)] = (i, group)
+        if not in_flight:
+            _abandon(sched, "no Ray actor left to run it" if len(dead) == count else "its input task never ran")
+            break
+        done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        for ref in done:
+            i, group = in_flight.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as e:  # the actor died or its call raised
+                dead.add(i)
+                message = f"ray actor {i} failed: {str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+                if group:
+                    sched.fail(group, message)
+                else:
+                    infos[i].error = message
+                continue
+            if group is None:  # the load call
+                infos[i].device, infos[i].load_seconds = result
+                ready[i] = True
+            else:
+                outcomes, infos[i].run_info = result
+                sched.complete(outcomes)
+    for actor in actors:
+        ray.kill(actor)
+    if not ready and any(info.error for info in infos):
+        raise InvalidInput([Problem("--ray", None, None, info.error) for info in infos if info.error][:1])
+    return [sched.outcomes[p.task.id] for p in planned if p.task.id in sched.outcomes], infos
+
+
+class _EngineActor:
+    """A Ray actor holding one loaded engine."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.engine, self.cache = _build(spec)
+
+    def load(self) -> tuple[str, float]:
+        t0 = time.perf_counter()
+        self.engine.load()
+        return self.engine.device, time.perf_counter() - t0
+
+    def run(self, group: list[PlannedTask]) -> tuple[list[Outcome], dict]:
+        outcomes, _ = run(group, self.engine, self.spec.options)
+        return outcomes, self.engine.run_info()
