@@ -46,6 +46,9 @@ class RunOptions:
     seed: int = 0
     progress: bool = True
     batch_size: int = 8  # tasks decoded together by engines that batch
+    transcribe: bool = False  # fill empty audio_text with Whisper where the edit uses it
+    whisper_model: str = "large-v3"
+    allow_download: bool = False
 
 
 def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False) -> list[PlannedTask]:
@@ -152,6 +155,7 @@ def run(
     bar = tqdm(total=len(todo), unit="task", file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
     status = {p.task.id: ("done" if p.skip else "pending") for p in planned}
     pending = list(todo)
+    transcriber = _transcriber(engine, options)
     active: list[_Work] = []
 
     def finish(w: _Work | PlannedTask, state: str, error: str = "") -> None:
@@ -187,7 +191,7 @@ def run(
         starting = by_length[:room]
         for p in starting:
             pending.remove(p)
-            w = _start(p, outcomes[p.task.id])
+            w = _start(p, outcomes[p.task.id], engine, transcriber)
             if w is None:
                 finish(p, "failed", outcomes[p.task.id].error)
             else:
@@ -287,17 +291,47 @@ class _Work:
         self.x = None
 
 
-def _start(p: PlannedTask, o: Outcome) -> _Work | None:
+def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work | None:
+    """Read a task's input (and transcribe it when asked to); None if that fails."""
     t = p.task
+    text = t.prompt_text if t.task == "clone" else t.audio_text
     try:
         t0 = time.perf_counter()
         x, sr = audio.load(p.source)
         o.stages["read"] = round(time.perf_counter() - t0, 4)
+        if transcriber and t.task == "edit" and not text.strip() and engine.wants_transcript(t.edit_type,
+                                                                                              t.intensity):
+            text, hit, seconds = transcriber(x, sr, audio.samples_digest(x, sr))
+            o.stages["transcribe"] = round(seconds, 4)
+            o.cache_hits, o.cache_misses = o.cache_hits + hit, o.cache_misses + (not hit)
+            o.info["transcript"] = text
     except Exception as e:
         o.error = _one_line(e)
         return None
     o.input_seconds = round(len(x) / sr, 3)
-    return _Work(p, o, x, sr, str(p.source), t.prompt_text if t.task == "clone" else t.audio_text)
+    return _Work(p, o, x, sr, str(p.source), text)
+
+
+def _check_transcription(tasks: list[Task], engine: Engine, options: RunOptions) -> None:
+    """A Whisper model that cannot be opened is bad usage, found before anything runs."""
+    needed = [t for t in tasks if t.task == "edit" and not t.audio_text.strip()
+              and engine.wants_transcript(t.edit_type, t.intensity)]
+    if not (options.transcribe and needed):
+        return
+    from editx_cli.transcribe import TranscriptionError, resolve
+
+    try:
+        resolve(options.whisper_model, options.allow_download)
+    except TranscriptionError as e:
+        raise InvalidInput([Problem("--whisper-model", None, None, str(e))]) from None
+
+
+def _transcriber(engine: Engine, options: RunOptions):
+    if not options.transcribe:
+        return None
+    from editx_cli.transcribe import Transcriber
+
+    return Transcriber(options.whisper_model, engine.device, engine.cache, options.allow_download)
 
 
 def _one_line(e: BaseException) -> str:
@@ -349,6 +383,7 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
             if t.seed is None:
                 t.seed = config.options.seed
         engine = engine_cls(config.engine_config, cache)
+        _check_transcription(tasks, engine, config.options)
         planned = plan(tasks, engine.fingerprint(), config.options.overwrite)
         if config.dry_run:
             return None, planned

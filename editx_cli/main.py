@@ -38,6 +38,12 @@ def _common(f):
                      help="Sampling seed for tasks that set none."),
         click.option("--report", "report_path", envvar="EDITX_REPORT", type=click.Path(dir_okay=False),
                      default=None, help="Where to write the JSON report (a CSV twin is written beside it)."),
+        click.option("--transcribe/--no-transcribe", envvar="EDITX_TRANSCRIBE", default=False,
+                     help="Transcribe inputs whose audio_text is empty with Whisper (loaded only if needed)."),
+        click.option("--whisper-model", envvar="EDITX_WHISPER_MODEL", default="large-v3", show_default=True,
+                     help="A local Whisper checkpoint file, or a model name already in Whisper's cache."),
+        click.option("--allow-download", is_flag=True, envvar="EDITX_ALLOW_DOWNLOAD",
+                     help="Let Whisper download a named model that is not cached yet."),
         click.option("-q", "--quiet", is_flag=True, envvar="EDITX_QUIET", help="No progress bar, warnings only."),
         click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
     ]
@@ -117,7 +123,7 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, batch_size: int, gpus: s
     def build():
         rows = manifests.read_rows(path)
         return manifests.validate(rows, source=str(path), base_dir=path.resolve().parent,
-                                  out_dir=out, engine=engine_cls)
+                                  out_dir=out, engine=engine_cls, transcribe=common["transcribe"])
 
     report_path = Path(common["report_path"]) if common["report_path"] else out / "report.json"
     gpu_list = None
@@ -180,7 +186,7 @@ def _single(row: dict, common: dict, labels: dict) -> None:
 
     def build():
         return manifests.validate([row], source="command line", base_dir=Path.cwd(), out_dir=Path.cwd(),
-                                  engine=engine_cls, field_labels=labels)
+                                  engine=engine_cls, field_labels=labels, transcribe=common["transcribe"])
 
     report_path = Path(common["report_path"]) if common["report_path"] else None
     _run(build, common, report_path, single=True)
@@ -227,6 +233,8 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
         dry_run=common["dry_run"],
         options=runner.RunOptions(
             overwrite=common["overwrite"], fail_fast=fail_fast, seed=common["seed"], batch_size=batch_size,
+            transcribe=common["transcribe"], whisper_model=common["whisper_model"],
+            allow_download=common["allow_download"],
             progress=not common["quiet"] and sys.stderr.isatty(),
         ),
         log_level=log.level,

@@ -115,6 +115,7 @@ def validate(
     out_dir: Path,
     engine: type,
     field_labels: dict[str, str] | None = None,
+    transcribe: bool = False,
 ) -> list[Task]:
     """Turn raw rows into tasks, or raise InvalidInput listing every problem.
 
@@ -138,7 +139,7 @@ def validate(
 
     tasks: list[Task] = []
     for n, raw in enumerate(rows, 1):
-        task = _validate_row(n, raw, base_dir, out_dir, engine, bad)
+        task = _validate_row(n, raw, base_dir, out_dir, engine, bad, transcribe)
         if task is not None:
             task.source = source
             if field_labels:
@@ -159,7 +160,8 @@ def _text(raw: dict, key: str) -> str:
     return v if isinstance(v, str) else str(v)
 
 
-def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type, bad) -> Task | None:
+def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type, bad,
+                  transcribe: bool = False) -> Task | None:
     ok = True
 
     def err(fld: str | None, msg: str) -> None:
@@ -243,8 +245,9 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
                 err("text", "missing (a paralinguistic edit needs the new text with tags such as [Laughter])")
             elif edit_type != "paralinguistic" and fields["text"].strip():
                 err("text", f"does not apply to a {edit_type} edit")
-            if edit_type in engine.needs_transcript and not fields["audio_text"].strip():
-                err("audio_text", f"missing (a {edit_type} edit needs the transcript of input_audio)")
+            if edit_type in engine.needs_transcript and not fields["audio_text"].strip() and not transcribe:
+                err("audio_text", f"missing (a {edit_type} edit needs the transcript of input_audio; "
+                    "or pass --transcribe)")
 
     output = _output_path(fields["output"].strip(), task_id, out_dir, err)
     if not ok:

@@ -257,6 +257,7 @@ def run_ray(planned: list[PlannedTask], spec: WorkerSpec, address: str | None,
     except ImportError:
         raise InvalidInput([Problem("--ray", None, None,
                                     "Ray is not installed: pip install 'editx[ray]'")]) from None
+    started_here = not ray.is_initialized()
     ray.init(address=address or None, ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     gpus = int(ray.cluster_resources().get("GPU", 0))
@@ -305,6 +306,8 @@ def run_ray(planned: list[PlannedTask], spec: WorkerSpec, address: str | None,
                 sched.complete(outcomes)
     for actor in actors:
         ray.kill(actor)
+    if started_here:
+        ray.shutdown()
     if not ready and any(info.error for info in infos):
         raise InvalidInput([Problem("--ray", None, None, info.error) for info in infos if info.error][:1])
     return [sched.outcomes[p.task.id] for p in planned if p.task.id in sched.outcomes], infos

@@ -10,6 +10,7 @@ writes
                                     modeling_step1.py), CosyVoice-300M-25Hz/ (yaml, flow.pt,
                                     hift.pt, campplus.onnx)
     OUT_DIR/editx-src/              a stand-in `stepvocoder` package that cosyvoice.yaml names
+    OUT_DIR/whisper-tiny.pt         a Whisper checkpoint for --transcribe --whisper-model
 
 Every model is real (FunASR's ParaformerStreaming, ONNX graphs exported from torch, a
 Step1-shaped transformer) but small and randomly initialised with fixed seeds, so that
@@ -266,6 +267,18 @@ def _vocoder_module(kind: str, name: str):
     return getattr(importlib.import_module(module[kind]), name)
 
 
+def build_whisper(path: Path) -> None:
+    """A tiny Whisper checkpoint in openai-whisper's own format (for --whisper-model)."""
+    from dataclasses import asdict
+
+    from whisper.model import ModelDimensions, Whisper
+
+    torch.manual_seed(5)
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=1,
+                           n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=1)
+    torch.save({"dims": asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, path)
+
+
 def build_editx_src(root: Path) -> None:
     pkg = root / "editx-src" / "stepvocoder" / "cosyvoice2"
     for sub in ("", "flow", "hifigan"):
@@ -495,7 +508,8 @@ def main() -> None:
     sys.path.insert(0, str(root / "editx-src"))
     build_tokenizer_dir(root)
     build_llm_dir(root)
-    for sub in ("Step-Audio-EditX", "Step-Audio-Tokenizer", "editx-src"):
+    build_whisper(root / "whisper-tiny.pt")
+    for sub in ("Step-Audio-EditX", "Step-Audio-Tokenizer", "editx-src", "whisper-tiny.pt"):
         print(root / sub)
 
 

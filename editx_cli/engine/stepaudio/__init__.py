@@ -62,6 +62,10 @@ class StepAudioEngine(Engine):
         self.max_batch = int(config.get("batch_size") or 8)
         self.stats = DecodeStats()
 
+    def wants_transcript(self, edit_type: str, intensity: float) -> bool:
+        # a guided edit's reference prompt re-speaks the transcript
+        return edit_type in self.needs_transcript or intensity != 1.0
+
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> list[str]:
         out = layout.problems(_path(config.get("model_dir")), _path(config.get("tokenizer_dir")),
