@@ -424,9 +424,11 @@ def _run_parallel(planned: list[PlannedTask], config: RunConfig, cache) -> tuple
             log.error("task %s failed: %s", o.id, o.error)
         bar.update(1)
 
+    cpu_threads = None if config.gpus else max(1, (os.cpu_count() or 1) // config.workers)
     spec = parallel.WorkerSpec(config.engine, {**config.engine_config, "workers": config.workers},
                                str(cache.directory) if cache.directory else None, config.use_cache,
-                               config.cache_size, config.options, log_level=config.log_level)
+                               config.cache_size, config.options, log_level=config.log_level,
+                               threads=cpu_threads if config.ray is None else None)
     if config.ray is not None:
         ran, workers = parallel.run_ray(planned, spec, None if config.ray == "local" else config.ray, finished)
     else:

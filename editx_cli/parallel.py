@@ -39,6 +39,7 @@ class WorkerSpec:
     options: RunOptions
     gpu: int | None = None
     log_level: int = logging.WARNING
+    threads: int | None = None  # CPU threads for this worker; None: the library defaults
 
 
 @dataclass
@@ -120,6 +121,7 @@ def _worker(conn, spec: WorkerSpec) -> None:
     """A worker process: build and load the engine once, then run what it is given."""
     if spec.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.gpu)
+    _limit_threads(spec.threads)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"editx[{os.getpid()}]: %(message)s"))
     log.handlers[:] = [handler]
@@ -140,6 +142,17 @@ def _worker(conn, spec: WorkerSpec) -> None:
         outcomes, _ = run(group, engine, spec.options)
         conn.send(("done", outcomes, engine.run_info()))
     cache.close()
+
+
+def _limit_threads(threads: int | None) -> None:
+    """CPU workers share the cores: each gets its part, or OpenMP threads spin against each other."""
+    if not threads:
+        return
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _build(spec: WorkerSpec):
@@ -317,6 +330,7 @@ class _EngineActor:
     """A Ray actor holding one loaded engine."""
 
     def __init__(self, spec: WorkerSpec) -> None:
+        _limit_threads(spec.threads)
         self.spec = spec
         self.engine, self.cache = _build(spec)
 

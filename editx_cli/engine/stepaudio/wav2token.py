@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import sys
+import os
 from pathlib import Path
 
 import numpy as np
@@ -64,9 +64,9 @@ class AudioTokenizer:
         import torch
 
         threads = torch.get_num_threads()
-        # FunASR prints notices on stdout, which carries only editx's own results.
-        # FunASR logs its loading steps at INFO on the root logger: quiet them.
-        with contextlib.redirect_stdout(sys.stderr), _logging_disabled(logging.WARNING):
+        # FunASR prints notices (its version, a missing ffmpeg it does not need here) and logs
+        # its loading steps; stdout carries only editx's own results. Errors still raise.
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet), _logging_disabled(logging.WARNING):
             from funasr import AutoModel
 
             # disable_update: never query a hub; dither 0: deterministic features (the
