@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +122,6 @@ def run(
     planned: list[PlannedTask],
     engine: Engine,
     options: RunOptions,
-    on_loaded: Callable[[float], None] | None = None,
 ) -> tuple[list[Outcome], float]:
     """Run every task not already done; return the outcomes and the engine load time.
 
@@ -147,16 +145,20 @@ def run(
                                         f"the engine failed to load: {_one_line(e)}")]) from None
         load_seconds = time.perf_counter() - t0
         log.debug("engine %s ready on %s in %.2f s", engine.name, engine.device, load_seconds)
-    if on_loaded:
-        on_loaded(load_seconds)
 
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), unit="task", file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
     status = {p.task.id: ("done" if p.skip else "pending") for p in planned}
     pending = list(todo)
+    lengths: dict[Path, float] = {}  # input seconds, probed once, for grouping by length
     transcriber = _transcriber(engine, options)
     active: list[_Work] = []
+
+    def seconds_of(p: PlannedTask) -> float:
+        if p.source not in lengths:
+            lengths[p.source] = _seconds(p.source) or 0.0
+        return lengths[p.source]
 
     def finish(w: _Work | PlannedTask, state: str, error: str = "") -> None:
         p = w.p if isinstance(w, _Work) else w
@@ -187,8 +189,7 @@ def run(
         # batch holds prompts of similar length (little padding).
         size = max(1, options.batch_size)
         room = size - min(len(active), size)
-        by_length = sorted(ready, key=lambda p: _probe_seconds(p.source)) if size > 1 else ready
-        starting = by_length[:room]
+        starting = (sorted(ready, key=seconds_of) if size > 1 else ready)[:room]
         for p in starting:
             pending.remove(p)
             w = _start(p, outcomes[p.task.id], engine, transcriber)
@@ -226,10 +227,6 @@ def _seconds(path: Path) -> float | None:
         return round(audio.probe(path).seconds, 3)
     except audio.AudioError:
         return None
-
-
-def _probe_seconds(path: Path) -> float:
-    return _seconds(path) or 0.0
 
 
 @dataclass

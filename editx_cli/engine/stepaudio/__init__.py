@@ -194,7 +194,7 @@ class StepAudioEngine(Engine):
         from editx_cli.engine.stepaudio.wav2token import preprocess
 
         if self.speaker_encoder is None:
-            self.speaker_encoder = SpeakerEncoder(self.llm_dir / layout.VOCODER_SUBDIR / "campplus.onnx")
+            self.speaker_encoder = SpeakerEncoder(self.llm_dir / layout.VOCODER_SUBDIR / "campplus.onnx", self.device)
         # Tokens come from the trimmed 16 kHz audio, mel and embedding from the untrimmed
         # audio: the reference's mismatch, kept (the vocoder stretches the mel to fit).
         vq02, vq06 = self.audio_tokenizer(preprocess(x, sr))

@@ -49,13 +49,10 @@ def kaldi_fbank(x16: np.ndarray) -> np.ndarray:
 class SpeakerEncoder:
     """campplus.onnx on mean-normalised fbank -> a 192-d embedding."""
 
-    def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
+    def __init__(self, path: Path, device: str) -> None:
+        from editx_cli.engine.stepaudio.wav2token import onnx_session
 
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, device)
 
     def __call__(self, x: np.ndarray, sr: int) -> np.ndarray:
         feats = kaldi_fbank(resample(np.asarray(x, np.float32), sr, 16000))

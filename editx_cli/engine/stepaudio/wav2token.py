@@ -60,7 +60,6 @@ class AudioTokenizer:
     def load(self) -> None:
         if self.loaded:
             return
-        import onnxruntime as ort
         import torch
 
         threads = torch.get_num_threads()
@@ -78,7 +77,7 @@ class AudioTokenizer:
         self.funasr_kwargs = auto.kwargs
         self.frontend = auto.kwargs["frontend"]
         self.centroids = torch.from_numpy(np.load(self.dir / "linguistic_tokenizer.npy")).float()
-        self.vq06_session = _onnx_session(ort, self.dir / "speech_tokenizer_v1.onnx", self.device)
+        self.vq06_session = onnx_session(self.dir / "speech_tokenizer_v1.onnx", self.device)
         import whisper  # noqa: F401  (imported here so its cost is load time)
 
         self.loaded = True
@@ -146,7 +145,11 @@ class AudioTokenizer:
         return codes
 
 
-def _onnx_session(ort, path: Path, device: str):
+def onnx_session(path: Path, device: str):
+    """An ONNX Runtime session on the engine's device: the CUDA provider on its GPU when
+    this onnxruntime has it, the CPU otherwise."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     providers: list = ["CPUExecutionProvider"]
