@@ -239,13 +239,14 @@ class _Work:
     sr: int
     path: str
     audio_text: str
+    digest: str  # samples_digest of the current audio
     passes: int = 0
 
     def request(self) -> Request:
         t = self.p.task
         return Request(kind=t.task, audio=self.x, sr=self.sr, audio_text=self.audio_text, text=t.text,
                        edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity, seed=self.o.seed,
-                       audio_digest=audio.samples_digest(self.x, self.sr), path=self.path)
+                       audio_digest=self.digest, path=self.path)
 
     def absorb(self, result: Result) -> None:
         o = self.o
@@ -256,6 +257,8 @@ class _Work:
         o.cache_misses += result.cache_misses
         self.x, self.sr, self.path = result.audio, result.sr, ""
         self.passes += 1
+        if self.passes < self.p.task.iterations:
+            self.digest = audio.samples_digest(self.x, self.sr)
         # The next pass edits this output; its transcript is what was just spoken.
         if self.p.task.edit_type == "paralinguistic":
             self.audio_text = self.p.task.text
@@ -295,10 +298,11 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work | N
     try:
         t0 = time.perf_counter()
         x, sr = audio.load(p.source)
+        digest = audio.samples_digest(x, sr)
         o.stages["read"] = round(time.perf_counter() - t0, 4)
         if transcriber and t.task == "edit" and not text.strip() and engine.wants_transcript(t.edit_type,
                                                                                               t.intensity):
-            text, hit, seconds = transcriber(x, sr, audio.samples_digest(x, sr))
+            text, hit, seconds = transcriber(x, sr, digest)
             o.stages["transcribe"] = round(seconds, 4)
             o.cache_hits, o.cache_misses = o.cache_hits + hit, o.cache_misses + (not hit)
             o.info["transcript"] = text
@@ -306,7 +310,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work | N
         o.error = _one_line(e)
         return None
     o.input_seconds = round(len(x) / sr, 3)
-    return _Work(p, o, x, sr, str(p.source), text)
+    return _Work(p, o, x, sr, str(p.source), text, digest)
 
 
 def _check_transcription(tasks: list[Task], engine: Engine, options: RunOptions) -> None:

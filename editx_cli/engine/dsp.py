@@ -14,6 +14,7 @@ Speech timestamps (the costly part of vad) go through the feature cache.
 
 from __future__ import annotations
 
+import functools
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -107,10 +108,11 @@ class DspEngine(Engine):
     def _speech_segments(self, x: np.ndarray, sr: int, digest: str) -> tuple[list[tuple[int, int]], bool]:
         """Speech spans as (start, end) sample indices at the audio's own rate, and whether
         they came from the cache."""
-        key = self.cache.key("vad", digest or samples_digest(x, sr), self._vad_fingerprint())
+        key = self.cache.key("vad", digest or samples_digest(x, sr), self._vad_fingerprint)
         spans, hit = self.cache.get_or_compute(key, lambda: self._detect(x, sr))
         return [(int(a), int(b)) for a, b in spans], hit
 
+    @functools.cached_property
     def _vad_fingerprint(self) -> str:
         return f"{CODE_VERSION};silero-vad={self.versions()['silero-vad']};onnx"
 

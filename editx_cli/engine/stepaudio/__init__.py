@@ -16,6 +16,7 @@ input's transcript for that reference prompt.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -84,7 +85,9 @@ class StepAudioEngine(Engine):
         vocoder_dir = self.llm_dir / layout.VOCODER_SUBDIR
         return tok.files() + [vocoder_dir / "campplus.onnx", vocoder_dir / "cosyvoice.yaml"]
 
+    @functools.cache  # noqa: B019 (one engine per run: the cache lives as long as it)
     def feature_fingerprint(self) -> str:
+        """Tokenizer and vocoder-feature checkpoints plus code versions; read once per run."""
         from editx_cli.engine.stepaudio import features, vocoder, wav2token
 
         versions = ";".join([CODE_VERSION, wav2token.CODE_VERSION, features.CODE_VERSION, vocoder.CODE_VERSION])
