@@ -186,8 +186,9 @@ def run(
                 finish(p, "failed", "its input task never ran")
             break
         # Fill the wave from work in progress first, then new tasks, shortest first so a
-        # batch holds prompts of similar length (little padding).
-        size = max(1, options.batch_size)
+        # batch holds prompts of similar length (little padding). An engine with a queue of
+        # its own gets several batches' worth at once.
+        size = max(1, options.batch_size) * (engine.wave_factor if engine.batches else 1)
         room = size - min(len(active), size)
         starting = (sorted(ready, key=seconds_of) if size > 1 else ready)[:room]
         for p in starting:

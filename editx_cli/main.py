@@ -68,11 +68,18 @@ def _model_options() -> list:
         click.option("--llm-impl", envvar="EDITX_LLM_IMPL", type=click.Choice(["native", "remote"]),
                      default="native", show_default=True,
                      help="native: editx's Step1 (batches correctly); remote: the checkpoint's own code "
-                          "(trust_remote_code)."),
+                          "(trust_remote_code), which ignores attention masks, so each row runs alone, "
+                          "unpadded and uncached: slow, for comparison and AWQ."),
+        click.option("--deterministic", is_flag=True, envvar="EDITX_DETERMINISTIC",
+                     help="float32 without TF32, each prompt prefilled alone, a fixed cache length: a task's "
+                          "output does not depend on what it is batched with (slower)."),
+        click.option("--cuda-graphs/--no-cuda-graphs", envvar="EDITX_CUDA_GRAPHS", default=True, show_default=True,
+                     help="Capture the decode step as CUDA graphs (CUDA only; native LLM)."),
     ]
 
 
-MODEL_KEYS = ("model_dir", "tokenizer_dir", "editx_src", "variant", "dtype", "llm_impl")
+MODEL_KEYS = ("model_dir", "tokenizer_dir", "editx_src", "variant", "dtype", "llm_impl", "deterministic",
+              "cuda_graphs")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -97,7 +104,8 @@ def cli() -> None:
 @click.option("--fail-fast", is_flag=True, envvar="EDITX_FAIL_FAST",
               help="Stop after the batch in which a task fails.")
 @click.option("--batch-size", envvar="EDITX_BATCH_SIZE", type=click.IntRange(1, 256), default=8, show_default=True,
-              help="Tasks decoded together (stepaudio; halved on GPU out-of-memory).")
+              help="Decoder slots (stepaudio): rows decoded together, refilled as tasks end; a task with "
+                   "intensity != 1 takes two. Halved on GPU out-of-memory.")
 @click.option("--gpus", envvar="EDITX_GPUS", default=None,
               help="Comma-separated GPU indices: one worker process per GPU, each loading the model once.")
 @click.option("--workers", envvar="EDITX_WORKERS", type=click.IntRange(1, 64), default=1, show_default=True,

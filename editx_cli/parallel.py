@@ -66,17 +66,17 @@ class Scheduler:
     def finished(self) -> bool:
         return not self.pending and "running" not in self.status.values()
 
-    def take(self, workers: int, batches: bool) -> list[PlannedTask]:
+    def take(self, workers: int, batches: bool, per_call: int = 1) -> list[PlannedTask]:
         """Ready tasks for one worker, now running; [] when none is ready yet.
 
-        An engine that batches gets up to batch_size tasks, but no more than an even share
+        An engine that batches gets up to batch_size x per_call tasks, but no more than an even share
         of what is ready, so no worker idles while another holds a queue; one that does
         not batch gets one task at a time.
         """
         self._settle()
         ready = [p for p in self.pending if p.task.input_task is None or self.status[p.task.input_task] == "done"]
         share = -(-len(ready) // max(1, workers))
-        group = ready[: max(1, min(self.options.batch_size, share))] if batches else ready[:1]
+        group = ready[: max(1, min(self.options.batch_size * per_call, share))] if batches else ready[:1]
         for p in group:
             self.pending.remove(p)
             self.status[p.task.id] = "running"
@@ -171,7 +171,7 @@ def run_processes(planned: list[PlannedTask], specs: list[WorkerSpec],
     from editx_cli import engine as engines
 
     sched = Scheduler(planned, specs[0].options, on_finish)
-    batches = engines.get(specs[0].engine).batches
+    batches, per_call = engines.get(specs[0].engine).batches, engines.get(specs[0].engine).wave_factor
     ctx = mp.get_context("spawn")  # no fork: CUDA and model libraries do not survive it
     workers = []
     for i, spec in enumerate(specs):
@@ -189,7 +189,7 @@ def run_processes(planned: list[PlannedTask], specs: list[WorkerSpec],
                 break
             for w in alive:  # hand work to every idle, loaded worker
                 if w["ready"] and w["held"] is None:
-                    group = sched.take(len(alive), batches)
+                    group = sched.take(len(alive), batches, per_call)
                     if group:
                         w["held"] = group
                         w["conn"].send(group)
@@ -281,7 +281,7 @@ def run_ray(planned: list[PlannedTask], spec: WorkerSpec, address: str | None,
     sched = Scheduler(planned, spec.options, on_finish)
     from editx_cli import engine as engines
 
-    batches = engines.get(spec.engine).batches
+    batches, per_call = engines.get(spec.engine).batches, engines.get(spec.engine).wave_factor
     ready: dict[int, bool] = {}
     in_flight: dict[Any, tuple[int, list[PlannedTask] | None]] = {a.load.remote(): (i, None)
                                                                    for i, a in enumerate(actors)}
@@ -292,7 +292,7 @@ def run_ray(planned: list[PlannedTask], spec: WorkerSpec, address: str | None,
         busy = {i for i, _ in in_flight.values()}
         for i, actor in enumerate(actors):
             if ready.get(i) and i not in busy and i not in dead:
-                group = sched.take(count - len(dead), batches)
+                group = sched.take(count - len(dead), batches, per_call)
                 if group:
                     in_flight[actor.run.remote(group)] = (i, group)
         if not in_flight:

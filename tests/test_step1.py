@@ -1,4 +1,5 @@
-"""The native Step1 LLM against the checkpoint-style remote code, padding, and guided sampling."""
+"""The native Step1 LLM against the checkpoint-style remote code, its static cache, padding,
+and guided decoding through the continuous-batching decoder."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 
 from editx_cli.engine.stepaudio import generate
-from editx_cli.engine.stepaudio.step1 import Step1ForCausalLM, alibi_slopes
+from editx_cli.engine.stepaudio.decoder import Decoder, NativeRunner, UnpaddedRunner
+from editx_cli.engine.stepaudio.generate import EOS, Job, Sampling, guide, probabilities
+from editx_cli.engine.stepaudio.step1 import StaticCache, Step1ForCausalLM, alibi_slopes
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +30,10 @@ def prompt(n: int, seed: int) -> list[int]:
     return [1, 4] + torch.randint(65536, 70656, (n - 2,), generator=g).tolist()
 
 
-def native_forward(model):
-    def forward(ids, mask, past):
-        logits, past = model(ids, mask, past)
-        return logits[:, -1], past
-
-    def reorder(past, index):
-        return [(k[index], v[index]) for k, v in past]
-
-    return forward, reorder
+def decode(model, jobs, slots=8, **kw):
+    with torch.inference_mode():
+        Decoder(NativeRunner(model, 8192), slots, Sampling(), "cpu", **kw).run(jobs)
+    return jobs
 
 
 def test_alibi_slopes_for_48_heads():
@@ -63,14 +61,27 @@ def test_kv_cache_gives_the_same_logits_as_a_full_pass(native):
     assert torch.allclose(full[:, 20:], step, atol=1e-5)
 
 
-def test_left_padded_row_generates_as_the_prompt_alone(native, remote):
+def test_static_cache_prefill_and_decode_equal_a_full_pass(native):
+    ids = prompt(40, 0)
+    with torch.no_grad():
+        full, _ = native(torch.tensor([ids]), torch.ones(1, 40, dtype=torch.bool), all_logits=True)
+        cache = StaticCache(native.config, 3, 64, "cpu", torch.float32)
+        # two rows prefilled together into slots 2 and 0, right-padded to one width
+        first = native.prefill(torch.tensor([ids[:30], ids[:20] + [0] * 10]), torch.tensor([29, 19]),
+                               torch.tensor([2, 0]), cache)
+        assert torch.allclose(first, full[0, [29, 19]], atol=1e-4)
+        for i in range(30, 40):  # slot 2 decodes on; slots 0 and 1 take part with junk
+            step = native.decode(torch.tensor([5, 6, ids[i]]), torch.tensor([20, 0, i]), cache)
+            assert torch.allclose(step[2], full[0, i], atol=1e-4), i
+
+
+def test_a_row_decodes_the_same_alone_or_among_others(native, remote):
     short, long = prompt(25, 2), prompt(60, 3)
-    forward, reorder = native_forward(native)
-    alone = generate.run([generate.Job(short, seed=7, budget=30)], forward, reorder, "cpu")[0].tokens
-    batched = generate.run([generate.Job(long, seed=5, budget=30), generate.Job(short, seed=7, budget=30)],
-                           forward, reorder, "cpu")
-    assert batched[1].tokens == alone
-    # The checkpoint's own code lets real tokens attend to the padding: the same row differs.
+    alone = decode(native, [Job(short, seed=7, budget=30)])[0].tokens
+    others = [Job(prompt(30 + 9 * i, 20 + i), seed=i, budget=5 + 7 * i) for i in range(6)]
+    batched = decode(native, [Job(long, seed=5, budget=30), *others, Job(short, seed=7, budget=30)], slots=3)
+    assert batched[-1].tokens == alone and len(alone) > 1
+    # The checkpoint's own code lets real tokens attend to left padding: a padded row differs.
     padded = torch.tensor([[0] * 35 + short])
     mask = torch.tensor([[0] * 35 + [1] * 25])
     with torch.no_grad():
@@ -81,34 +92,47 @@ def test_left_padded_row_generates_as_the_prompt_alone(native, remote):
     assert torch.allclose(mine_padded[0, -1], theirs_alone.float(), atol=1e-4)
 
 
+def test_the_checkpoint_code_decodes_unpadded_rows_as_one_at_a_time(remote):
+    """Through UnpaddedRunner each row runs alone, so mask-ignoring code batches correctly."""
+    def run(jobs, slots):
+        with torch.inference_mode():
+            Decoder(UnpaddedRunner(remote, 74752, 8192), slots, Sampling(), "cpu").run(jobs)
+        return [j.tokens for j in jobs]
+
+    def make():
+        return [Job(prompt(20 + 11 * i, 40 + i), seed=i, budget=12, guidance=1.5 if i % 2 else 1.0,
+                    reference=prompt(33, 50 + i)) for i in range(4)]
+
+    together = run(make(), 4)
+    assert together == [run([j], 1)[0] for j in make()]
+
+
 def test_guided_tokens_follow_l_ref_plus_w_times_the_difference(native):
-    """Decode with guidance in one padded batch, then replay each step on unpadded
-    prompts alone: every token is the draw from l_ref + w (l_edit - l_ref)."""
+    """Decode with guidance among other rows, then replay each step on the prompts alone:
+    every token is the draw, with the task's own uniform, from l_ref + w (l_edit - l_ref)."""
     edit, ref, w = prompt(30, 4), prompt(45, 5), 2.0
-    forward, reorder = native_forward(native)
-    job = generate.run([generate.Job(edit, seed=11, budget=12, guidance=w, reference=ref)],
-                       forward, reorder, "cpu")[0]
-    gen = torch.Generator().manual_seed(11)
+    job = decode(native, [Job(prompt(50, 6), seed=3, budget=8), Job(edit, seed=11, budget=12, guidance=w,
+                                                                     reference=ref)])[1]
+    uniforms = Job(edit, seed=11, budget=12).uniforms()
     with torch.no_grad():
         for k, token in enumerate(job.tokens):
             l_edit = native(torch.tensor([edit + job.tokens[:k]]), torch.ones(1, 30 + k, dtype=torch.bool))[0][0, -1]
             l_ref = native(torch.tensor([ref + job.tokens[:k]]), torch.ones(1, 45 + k, dtype=torch.bool))[0][0, -1]
-            guided = l_ref + w * (l_edit - l_ref)
-            assert torch.allclose(generate.guide(l_edit, l_ref, w), guided)
-            expected = generate.draw(generate.mask_repetition(guided, edit + job.tokens[:k]), gen)
+            history = edit + job.tokens[:k]
+            probs = probabilities(guide(l_edit, l_ref, w), history)
+            top, order = probs.sort(descending=True)  # the sampler walks the CDF largest first
+            expected = int(order[torch.searchsorted(top.cumsum(0), uniforms[k] * top.sum(), right=True)])
             assert token == expected, k
     # w = 1 needs no reference row: it is the plain model
-    plain = generate.run([generate.Job(edit, seed=11, budget=12, guidance=1.0, reference=ref)],
-                         forward, reorder, "cpu")[0]
-    alone = generate.run([generate.Job(edit, seed=11, budget=12)], forward, reorder, "cpu")[0]
+    plain = decode(native, [Job(edit, seed=11, budget=12, guidance=1.0, reference=ref)])[0]
+    alone = decode(native, [Job(edit, seed=11, budget=12)])[0]
     assert plain.tokens == alone.tokens != job.tokens
 
 
 def test_budget_ends_a_runaway_decode(native):
-    forward, reorder = native_forward(native)
-    jobs = generate.run([generate.Job(prompt(40, s), seed=s, budget=25) for s in range(4)], forward, reorder, "cpu")
+    jobs = decode(native, [Job(prompt(40, s), seed=s, budget=25) for s in range(4)])
     assert all(len(j.tokens) <= 25 for j in jobs)
-    assert any(len(j.tokens) == 25 and j.tokens[-1] != generate.EOS for j in jobs)
+    assert any(len(j.tokens) == 25 and j.tokens[-1] != EOS for j in jobs)
 
 
 def test_repetition_mask():

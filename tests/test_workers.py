@@ -23,7 +23,10 @@ def test_two_workers_give_the_outputs_of_one_process(tmp_path):
     report = json.loads((tmp_path / "two" / "report.json").read_text())
     assert report["run"]["done"] == 9
     workers = report["run"]["engine_info"]["workers"]
-    assert len(workers) == 2 and all(w["device"] == "cpu" and not w["error"] for w in workers)
+    # nine quick dsp tasks can all be done before the slower worker has loaded: it then
+    # reports no device, and no error
+    assert len(workers) == 2 and not any(w["error"] for w in workers)
+    assert {w["device"] for w in workers} - {""} == {"cpu"}
     for t in report["tasks"]:
         name = Path(t["output"]).name
         assert (tmp_path / "one" / name).read_bytes() == Path(t["output"]).read_bytes()

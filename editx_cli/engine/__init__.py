@@ -56,6 +56,9 @@ class Engine:
     needs_transcript: ClassVar[frozenset[str]] = frozenset()
     # Whether run_batch decodes several requests at once (worth handing a worker a group).
     batches: ClassVar[bool] = False
+    # Requests per run_batch call, per unit of batch size: above 1 when the engine keeps a
+    # queue of its own (continuous batching refills its rows from it as tasks end).
+    wave_factor: ClassVar[int] = 1
 
     def __init__(self, config: dict[str, Any], cache: Any) -> None:
         self.config = config

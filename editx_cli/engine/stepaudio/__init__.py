@@ -17,6 +17,7 @@ input's transcript for that reference prompt.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -48,6 +49,7 @@ class StepAudioEngine(Engine):
     edit_types = frozenset(EDIT_TYPES)
     needs_transcript = frozenset({"emotion", "style", "speed", "paralinguistic"})
     batches = True
+    wave_factor = 4  # tasks handed over per call, per decoder slot: queued work refills slots as rows end
 
     def __init__(self, config: dict[str, Any], cache: Any) -> None:
         super().__init__(config, cache)
@@ -57,10 +59,13 @@ class StepAudioEngine(Engine):
         self.variant = config.get("variant") or "base"
         self.llm_impl = config.get("llm_impl") or "native"
         self.dtype_name = config.get("dtype") or "auto"
+        self.deterministic = bool(config.get("deterministic"))
+        self.cuda_graphs = config.get("cuda_graphs", True) is not False
         self.llm_dir = layout.llm_dir(self.model_dir, self.variant) if self.model_dir else None
         self.audio_tokenizer = None
         self.speaker_encoder = None
         self.max_batch = int(config.get("batch_size") or 8)
+        self.slots = self.max_batch
         self.stats = DecodeStats()
 
     def wants_transcript(self, edit_type: str, intensity: float) -> bool:
@@ -74,6 +79,11 @@ class StepAudioEngine(Engine):
                               config.get("llm_impl") or "native")
         if (config.get("variant") == "awq") and (config.get("llm_impl") or "native") == "native":
             out.append("--variant awq needs --llm-impl remote (its packed weights load through transformers)")
+        if config.get("deterministic") and (config.get("dtype") or "auto") not in ("auto", "float32"):
+            out.append(f"--deterministic decodes in float32; it cannot be combined with --dtype {config['dtype']}")
+        if config.get("deterministic") and config.get("variant") in ("bnb", "awq"):
+            out.append(f"--deterministic decodes in float32; the {config['variant']} variant's 4-bit weights "
+                       "cannot be")
         return out
 
     # -- identity -------------------------------------------------------------------------
@@ -98,7 +108,7 @@ class StepAudioEngine(Engine):
         files = [self.llm_dir / "config.json", self.llm_dir / "tokenizer.model",
                  *layout.weight_files(self.llm_dir), *(vocoder_dir / n for n in layout.VOCODER_FILES)]
         return ";".join([self.feature_fingerprint(), fingerprint_files(files, CODE_VERSION), self.llm_impl,
-                         self.dtype_name])
+                         "deterministic" if self.deterministic else self.dtype_name])
 
     def versions(self) -> dict[str, str]:
         from importlib.metadata import PackageNotFoundError, version
@@ -113,6 +123,7 @@ class StepAudioEngine(Engine):
 
     def run_info(self) -> dict[str, Any]:
         return {"variant": self.variant, "llm_impl": self.llm_impl, "dtype": str(getattr(self, "dtype", "")),
+                "deterministic": self.deterministic,
                 "audio_tokenizer_loaded": bool(self.audio_tokenizer and self.audio_tokenizer.loaded),
                 "decode": self.stats.summary()}
 
@@ -129,13 +140,13 @@ class StepAudioEngine(Engine):
         gpu_asked = self.config.get("gpu") is not None
         if torch.cuda.is_available():
             self.device = "cuda:0"  # --gpu N has set CUDA_VISIBLE_DEVICES, so N is device 0 here
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cuda.matmul.allow_tf32 = not self.deterministic
+            torch.backends.cudnn.allow_tf32 = not self.deterministic
         elif gpu_asked:
             raise RuntimeError(f"--gpu {self.config['gpu']} was given but no CUDA device is available")
         else:
             self.device = "cpu"
-        self.dtype = _dtype(self.dtype_name, self.device)
+        self.dtype = torch.float32 if self.deterministic else _dtype(self.dtype_name, self.device)
         t0 = time.perf_counter()
         self._load_llm()
         log.debug("LLM (%s, %s) loaded in %.2f s", self.llm_impl, self.dtype, time.perf_counter() - t0)
@@ -144,9 +155,10 @@ class StepAudioEngine(Engine):
         self.features_key = self.feature_fingerprint()
 
     def _load_llm(self) -> None:
-        import torch
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
+
+        from editx_cli.engine.stepaudio.decoder import NativeRunner, UnpaddedRunner
 
         hf_logging.set_verbosity_error()  # it warns that config.json names a model type it does not know
         remote = self.llm_impl == "remote"
@@ -157,13 +169,7 @@ class StepAudioEngine(Engine):
 
             model = Step1ForCausalLM.from_folder(self.llm_dir, self.device, self.dtype, nf4=self.variant == "bnb")
             self.llm = model
-
-            def forward(ids, mask, past):
-                logits, past = model(ids, mask, past)
-                return logits[:, -1], past
-
-            def reorder(past, index):
-                return [(k[index], v[index]) for k, v in past]
+            self.runner = NativeRunner(model, MAX_LENGTH)
         else:
             from transformers import AutoModelForCausalLM
 
@@ -171,18 +177,9 @@ class StepAudioEngine(Engine):
                                                          local_files_only=True, dtype=self.dtype).to(self.device)
             model.eval()
             self.llm = model
-
-            # The checkpoint's code is driven without its KV cache (its cache API follows an
-            # older transformers): every step recomputes the whole sequence. A comparison path.
-            def forward(ids, mask, past):
-                seq = ids if past is None else torch.cat([past, ids], dim=1)
-                out = model(input_ids=seq, attention_mask=mask.long())
-                return out.logits[:, -1].float(), seq
-
-            def reorder(past, index):
-                return past[index]
-
-        self.forward, self.reorder = forward, reorder
+            # The checkpoint's code ignores attention masks, so no row may ever be padded; and its
+            # cache API follows an older transformers, so each row recomputes its whole sequence.
+            self.runner = UnpaddedRunner(model, model.config.vocab_size, MAX_LENGTH)
 
     # -- one pass -------------------------------------------------------------------------
 
@@ -286,38 +283,45 @@ class StepAudioEngine(Engine):
         return _Prepared(job, feats, hit, tokenize, time.perf_counter() - t0 - tokenize)
 
     def _decode(self, jobs: list) -> None:
-        """Decode in batches of at most `max_batch`; on CUDA out-of-memory, halve and retry."""
+        """Decode every job through `max_batch` slots, longest budget first (the short ones fill
+        the slots at the end); on CUDA out-of-memory, halve the slots and go on with the jobs
+        that had not finished."""
         import torch
 
-        from editx_cli.engine.stepaudio import generate
+        from editx_cli.engine.stepaudio.decoder import Decoder
+        from editx_cli.engine.stepaudio.generate import Sampling
 
-        size = max(1, min(len(jobs), self.max_batch))
-        for start in range(0, len(jobs), size):
-            chunk = jobs[start : start + size]
+        todo = sorted(jobs, key=lambda j: j.budget, reverse=True)
+        while todo:
+            decoder = Decoder(self.runner, self.max_batch, Sampling(), self.device, cuda_graphs=self.cuda_graphs,
+                              row_prefill=self.deterministic, full_window=self.deterministic)
             t0 = time.perf_counter()
             try:
-                generate.run(chunk, self.forward, self.reorder, self.device)
+                figures = decoder.run(todo)
             except torch.cuda.OutOfMemoryError:
-                if len(chunk) == 1:
+                if self.max_batch == 1:
                     raise
-                for job in chunk:
-                    job.tokens.clear()
+                del decoder
+                self.runner.close()
                 torch.cuda.empty_cache()
-                self.max_batch = max(1, len(chunk) // 2)
-                log.warning("GPU out of memory at batch size %d: retrying at %d", len(chunk), self.max_batch)
-                self._decode(chunk)
+                self.max_batch //= 2
+                log.warning("GPU out of memory: going on with %d decoder slots", self.max_batch)
+                todo = [j for j in todo if not j.tokens]
                 continue
-            self.stats.add(chunk, time.perf_counter() - t0)
+            self.stats.add(todo, figures, time.perf_counter() - t0)
+            self.slots = figures.slots
+            return
 
-    def _vocode(self, p: _Prepared, generate_share: float, batch_size: int) -> Result:
+    def _vocode(self, p: _Prepared, generate_share: float, tasks: int) -> Result:
         from editx_cli.engine.stepaudio import generate
 
         t0 = time.perf_counter()
-        # The reference drops the last generated id unconditionally (it assumes the
-        # end-of-turn); so do we. Ids outside the audio range, which the reference would
-        # pass on (and crash on above 70655), are dropped.
+        # The reference drops the last generated id unconditionally, assuming it is the
+        # end-of-turn; dropping it only when it is keeps a budget-stopped task's last token.
+        # Ids outside the audio range, which the reference would pass on (and crash on
+        # above 70655), are dropped.
         job = p.job
-        kept = job.tokens[:-1]
+        kept = job.tokens[:-1] if job.tokens and job.tokens[-1] == generate.EOS else job.tokens
         mixed = [t - prompts.AUDIO_BASE for t in kept
                  if prompts.AUDIO_BASE <= t < prompts.AUDIO_BASE + prompts.N_VQ02 + prompts.N_VQ06]
         if not mixed:
@@ -327,7 +331,9 @@ class StepAudioEngine(Engine):
                   "vocode": time.perf_counter() - t0}
         info = {"prompt_tokens": len(job.prompt), "generated_tokens": len(job.tokens), "token_budget": job.budget,
                 "stopped": "end" if job.tokens and job.tokens[-1] == generate.EOS else "budget",
-                "guided": job.guided, "batch_size": batch_size}
+                "guided": job.guided, "decoded_with": tasks, "slots": self.slots,
+                # the ids themselves, in short: compares two runs' decoding without the audio
+                "tokens_digest": hashlib.sha256(np.asarray(job.tokens, np.int64).tobytes()).hexdigest()[:16]}
         return Result(wav.astype(np.float32), self.vocoder.sample_rate, stages, info,
                       cache_hits=int(p.hit), cache_misses=int(not p.hit))
 
@@ -349,24 +355,40 @@ class DecodeStats:
         self.seconds = 0.0
         self.prompt_tokens = 0
         self.padded_tokens = 0
-        self.batch_sizes: Counter[int] = Counter()
+        self.steps = 0
+        self.slot_steps = 0
+        self.row_tokens = 0
+        self.syncs = 0
+        self.capture_seconds = 0.0
+        self.graphs: set[int] = set()
+        self.batch_sizes: Counter[int] = Counter()  # decoder slots -> calls
 
-    def add(self, jobs: list, seconds: float) -> None:
-        rows = [j.prompt for j in jobs] + [j.reference for j in jobs if j.guided]
-        width = max(len(r) for r in rows)
+    def add(self, jobs: list, fig: Any, seconds: float) -> None:
         self.tokens += sum(len(j.tokens) for j in jobs)
         self.seconds += seconds
-        self.prompt_tokens += sum(len(r) for r in rows)
-        self.padded_tokens += len(rows) * width
-        self.batch_sizes[len(jobs)] += 1
+        self.prompt_tokens += fig.prefill_tokens
+        self.padded_tokens += fig.prefill_padded
+        self.steps += fig.steps
+        self.slot_steps += fig.steps * fig.slots
+        self.row_tokens += fig.row_tokens
+        self.syncs += fig.syncs
+        self.capture_seconds += fig.capture_seconds
+        self.graphs.update(fig.graphs)
+        self.batch_sizes[fig.slots] += 1
 
     def summary(self) -> dict[str, Any]:
         return {
             "generated_tokens": self.tokens,
             "decode_seconds": round(self.seconds, 3),
             "tokens_per_second": round(self.tokens / self.seconds, 1) if self.seconds else None,
+            "steps": self.steps,
+            # rows holding a live task, over all slot-steps (rows that ended idle until the next sync)
+            "slot_occupancy": round(self.row_tokens / self.slot_steps, 4) if self.slot_steps else None,
             "padding_waste": round(1 - self.prompt_tokens / self.padded_tokens, 4) if self.padded_tokens else None,
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+            "host_syncs_per_step": round(self.syncs / self.steps, 4) if self.steps else None,
+            "cuda_graphs": sorted(self.graphs),
+            "graph_capture_seconds": round(self.capture_seconds, 3),
         }
 
 

@@ -1,15 +1,17 @@
-"""Sampling as the reference does it, batched, with guidance for intensity.
+"""Sampling as the reference does it, and the same rules batched on the device.
 
-Per step and per task: logits (guided: l_ref + w * (l_edit - l_ref), where the
-reference row is decoded in the same batch and gets the same sampled token),
-then the repetition-aware mask, then temperature 0.7 and top-k 50, then one
-draw from the task's own seeded generator. A task's tokens therefore do not
-depend on what else is in the batch. Rows leave the batch when they end.
+The reference, per step and per task: logits (guided: l_ref + w * (l_edit - l_ref),
+the reference row decoded beside the task and given the same token), then the
+repetition-aware mask, then temperature 0.7 and top-k 50, then one draw.
+
+`guide`, `mask_repetition` and `draw` state those rules for one row; `sample`
+applies them to every row of a batch at once with no host sync, and draws by
+inverse CDF from a uniform the caller takes from the task's own stream (its seed
+and step index alone), so a task's tokens cannot depend on what it is batched with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +21,21 @@ PAD = 0
 TEMPERATURE = 0.7
 TOP_K = 50
 REPEAT_WINDOW = 10
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling rules, checked once."""
+
+    temperature: float = TEMPERATURE
+    top_k: int = TOP_K  # 0: the whole vocabulary
+    repetition_window: int = REPEAT_WINDOW  # 0: no repetition mask
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, not {self.temperature}")
+        if self.top_k < 0 or self.repetition_window < 0:
+            raise ValueError("top_k and repetition_window must be >= 0")
 
 
 @dataclass
@@ -34,8 +51,12 @@ class Job:
     def guided(self) -> bool:
         return self.reference is not None and self.guidance != 1.0
 
+    def uniforms(self) -> torch.Tensor:
+        """The task's random stream: uniform [0, 1) per step, from its seed alone."""
+        return torch.rand(self.budget, generator=torch.Generator().manual_seed(int(self.seed)))
 
-Forward = Callable[[torch.Tensor, torch.Tensor, object], tuple[torch.Tensor, object]]
+
+# -- the rules for one row ------------------------------------------------------------------
 
 
 def guide(l_edit: torch.Tensor, l_ref: torch.Tensor, w: float) -> torch.Tensor:
@@ -59,50 +80,43 @@ def draw(logits: torch.Tensor, generator: torch.Generator) -> int:
     return int(idx[torch.multinomial(probs, 1, generator=generator)])
 
 
-def run(jobs: list[Job], forward: Forward, reorder: Callable[[object, torch.Tensor], object],
-        device: str) -> list[Job]:
-    """Decode every job to its end or its budget, all in one batch.
+def probabilities(logits: torch.Tensor, history: list[int], sampling: Sampling = Sampling()) -> torch.Tensor:
+    """The exact distribution of the next id for one row (tests hold `sample` against it)."""
+    window = sampling.repetition_window
+    if window and len(history) >= window and history[-window:].count(history[-1]) / window > 0.1:
+        logits = logits.clone()
+        logits[history[-1]] = float("-inf")
+    scaled = logits / sampling.temperature
+    if sampling.top_k and sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(scaled, sampling.top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    return torch.softmax(scaled, dim=-1)
 
-    `forward(ids, key_mask, past)` returns last-position logits (rows, vocab) and the new
-    past; `reorder(past, rows)` keeps only the given batch rows of the past.
+
+# -- every row at once, on the device --------------------------------------------------------
+
+
+def sample(logits: torch.Tensor, partner: torch.Tensor | None, weight: torch.Tensor, history: torch.Tensor,
+           seen: torch.Tensor, uniform: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """One token per row, with no host sync.
+
+    logits (rows, vocab) float32; `partner[r]` the row holding r's reference logits (r itself
+    when unguided; None when no row is guided), `weight[r]` its guidance weight; `history`
+    (rows, window) the last ids of each row's sequence, `seen` (rows,) how many ids that
+    sequence has; `uniform` (rows,) the row's draw for this step.
     """
-    rows: list[tuple[int, bool]] = []  # (job index, is reference row)
-    for j, job in enumerate(jobs):
-        rows.append((j, False))
-        if job.guided:
-            rows.append((j, True))
-    seqs = [jobs[j].reference if ref else jobs[j].prompt for j, ref in rows]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), PAD, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for r, s in enumerate(seqs):  # left padding: real tokens end at the same column
-        ids[r, width - len(s) :] = torch.tensor(s)
-        mask[r, width - len(s) :] = True
-    ids, mask = ids.to(device), mask.to(device)
-    gens = [torch.Generator(device=device).manual_seed(int(job.seed)) for job in jobs]
-    histories = [list(job.prompt) for job in jobs]
-
-    with torch.inference_mode():
-        logits, past = forward(ids, mask, None)
-        while rows:
-            row_of = {(j, ref): r for r, (j, ref) in enumerate(rows)}
-            step: dict[int, int] = {}
-            for j in dict.fromkeys(j for j, _ in rows):
-                job = jobs[j]
-                lg = logits[row_of[(j, False)]]
-                if job.guided:
-                    lg = guide(lg, logits[row_of[(j, True)]], job.guidance)
-                token = draw(mask_repetition(lg, histories[j]), gens[j])
-                job.tokens.append(token)
-                histories[j].append(token)
-                step[j] = token
-            keep = [r for r, (j, _) in enumerate(rows) if step[j] != EOS and len(jobs[j].tokens) < jobs[j].budget]
-            if not keep:
-                break
-            rows = [rows[r] for r in keep]
-            index = torch.tensor(keep, device=device)
-            past = reorder(past, index)
-            mask = torch.cat([mask[index], torch.ones((len(keep), 1), dtype=torch.bool, device=device)], dim=1)
-            new = torch.tensor([[step[j]] for j, _ in rows], device=device)
-            logits, past = forward(new, mask, past)
-    return jobs
+    if partner is not None:
+        ref = logits.index_select(0, partner)
+        logits = ref + weight[:, None] * (logits - ref)  # exactly `logits` where partner is the row itself
+    window = sampling.repetition_window
+    if window:
+        last = history[:, -1:]
+        repeated = ((history == last).sum(1, keepdim=True) * 10 > window) & (seen[:, None] >= window)
+        logits = logits.scatter(1, last, torch.where(repeated, float("-inf"), logits.gather(1, last)))
+    if sampling.top_k and sampling.top_k < logits.shape[-1]:
+        top, idx = logits.topk(sampling.top_k, dim=-1)  # order is the same before or after temperature
+    else:
+        top, idx = logits, None
+    cdf = torch.softmax(top / sampling.temperature, dim=-1).cumsum(-1)
+    choice = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
+    return choice[:, 0] if idx is None else idx.gather(1, choice)[:, 0]

@@ -5,6 +5,15 @@ embedding: position enters only as an ALiBi-style bias -slope * sqrt(i - j).
 Unlike the checkpoint's own code, the bias also masks padded keys, so a
 left-padded row attends exactly as its prompt would alone (the bias depends only
 on i - j), which is what makes batches of different lengths correct.
+
+Two ways to run it:
+- `forward(ids, key_mask, past)`: whole sequences with a growing cache; the
+  plain reference path (tests, the conformance suite, the old decode loop).
+- `prefill(...)` / `decode(...)` over a `StaticCache`: preallocated slots written
+  in place, each slot holding one sequence from position 0, so no padding mask is
+  needed and nothing is copied when a row ends. Attention runs on the key/value
+  groups directly: with one query per step, the heads a group serves are folded
+  into the query axis, so every SDPA backend takes it without repeating keys.
 """
 
 from __future__ import annotations
@@ -85,6 +94,43 @@ class Attention(nn.Module):
                                              attn_mask=bias)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1)), (k, v)
 
+    def forward_static(self, x: torch.Tensor, bias: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                       slots: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
+        """Attention that writes this call's keys/values into the static cache in place.
+
+        Prefill (`slots` given): rows start at position 0 and attend to their own new keys.
+        Decode (`slots` None): row r is slot r, one query at `pos[r]`, attending to the cache.
+        `bias` is (rows or 1, groups, rep * s, keys), the head-folded layout of `fold`.
+        """
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.heads, self.head_dim)
+        k = self.k_proj(x).view(b, s, self.groups, self.head_dim)
+        v = self.v_proj(x).view(b, s, self.groups, self.head_dim)
+        rows = slots if slots is not None else torch.arange(b, device=x.device)
+        g = torch.arange(self.groups, device=x.device)
+        where = (rows[:, None, None], g[None, None, :], pos[:, :, None])  # (b, s, groups)
+        cache_k.index_put_(where, k)
+        cache_v.index_put_(where, v)
+        if slots is not None:
+            keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        else:
+            keys, values = cache_k[:b, :, : bias.shape[-1]], cache_v[:b, :, : bias.shape[-1]]
+        out = F.scaled_dot_product_attention(fold(q, self.groups), keys, values, attn_mask=bias)
+        return self.o_proj(unfold(out, self.groups, s))
+
+
+def fold(q: torch.Tensor, groups: int) -> torch.Tensor:
+    """(b, s, heads, d) -> (b, groups, rep * s, d): the heads of one key/value group
+    (heads // groups consecutive ones) become extra queries against that group's keys."""
+    b, s, h, d = q.shape
+    return q.view(b, s, groups, h // groups, d).permute(0, 2, 3, 1, 4).reshape(b, groups, -1, d)
+
+
+def unfold(out: torch.Tensor, groups: int, s: int) -> torch.Tensor:
+    """The inverse of `fold` for the attention output: (b, groups, rep * s, d) -> (b, s, heads * d)."""
+    b, _, _, d = out.shape
+    return out.view(b, groups, -1, s, d).permute(0, 3, 1, 2, 4).reshape(b, s, -1)
+
 
 class MLP(nn.Module):
     def __init__(self, cfg: Step1Config) -> None:
@@ -109,6 +155,28 @@ class Block(nn.Module):
         a, kv = self.self_attn(self.input_layernorm(x), bias, past)
         x = x + a
         return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+    def forward_static(self, x: torch.Tensor, bias: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+                       slots: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn.forward_static(self.input_layernorm(x), bias, cache_k, cache_v, slots, pos)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class StaticCache:
+    """Keys and values of `slots` sequences of up to `length` positions, for every layer:
+    (layers, slots, groups, length, head_dim) each, allocated once and written in place."""
+
+    def __init__(self, cfg: Step1Config, slots: int, length: int, device: str | torch.device,
+                 dtype: torch.dtype) -> None:
+        shape = (cfg.num_hidden_layers, slots, cfg.num_attention_groups, length, cfg.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.slots, self.length = slots, length
+
+    def move(self, src: int, dst: int) -> None:
+        """Slot `src`'s sequence becomes slot `dst`'s (compacting the batch at the tail)."""
+        self.k[:, dst].copy_(self.k[:, src])
+        self.v[:, dst].copy_(self.v[:, src])
 
 
 class Step1Body(nn.Module):
@@ -140,6 +208,41 @@ class Step1ForCausalLM(nn.Module):
         # Its output is never read: real tokens never attend to padding.
         bias = bias.masked_fill(blocked.all(-1, keepdim=True), 0.0)
         return bias.to(dtype)
+
+    def folded_bias(self, q_pos: torch.Tensor, keys: int, dtype: torch.dtype) -> torch.Tensor:
+        """The ALiBi-sqrt causal bias for queries at positions `q_pos` (rows, s) against key
+        positions 0..keys-1 of the same sequence, in the head-folded layout of `fold`:
+        (rows, groups, rep * s, keys)."""
+        dist = (q_pos[:, :, None] - torch.arange(keys, device=q_pos.device)).to(torch.float32)
+        bias = -self.slopes[None, :, None, None] * dist.clamp(min=0).sqrt()[:, None]  # (rows, heads, s, keys)
+        bias = bias.masked_fill((dist < 0)[:, None], float("-inf"))
+        rows, s = q_pos.shape
+        return bias.to(dtype).view(rows, self.config.num_attention_groups, -1, keys)
+
+    def prefill(self, input_ids: torch.Tensor, last: torch.Tensor, slots: torch.Tensor,
+                cache: StaticCache) -> torch.Tensor:
+        """Run right-padded prompts (rows, width) into cache `slots` from position 0; return the
+        logits (rows, vocab) at each row's last real position `last`. Padding sits after a
+        row's tokens, so no real query sees it; its cache entries are overwritten by the
+        decode steps before any query reaches them."""
+        rows, width = input_ids.shape
+        pos = torch.arange(width, device=input_ids.device).expand(rows, width)
+        bias = self.folded_bias(pos[:1], width, cache.k.dtype)
+        x = self.model.embed_tokens(input_ids)
+        for i, layer in enumerate(self.model.layers):
+            x = layer.forward_static(x, bias, cache.k[i], cache.v[i], slots, pos)
+        h = x[torch.arange(rows, device=x.device), last]
+        return self.lm_head(self.model.norm(h)).float()
+
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        """One step for slots 0..rows-1: token `tokens[r]` at position `pos[r]`; logits (rows, vocab).
+        Fixed shapes whatever the positions (keys span the whole cache), so it can be
+        captured once per row count in a CUDA graph."""
+        bias = self.folded_bias(pos[:, None], cache.length, cache.k.dtype)
+        x = self.model.embed_tokens(tokens[:, None])
+        for i, layer in enumerate(self.model.layers):
+            x = layer.forward_static(x, bias, cache.k[i], cache.v[i], None, pos[:, None])
+        return self.lm_head(self.model.norm(x[:, 0])).float()
 
     def forward(self, input_ids: torch.Tensor, key_mask: torch.Tensor, past: KVCache | None = None,
                 all_logits: bool = False) -> tuple[torch.Tensor, KVCache]:
