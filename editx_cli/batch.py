@@ -247,7 +247,7 @@ class _Work:
         t = self.p.task
         return Request(kind=t.task, audio=self.x, sr=self.sr, audio_text=self.audio_text, text=t.text,
                        edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity, seed=self.o.seed,
-                       audio_digest=self.digest, path=self.path)
+                       audio_digest=self.digest, path=self.path, task_id=t.id)
 
     def absorb(self, result: Result) -> None:
         o = self.o

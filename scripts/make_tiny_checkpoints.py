@@ -415,7 +415,7 @@ REMOTE_MODELING = textwrap.dedent('''\
 
         def forward(self, x):
             var = x.float().pow(2).mean(-1, keepdim=True)
-            return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
+            return x * torch.rsqrt(var + self.eps).to(x.dtype) * self.weight
 
 
     class Attention(nn.Module):

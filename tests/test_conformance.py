@@ -65,12 +65,13 @@ def test_vq06_runs_at_25_tokens_per_second():
 
 def test_native_logits_match_the_checkpoint_code():
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from editx_cli.engine.stepaudio.step1 import Step1ForCausalLM
+    from editx_cli.engine.stepaudio.text_tokenizer import TextTokenizer
 
     device = "cuda:0" if _cuda() else "cpu"
-    tok = AutoTokenizer.from_pretrained(MODEL, local_files_only=True, trust_remote_code=True)
+    tok = TextTokenizer.from_folder(Path(MODEL))
     ids = torch.tensor([tok.encode("Make the following audio more happy.<audio_12><audio_2000><audio_7>")],
                        device=device)
     native = Step1ForCausalLM.from_folder(Path(MODEL), device, torch.bfloat16)

@@ -143,6 +143,22 @@ def test_repetition_mask():
     assert not torch.isinf(generate.mask_repetition(logits, [5, 5, 5])).any()  # fewer than 10 ids
 
 
+def test_rms_norm_rounds_as_the_checkpoint_code_in_bf16(native, remote):
+    import copy
+
+    x = torch.randn(4, 7, native.config.hidden_size, generator=torch.Generator().manual_seed(3)).bfloat16()
+    mine = copy.deepcopy(native.model.norm).bfloat16()
+    theirs = copy.deepcopy(remote.model.norm).bfloat16()
+    with torch.no_grad():
+        mine.weight.normal_(1.0, 0.1, generator=torch.Generator().manual_seed(4))
+        theirs.weight.copy_(mine.weight)
+        assert torch.equal(mine(x), theirs(x))
+        # rounding the product instead of the rsqrt is a different function in bf16
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        other = (x.float() * torch.rsqrt(var + mine.eps)).bfloat16() * mine.weight
+        assert not torch.equal(mine(x), other)
+
+
 def test_missing_lm_head_is_tied_to_the_embedding(tiny, tmp_path):
     import shutil
 

@@ -34,6 +34,7 @@ class Request:
     seed: int = 0
     audio_digest: str = ""  # samples_digest(audio, sr), computed once by the caller
     path: str = ""  # the file `audio` was read from, when it was read from one
+    task_id: str = ""  # for messages and dumps
 
 
 @dataclass

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -155,16 +156,12 @@ class StepAudioEngine(Engine):
         self.features_key = self.feature_fingerprint()
 
     def _load_llm(self) -> None:
-        from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
         from editx_cli.engine.stepaudio.decoder import NativeRunner, UnpaddedRunner
+        from editx_cli.engine.stepaudio.text_tokenizer import TextTokenizer
 
-        hf_logging.set_verbosity_error()  # it warns that config.json names a model type it does not know
-        remote = self.llm_impl == "remote"
-        tok = AutoTokenizer.from_pretrained(str(self.llm_dir), local_files_only=True, trust_remote_code=remote)
-        self.encode = tok.encode
-        if not remote:
+        # The reference's ids (transformers 4.53.3), not whatever the installed transformers makes.
+        self.encode = TextTokenizer.from_folder(self.llm_dir).encode
+        if self.llm_impl != "remote":
             from editx_cli.engine.stepaudio.step1 import Step1ForCausalLM
 
             model = Step1ForCausalLM.from_folder(self.llm_dir, self.device, self.dtype, nf4=self.variant == "bnb")
@@ -172,6 +169,9 @@ class StepAudioEngine(Engine):
             self.runner = NativeRunner(model, MAX_LENGTH)
         else:
             from transformers import AutoModelForCausalLM
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()  # it warns that config.json names a model type it does not know
 
             model = AutoModelForCausalLM.from_pretrained(str(self.llm_dir), trust_remote_code=True,
                                                          local_files_only=True, dtype=self.dtype).to(self.device)
@@ -280,7 +280,7 @@ class StepAudioEngine(Engine):
             raise ValueError(f"the prompt is {longest} tokens: no room left under {MAX_LENGTH} "
                              "(use a shorter prompt audio)")
         job = generate.Job(ids, request.seed, budget, request.intensity, reference)
-        return _Prepared(job, feats, hit, tokenize, time.perf_counter() - t0 - tokenize)
+        return _Prepared(job, feats, hit, tokenize, time.perf_counter() - t0 - tokenize, request.task_id)
 
     def _decode(self, jobs: list) -> None:
         """Decode every job through `max_batch` slots, longest budget first (the short ones fill
@@ -329,8 +329,12 @@ class StepAudioEngine(Engine):
         wav = self.vocoder(mixed, p.feats["mixed"], p.feats["mel"], p.feats["embedding"])
         stages = {"tokenize": p.tokenize_seconds, "generate": p.prompt_seconds + generate_share,
                   "vocode": time.perf_counter() - t0}
+        stopped = "end" if job.tokens and job.tokens[-1] == generate.EOS else "budget"
+        if stopped == "budget":
+            log.warning("task %s: stopped at its budget of %d tokens (%.1f s of speech); the end may be cut",
+                        p.task_id or "?", job.budget, job.budget / TOKENS_PER_SECOND)
         info = {"prompt_tokens": len(job.prompt), "generated_tokens": len(job.tokens), "token_budget": job.budget,
-                "stopped": "end" if job.tokens and job.tokens[-1] == generate.EOS else "budget",
+                "stopped": stopped,
                 "guided": job.guided, "decoded_with": tasks, "slots": self.slots,
                 # the ids themselves, in short: compares two runs' decoding without the audio
                 "tokens_digest": hashlib.sha256(np.asarray(job.tokens, np.int64).tobytes()).hexdigest()[:16]}
@@ -345,6 +349,7 @@ class _Prepared:
     hit: bool
     tokenize_seconds: float
     prompt_seconds: float
+    task_id: str = ""
 
 
 class DecodeStats:
@@ -421,8 +426,25 @@ def _edit_budget(mixed: list[int]) -> int:
     return 2 * len(mixed) + 50
 
 
+# Speaking time of a text, by script, on the slow side: a CJK character (or kana, hangul
+# syllable) is a syllable (~4 a second), a digit is read as a word, other letters ~12 a
+# second. Used only to bound a clone's decode, so erring long costs nothing.
+_SYLLABLE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_LETTER = re.compile(r"[^\W\d_]")
+
+
+def speech_seconds(text: str) -> float:
+    syllables = len(_SYLLABLE.findall(text))
+    letters = len(_LETTER.findall(text)) - syllables
+    digits = sum(c.isdigit() for c in text)
+    return syllables * 0.25 + letters / 12 + digits * 0.35
+
+
 def _clone_budget(prompt_mixed: list[int], prompt_text: str, text: str) -> int:
-    # Speech tokens per character of the prompt, applied to the new text with room for a
-    # slower delivery; at least 3 s.
-    per_char = len(prompt_mixed) / max(1, len(prompt_text.strip()))
-    return max(math.ceil(3 * TOKENS_PER_SECOND), math.ceil(len(text) * per_char * 2.5) + 50)
+    """Tokens a clone may generate: twice the target's speaking time by script, longer when the
+    prompt's speaker is slower than that estimate (never shorter), at least 5 s; the caller caps
+    it at the model's window."""
+    expected = speech_seconds(prompt_text)
+    slower = (len(prompt_mixed) / TOKENS_PER_SECOND) / expected if expected > 0 else 1.0
+    seconds = 2.0 * speech_seconds(text) * max(1.0, slower)
+    return math.ceil(max(5.0, seconds) * TOKENS_PER_SECOND) + 50

@@ -1,8 +1,8 @@
 """The token scaffolds of Step-Audio-EditX prompts, byte-exact with how the model was trained.
 
-All text goes through the checkpoint tokenizer's own `encode` with default
-arguments; whatever it adds (a BOS, a dummy prefix) is part of the trained
-format. The raw ids 1 (start), 4 (turn open) and 3 (turn close) wrap the turns.
+All text goes through an `encode` that gives the reference tokenizer's ids
+(`text_tokenizer.TextTokenizer`); whatever it adds (a BOS, a dummy prefix) is
+part of the trained format. The raw ids 1 (start), 4 (turn open) and 3 (turn close) wrap the turns.
 """
 
 from __future__ import annotations

@@ -1,0 +1,95 @@
+"""Prompt ids against the reference tokenizer's own: goldens recorded with transformers 4.53.3
+(scripts/make_tokenizer_goldens.py) for every prompt kind, under five tokenizer folders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, invoke, model_args
+
+from editx_cli.engine.stepaudio import prompts
+from editx_cli.engine.stepaudio.text_tokenizer import TextTokenizer, TokenizerError
+
+DATA = ROOT / "tests" / "data" / "tokenizer"
+GOLDENS = json.loads((DATA / "goldens.json").read_text(encoding="utf-8"))
+
+
+def model_bytes(variant: dict, tiny: Path) -> bytes:
+    if variant["model"] == "toy.model":
+        return (DATA / "toy.model").read_bytes()
+    return (tiny / "Step-Audio-EditX" / "tokenizer.model").read_bytes()
+
+
+def test_the_goldens_come_from_the_reference_version():
+    assert GOLDENS["transformers"] == "4.53.3"
+    assert {v["class"] for v in GOLDENS["variants"].values()} == {"LlamaTokenizerFast"}
+
+
+@pytest.mark.parametrize("name", sorted(GOLDENS["variants"]))
+def test_ids_equal_the_reference_tokenizer(name, tiny):
+    variant = GOLDENS["variants"][name]
+    tok = TextTokenizer(model_bytes(variant, tiny), variant["config"])
+    for text, ids in zip(GOLDENS["texts"], variant["ids"], strict=True):
+        assert tok.encode(text) == ids, text
+
+
+def test_the_goldens_cover_every_string_the_prompt_kinds_encode():
+    """If a prompt string changes, the goldens must be made again with the reference."""
+    spec = importlib.util.spec_from_file_location("goldens", ROOT / "scripts" / "make_tokenizer_goldens.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.texts() == GOLDENS["texts"]
+
+
+def test_whole_prompts_are_the_reference_ids(tiny):
+    """A clone and a guided edit's two rows, as the engine builds them from the tiny folder."""
+    variant = GOLDENS["variants"]["tiny-legacy"]
+    reference = dict(zip(GOLDENS["texts"], variant["ids"], strict=True))
+    mine = TextTokenizer.from_folder(tiny / "Step-Audio-EditX").encode
+    audio = "".join(f"<audio_{n}>" for n in (3, 1023, 1024, 5119, 17, 2048, 999, 1030, 12, 4000))
+    text = "Batch editing keeps every voice clip consistent, from the first take to the last."
+    built = [
+        lambda enc: prompts.clone_ids(enc, "clone_0123456789abcdef", text, audio,
+                                      "The weather report says rain is coming later tonight, around 9 or 10 pm."),
+        lambda enc: prompts.edit_ids(enc, prompts.instruction_prefix("emotion", "happy", text, ""), audio),
+        lambda enc: prompts.edit_ids(enc, prompts.instruction_prefix("vad", "", text, ""), audio),
+    ]
+    for build, starts in zip(built, (3, 4, 4), strict=True):
+        ids = build(mine)
+        assert ids == build(reference.__getitem__)
+        # the sequence start, then the <s> that each encode call adds after a turn opening
+        # (an edit's instruction is one more call than a clone's target text)
+        assert ids.count(1) == 1 + starts and ids[:2] == [1, 4]
+    assert [i for i in built[0](mine) if i >= prompts.AUDIO_BASE][:4] == [prompts.AUDIO_BASE + n
+                                                                          for n in (3, 1023, 1024, 5119)]
+
+
+def test_audio_tokens_encode_to_their_ids(tiny):
+    tok = TextTokenizer.from_folder(tiny / "Step-Audio-EditX")
+    mixed = [0, 1023, 1024, 5119, 7]
+    assert tok.encode(prompts.token_string(mixed)) == [1] + [prompts.AUDIO_BASE + n for n in mixed]
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("tokenizer.model", b"not a model", "not a SentencePiece model"),
+    ("tokenizer.model", b"", "not a SentencePiece model"),
+    ("tokenizer_config.json", b"{legacy: no", "not valid JSON"),
+    ("tokenizer_config.json", b"[1, 2]", "not a JSON object"),
+    ("tokenizer_config.json", b'{"added_tokens_decoder": {"9": {"lstrip": true}}}', "has no content"),
+])
+def test_a_broken_tokenizer_folder_is_named(tiny, tmp_path, name, content, message):
+    import shutil
+
+    root = tmp_path / "ckpt"
+    shutil.copytree(tiny, root, symlinks=True)
+    (root / "Step-Audio-EditX" / name).write_bytes(content)
+    with pytest.raises(TokenizerError, match=message):
+        TextTokenizer.from_folder(root / "Step-Audio-EditX")
+    out = tmp_path / "o.wav"
+    r = invoke("edit", ROOT / "manifests" / "clips" / "narration.wav", "--type", "vad", *model_args(root), "-o", out)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert "the engine failed to load" in r.stderr and name in r.stderr and message in r.stderr
+    assert not out.exists()
