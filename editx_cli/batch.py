@@ -389,6 +389,9 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
         planned = plan(tasks, engine.fingerprint(), config.options.overwrite)
         if config.dry_run:
             return None, planned
+        dump = config.engine_config.get("dump_prompts")
+        if dump:  # the engine (each worker's too) appends a line per row to this run's file
+            Path(dump).write_text("")
         if config.ray is not None or config.gpus or config.workers > 1:
             outcomes, load_seconds, device, info = _run_parallel(planned, config, cache)
         else:

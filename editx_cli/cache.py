@@ -4,15 +4,30 @@ Keys hash the decoded, preprocessed samples together with a fingerprint of the
 extractor (its checkpoint files and code version), so renaming a file still hits
 and a changed checkpoint never serves stale features. diskcache (SQLite) makes
 it safe for several processes at once and bounds its size.
+
+A cache folder is data, never code: a team may share one, and whoever can write
+it must not run code as its readers. Values are stored as bytes in editx's own
+format (JSON, with arrays in an .npz read with allow_pickle=False), and the
+diskcache `Disk` used here refuses to unpickle anything; an entry in any other
+form is a miss with a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
+import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import diskcache
+import numpy as np
+
+log = logging.getLogger("editx")
+MAGIC = b"editx-cache-1\n"
 
 DEFAULT_SIZE_LIMIT = 2 * 1024**3  # 2 GiB
 
@@ -49,6 +64,91 @@ def fingerprint_files(paths: list[str | os.PathLike], code_version: str) -> str:
     return h.hexdigest()[:16]
 
 
+class UnsafeEntry(ValueError):
+    pass
+
+
+def pack(value: Any) -> bytes:
+    """JSON-able values with numpy arrays anywhere inside -> bytes (no pickle)."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, np.ndarray):
+            if v.dtype == object:
+                raise TypeError("object arrays cannot be cached")
+            name = f"a{len(arrays)}"
+            arrays[name] = v
+            return {"__array__": name}
+        if isinstance(v, dict):
+            if not all(isinstance(k, str) for k in v) or "__array__" in v:
+                raise TypeError("cached dicts need plain string keys")
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(x) for x in v]
+        if isinstance(v, np.generic):
+            return v.item()
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return v
+        raise TypeError(f"{type(v).__name__} values cannot be cached")
+
+    doc = json.dumps(walk(value), allow_nan=False).encode()
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return MAGIC + len(doc).to_bytes(8, "little") + doc + buf.getvalue()
+
+
+def unpack(data: bytes) -> Any:
+    if not isinstance(data, (bytes, bytearray, memoryview)) or not bytes(data[: len(MAGIC)]) == MAGIC:
+        raise UnsafeEntry("not an editx cache entry")
+    data = bytes(data)
+    n = int.from_bytes(data[len(MAGIC) : len(MAGIC) + 8], "little")
+    start = len(MAGIC) + 8
+    try:
+        doc = json.loads(data[start : start + n])
+        with np.load(io.BytesIO(data[start + n :]), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as e:  # truncated or tampered with
+        raise UnsafeEntry(f"unreadable entry ({type(e).__name__})") from None
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, dict):
+            if set(v) == {"__array__"}:
+                return arrays[v["__array__"]]
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    try:
+        return walk(doc)
+    except KeyError:
+        raise UnsafeEntry("unreadable entry (a missing array)") from None
+
+
+class SafeDisk(diskcache.Disk):
+    """diskcache's storage with pickle taken out: string keys and bytes values only."""
+
+    def put(self, key):
+        if not isinstance(key, str):
+            raise TypeError("cache keys are strings")
+        return super().put(key)
+
+    def get(self, key, raw):
+        if not raw:
+            raise UnsafeEntry("a pickled key")
+        return super().get(key, raw)
+
+    def store(self, value, read, key=diskcache.core.UNKNOWN):
+        if read or not isinstance(value, bytes):
+            raise TypeError("cache values are bytes")
+        return super().store(value, read, key=key)
+
+    def fetch(self, mode, filename, value, read):
+        if mode not in (diskcache.core.MODE_RAW, diskcache.core.MODE_BINARY):
+            raise UnsafeEntry("a pickled or text value")
+        return super().fetch(mode, filename, value, read)
+
+
 class FeatureCache:
     """A diskcache.Cache plus this run's hit and miss counts.
 
@@ -57,13 +157,12 @@ class FeatureCache:
     """
 
     def __init__(self, directory: str | os.PathLike | None = None, size_limit: int = DEFAULT_SIZE_LIMIT):
-        import diskcache
-
         self.directory = Path(directory) if directory else default_dir()
         self.directory.mkdir(parents=True, exist_ok=True)
         self._cache = diskcache.Cache(
-            str(self.directory), size_limit=size_limit, eviction_policy="least-recently-used"
+            str(self.directory), size_limit=size_limit, eviction_policy="least-recently-used", disk=SafeDisk,
         )
+        self._warned = False
         self._cache.stats(enable=True)
         self.hits = 0
         self.misses = 0
@@ -73,7 +172,15 @@ class FeatureCache:
         return f"{namespace}:{extractor_fingerprint}:{content_digest}"
 
     def get(self, key: str) -> Any | None:
-        value = self._cache.get(key, default=None, retry=True)
+        try:
+            data = self._cache.get(key, default=None, retry=True)
+            value = None if data is None else unpack(data)
+        except UnsafeEntry as e:
+            if not self._warned:  # once a run: an old cache folder may hold many
+                log.warning("feature cache %s: ignoring an entry that editx did not write (%s); "
+                            "it is computed again", self.directory, e)
+                self._warned = True
+            value = None
         if value is None:
             self.misses += 1
         else:
@@ -81,7 +188,7 @@ class FeatureCache:
         return value
 
     def set(self, key: str, value: Any) -> None:
-        self._cache.set(key, value, retry=True)
+        self._cache.set(key, pack(value), retry=True)
 
     def get_or_compute(self, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
         """Return (value, hit). Two processes computing the same key at once both

@@ -34,6 +34,8 @@ def report(names: list[str] | None, echo: Callable[[str], None], config: dict | 
             continue
         cls = engines.get(name)
         problems = cls.check_config(config or {})
+        if not problems:
+            problems = cls.check_code(config or {})
         kinds = ", ".join(sorted(cls.task_kinds))
         edits = ", ".join(sorted(cls.edit_types))
         echo(f"engine {name}: {'ready' if not problems else 'NOT READY'} (tasks: {kinds}; edits: {edits})")

@@ -75,11 +75,14 @@ def _model_options() -> list:
                           "output does not depend on what it is batched with (slower)."),
         click.option("--cuda-graphs/--no-cuda-graphs", envvar="EDITX_CUDA_GRAPHS", default=True, show_default=True,
                      help="Capture the decode step as CUDA graphs (CUDA only; native LLM)."),
+        click.option("--dump-prompts", envvar="EDITX_DUMP_PROMPTS", type=click.Path(dir_okay=False), default=None,
+                     help="Write the LLM's input ids to this JSONL file, a line per row (id, row: task or "
+                          "reference, format, ids), to compare with the official code's."),
     ]
 
 
 MODEL_KEYS = ("model_dir", "tokenizer_dir", "editx_src", "variant", "dtype", "llm_impl", "deterministic",
-              "cuda_graphs")
+              "cuda_graphs", "dump_prompts")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -169,7 +172,8 @@ def clone(prompt_audio: str, prompt_text: str, text: str, output: str | None, **
 @click.option("--intensity", default="1.0", show_default=True, help="Strength of the edit, 0.1 to 3.0.")
 @click.option("--iterations", default="1", show_default=True, help="Apply the edit this many times in a row.")
 @click.option("--audio-text", default="", help="Transcript of INPUT_AUDIO.")
-@click.option("--text", default="", help="Paralinguistic edits: the new text with tags such as [Laughter].")
+@click.option("--text", default="", help="Paralinguistic edits: the new text with tags such as [laugh] "
+              "(`editx tags` lists them).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output file (.wav or .flac); default: <input>_<type>.wav here.")
 @_common
@@ -349,6 +353,20 @@ def doctor(engine_names: tuple[str, ...], **model) -> None:
 
     ok = checks.report(list(engine_names) or None, echo=click.echo, config=model)
     sys.exit(0 if ok else 1)
+
+
+@cli.command("tags")
+def list_tags() -> None:
+    """The tags a target text may carry (clone text, paralinguistic new text)."""
+    from editx_cli import tags
+
+    click.echo("paralinguistic sounds, anywhere in the text:")
+    click.echo("  " + " ".join(f"[{t}]" for t in tags.PARALINGUISTIC))
+    click.echo("older spellings, accepted with a warning:")
+    click.echo("  " + " ".join(f"[{old}] -> [{new}]" for old, new in tags.OLDER.items()))
+    click.echo("language, opening the text (Mandarin and English take none):")
+    click.echo("  " + " ".join(f"[{t}]" for t in tags.LANGUAGES))
+    click.echo("a polyphone's reading: pinyin with a tone digit after it, e.g. 好(hao3)")
 
 
 def main() -> None:

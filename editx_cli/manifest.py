@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import re
 import warnings
@@ -17,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from editx_cli import tags
 from editx_cli.audio import OUTPUT_FORMATS, AudioError, probe
 from editx_cli.tasks import EDIT_INFOS, INTENSITY_RANGE, MAX_ITERATIONS, TASK_KINDS, Task
+
+log = logging.getLogger("editx")
 
 FIELDS = (
     "id", "task", "prompt_audio", "prompt_text", "text", "input_audio", "audio_text",
@@ -127,6 +131,9 @@ def validate(
     def bad(row: int | None, fld: str | None, msg: str) -> None:
         problems.append(Problem(source, None if field_labels else row, labels.get(fld, fld), msg))
 
+    def note(row: int | None, fld: str | None, msg: str) -> None:
+        log.warning("%s", Problem(source, None if field_labels else row, labels.get(fld, fld), msg))
+
     known = set(FIELDS)
     seen_unknown: set[str] = set()
     for row in rows:
@@ -139,7 +146,7 @@ def validate(
 
     tasks: list[Task] = []
     for n, raw in enumerate(rows, 1):
-        task = _validate_row(n, raw, base_dir, out_dir, engine, bad, transcribe)
+        task = _validate_row(n, raw, base_dir, out_dir, engine, bad, transcribe, note)
         if task is not None:
             task.source = source
             if field_labels:
@@ -161,7 +168,7 @@ def _text(raw: dict, key: str) -> str:
 
 
 def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type, bad,
-                  transcribe: bool = False) -> Task | None:
+                  transcribe: bool = False, note=None) -> Task | None:
     ok = True
 
     def err(fld: str | None, msg: str) -> None:
@@ -242,12 +249,19 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
             elif not allowed and edit_info:
                 err("edit_info", f"{edit_type} takes no edit_info, got {edit_info!r}")
             if edit_type == "paralinguistic" and not fields["text"].strip():
-                err("text", "missing (a paralinguistic edit needs the new text with tags such as [Laughter])")
+                err("text", "missing (a paralinguistic edit needs the new text with tags such as [laugh])")
             elif edit_type != "paralinguistic" and fields["text"].strip():
                 err("text", f"does not apply to a {edit_type} edit")
             if edit_type in engine.needs_transcript and not fields["audio_text"].strip() and not transcribe:
                 err("audio_text", f"missing (a {edit_type} edit needs the transcript of input_audio; "
                     "or pass --transcribe)")
+
+    if kind == "clone" or fields["edit_type"].strip() == "paralinguistic":  # a text the model speaks
+        for is_error, msg in tags.check(fields["text"]):
+            if is_error:
+                err("text", msg)
+            elif note is not None:
+                note(n, "text", msg)
 
     output = _output_path(fields["output"].strip(), task_id, out_dir, err)
     if not ok:

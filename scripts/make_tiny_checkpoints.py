@@ -312,9 +312,11 @@ COSYVOICE_YAML = textwrap.dedent("""\
 
 VOCODER_SOURCES = {
     "flow": textwrap.dedent('''\
-        """Tiny stand-in for the CausalMaskedDiffWithXvec flow: same inference interface."""
+        """Tiny stand-in for the CausalMaskedDiffWithXvec flow: same inference interface, and the
+        same third-party import as the released flow's DiT (einops)."""
         import torch
         import torch.nn.functional as F
+        from einops import rearrange
         from torch import nn
 
 
@@ -336,16 +338,20 @@ VOCODER_SOURCES = {
                 mel_len1 = prompt_feat.shape[1]
                 cond = torch.zeros_like(mu)
                 cond[:, :mel_len1] = prompt_feat
-                x = self.rand_noise[:, :, : mu.shape[1]].transpose(1, 2).to(mu.dtype)
+                x = rearrange(self.rand_noise[:, :, : mu.shape[1]], "b c t -> b t c").to(mu.dtype)
                 target = mu + spk[:, None, :] + cond
                 for _ in range(n_timesteps):
                     x = x + (target - x) / n_timesteps
-                mel = x[:, mel_len1:].transpose(1, 2)
+                mel = rearrange(x[:, mel_len1:], "b t c -> b c t")
                 assert mel.shape[2] == 2 * token.shape[1]
                 return mel
         '''),
     "hifigan": textwrap.dedent('''\
-        """Tiny stand-in for the HiFT vocoder: 80-bin mel at 50 Hz -> 24 kHz audio."""
+        """Tiny stand-in for the HiFT vocoder: 80-bin mel at 50 Hz -> 24 kHz audio. Like HiFT's
+        source module, it draws a fresh random phase and noise from the global generator on
+        every call."""
+        import math
+
         import torch
         from torch import nn
 
@@ -353,11 +359,16 @@ VOCODER_SOURCES = {
         class HiFTGenerator(nn.Module):
             def __init__(self, in_channels=80, hop=480):
                 super().__init__()
+                self.hop = hop
                 self.up = nn.ConvTranspose1d(in_channels, 1, kernel_size=hop, stride=hop)
 
             @torch.inference_mode()
             def inference(self, speech_feat, cache_source=None):
-                speech = 0.5 * torch.tanh(self.up(speech_feat)).squeeze(1)
+                n = speech_feat.shape[2] * self.hop
+                t = torch.arange(n, device=speech_feat.device) / 24000
+                phase = torch.rand(1, device=speech_feat.device) * 2 * math.pi
+                source = 0.05 * torch.sin(2 * math.pi * 140 * t + phase) + 0.01 * torch.randn(n, device=t.device)
+                speech = 0.5 * torch.tanh(self.up(speech_feat)).squeeze(1) + source
                 return speech, torch.zeros(1, 1, 0)
         '''),
 }

@@ -26,7 +26,7 @@ ROWS = [
     edit_row("calm", "emotion", "remove"),
     edit_row("whisper", "style", "whisper"),
     edit_row("fast", "speed", "faster"),
-    edit_row("laugh", "paralinguistic", text="Batch editing [Laughter] keeps every voice clip consistent."),
+    edit_row("laugh", "paralinguistic", text="Batch editing [laugh] keeps every voice clip consistent."),
     edit_row("clean", "denoise", audio_text=""),
     edit_row("tight", "vad", audio_text=""),
     edit_row("happy-twice", "emotion", "happy", iterations="2"),
@@ -226,3 +226,51 @@ def test_clone_budgets_fit_the_target_whatever_its_script():
     assert seconds(5.0, TEXT) >= 2 * 5.0  # the prompt's own text, twice over
     assert seconds(12.0, TEXT) >= 2 * 12.0  # a slow speaker gets more, never less
     assert seconds(5.0, "Hi.") >= 5.0 and seconds(5.0, "12345") >= 3.5  # digits are read as words
+
+
+def test_doctor_imports_the_vocoder_code_and_names_a_missing_package(tiny, tmp_path):
+    import shutil
+
+    from conftest import run_editx
+
+    src = tmp_path / "editx-src"
+    shutil.copytree(tiny / "editx-src", src)
+    flow = src / "stepvocoder" / "cosyvoice2" / "flow" / "flow.py"
+    flow.write_text(flow.read_text().replace("from einops import rearrange", "from einops_not_installed import x"))
+    args = ["--model-dir", tiny / "Step-Audio-EditX", "--tokenizer-dir", tiny / "Step-Audio-Tokenizer"]
+    ok = run_editx("doctor", "--engine", "stepaudio", *args, "--editx-src", tiny / "editx-src")
+    assert ok.returncode == 0 and "engine stepaudio: ready" in ok.stdout
+    broken = run_editx("doctor", "--engine", "stepaudio", *args, "--editx-src", src)
+    assert broken.returncode != 0 and "Traceback" not in broken.stderr
+    assert "NOT READY" in broken.stdout
+    assert ("the vocoder code (stepvocoder.cosyvoice2.flow.flow) needs the 'einops_not_installed' package"
+            in broken.stdout)
+
+
+def test_a_tasks_audio_does_not_depend_on_what_was_vocoded_before_it(tiny, tmp_path):
+    """The vocoder draws fresh noise on every call: each task vocodes under its own seed."""
+    same = edit_row("first", "emotion", "happy")
+    rows = [same, edit_row("b", "emotion", "sad"), edit_row("c", "style", "child"),
+            edit_row("d", "speed", "faster"), ["fifth", *same[1:]]]
+    m = write_manifest(tmp_path / "m.csv", HEADER, rows)
+    r = invoke("batch", m, *model_args(tiny), "-o", tmp_path / "o", "--batch-size", "1", "-q")
+    assert r.exit_code == 0, r.stderr
+    first, fifth = (sf.read(tmp_path / "o" / f"{n}.wav")[0] for n in ("first", "fifth"))
+    assert np.array_equal(first, fifth)
+
+
+def test_the_vocoder_draws_its_noise_from_the_task_seed_alone(tiny):
+    import torch
+
+    from editx_cli.engine.stepaudio.vocoder import Vocoder
+
+    vocoder = Vocoder(tiny / "Step-Audio-EditX" / "CosyVoice-300M-25Hz", tiny / "editx-src", "cpu")
+    g = np.random.default_rng(0)
+    tokens = [int(v) for v in np.column_stack([g.integers(0, 1024, (12, 2)), g.integers(1024, 5120, (12, 3))]).ravel()]
+    mel, emb = g.standard_normal((40, 80)).astype(np.float32), g.standard_normal(192).astype(np.float32)
+    state = torch.random.get_rng_state()
+    a = vocoder(tokens[:30], tokens[30:], mel, emb, seed=3)
+    b = vocoder(tokens[:30], tokens[30:], mel, emb, seed=4)
+    c = vocoder(tokens[:30], tokens[30:], mel, emb, seed=3)
+    assert np.array_equal(a, c) and not np.array_equal(a, b)  # same tokens: only the noise differs
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator is left alone

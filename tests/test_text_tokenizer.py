@@ -93,3 +93,31 @@ def test_a_broken_tokenizer_folder_is_named(tiny, tmp_path, name, content, messa
     assert r.exit_code == 2 and "Traceback" not in r.stderr
     assert "the engine failed to load" in r.stderr and name in r.stderr and message in r.stderr
     assert not out.exists()
+
+
+def test_dump_prompts_writes_each_rows_ids(tiny, tmp_path):
+    from conftest import write_manifest
+
+    clip = ROOT / "manifests" / "clips" / "narration.wav"
+    text = "Batch editing keeps every voice clip consistent, from the first take to the last."
+    m = write_manifest(tmp_path / "m.csv", ["id", "task", "input_audio", "audio_text", "edit_type", "edit_info",
+                                            "intensity"],
+                       [["plain", "edit", clip, text, "emotion", "happy", ""],
+                        ["guided", "edit", clip, text, "emotion", "happy", "1.5"]])
+    dump = tmp_path / "prompts.jsonl"
+    dump.write_text("stale line from an earlier run\n")
+    r = invoke("batch", m, *model_args(tiny), "-o", tmp_path / "o", "--dump-prompts", dump, "-q")
+    assert r.exit_code == 0, r.stderr
+    lines = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert sorted((x["id"], x["row"]) for x in lines) == [("guided", "reference"), ("guided", "task"),
+                                                          ("plain", "task")]
+    rows = {(x["id"], x["row"]): x for x in lines}
+    assert {x["format"] for x in lines} == {"legacy"}
+    # the same edit prompt whatever the intensity; the reference row is a clone prompt of the input
+    assert rows[("plain", "task")]["ids"] == rows[("guided", "task")]["ids"]
+    tok = TextTokenizer.from_folder(tiny / "Step-Audio-EditX")
+    prefix = prompts.instruction_prefix("emotion", "happy", text, "")
+    human = tok.encode(prefix + "\n")[:-1]  # the instruction's ids, before the audio tokens
+    ids = rows[("plain", "task")]["ids"]
+    assert ids[:2] == [1, 4] and any(ids[i:i + len(human)] == human for i in range(len(ids)))
+    assert rows[("guided", "reference")]["ids"] != ids

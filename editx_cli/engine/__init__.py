@@ -75,6 +75,12 @@ class Engine:
         """Problems with the engine's options (missing folders...), found without loading."""
         return []
 
+    @classmethod
+    def check_code(cls, config: dict[str, Any]) -> list[str]:
+        """Problems found by importing the code the engine would load (slower than
+        check_config: `editx doctor` asks, runs do not)."""
+        return []
+
     def fingerprint(self) -> str:
         """Identity of what produces the output (code and checkpoint versions); cheap."""
         raise NotImplementedError

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ from editx_cli.engine.stepaudio import layout, prompts
 log = logging.getLogger("editx")
 
 CODE_VERSION = "stepaudio-1"
+OUTPUT_VERSION = "stepaudio-output-2"  # bump when the same inputs and seed give other audio
 SAMPLE_RATE = 24000
 MAX_LENGTH = 8192  # prompt + generated ids, as the reference's max_length
 TOKENS_PER_SECOND = 41.67
@@ -87,6 +89,39 @@ class StepAudioEngine(Engine):
                        "cannot be")
         return out
 
+    @classmethod
+    def check_code(cls, config: dict[str, Any]) -> list[str]:
+        """Import every vocoder module that cosyvoice.yaml names from the source checkout, and
+        name any package it needs that is missing."""
+        import importlib
+        import re
+        import sys
+
+        model_dir, src = _path(config.get("model_dir")), _path(config.get("editx_src"))
+        llm_dir = layout.llm_dir(model_dir, config.get("variant") or "base")
+        yaml_path = llm_dir / layout.VOCODER_SUBDIR / "cosyvoice.yaml"
+        try:
+            text = yaml_path.read_text(encoding="utf-8", errors="replace")
+        except OSError as e:
+            return [f"{yaml_path}: {e.strerror}"]
+        modules = sorted({m.rsplit(".", 1)[0] for m in re.findall(r"!(?:new|name):(stepvocoder\.[\w.]+)", text)})
+        if str(src) not in sys.path:
+            sys.path.insert(0, str(src))
+        out = []
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ModuleNotFoundError as e:
+                missing = (e.name or "?").split(".")[0]
+                if missing == "stepvocoder":
+                    out.append(f"{src}: cannot import {module}")
+                else:
+                    out.append(f"the vocoder code ({module}) needs the {missing!r} package, which is not "
+                               f"installed (pip install {missing})")
+            except Exception as e:  # a broken checkout: name it, do not crash the doctor
+                out.append(f"{src}: importing {module} failed: {type(e).__name__}: {e}")
+        return out
+
     # -- identity -------------------------------------------------------------------------
 
     def _feature_files(self) -> list[Path]:
@@ -108,7 +143,7 @@ class StepAudioEngine(Engine):
         vocoder_dir = self.llm_dir / layout.VOCODER_SUBDIR
         files = [self.llm_dir / "config.json", self.llm_dir / "tokenizer.model",
                  *layout.weight_files(self.llm_dir), *(vocoder_dir / n for n in layout.VOCODER_FILES)]
-        return ";".join([self.feature_fingerprint(), fingerprint_files(files, CODE_VERSION), self.llm_impl,
+        return ";".join([self.feature_fingerprint(), fingerprint_files(files, OUTPUT_VERSION), self.llm_impl,
                          "deterministic" if self.deterministic else self.dtype_name])
 
     def versions(self) -> dict[str, str]:
@@ -153,6 +188,7 @@ class StepAudioEngine(Engine):
         log.debug("LLM (%s, %s) loaded in %.2f s", self.llm_impl, self.dtype, time.perf_counter() - t0)
         self.vocoder = Vocoder(self.llm_dir / layout.VOCODER_SUBDIR, self.editx_src, self.device)
         self.audio_tokenizer = AudioTokenizer(self.tokenizer_dir, layout.FUNASR_ID, self.device)
+        self.audio_tokenizer.check()  # its configs, now: the models themselves load on first use
         self.features_key = self.feature_fingerprint()
 
     def _load_llm(self) -> None:
@@ -280,7 +316,18 @@ class StepAudioEngine(Engine):
             raise ValueError(f"the prompt is {longest} tokens: no room left under {MAX_LENGTH} "
                              "(use a shorter prompt audio)")
         job = generate.Job(ids, request.seed, budget, request.intensity, reference)
+        self._dump(request.task_id, ids, reference if job.guided else None)
         return _Prepared(job, feats, hit, tokenize, time.perf_counter() - t0 - tokenize, request.task_id)
+
+    def _dump(self, task_id: str, ids: list[int], reference: list[int] | None) -> None:
+        path = self.config.get("dump_prompts")
+        if not path:
+            return
+        rows = [{"id": task_id, "row": "task", "format": "legacy", "ids": ids}]
+        if reference is not None:
+            rows.append({"id": task_id, "row": "reference", "format": "legacy", "ids": reference})
+        with open(path, "a", encoding="utf-8") as f:  # one write: lines from several workers never mix
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
 
     def _decode(self, jobs: list) -> None:
         """Decode every job through `max_batch` slots, longest budget first (the short ones fill
@@ -326,7 +373,7 @@ class StepAudioEngine(Engine):
                  if prompts.AUDIO_BASE <= t < prompts.AUDIO_BASE + prompts.N_VQ02 + prompts.N_VQ06]
         if not mixed:
             raise RuntimeError("the model produced no audio tokens")
-        wav = self.vocoder(mixed, p.feats["mixed"], p.feats["mel"], p.feats["embedding"])
+        wav = self.vocoder(mixed, p.feats["mixed"], p.feats["mel"], p.feats["embedding"], job.seed)
         stages = {"tokenize": p.tokenize_seconds, "generate": p.prompt_seconds + generate_share,
                   "vocode": time.perf_counter() - t0}
         stopped = "end" if job.tokens and job.tokens[-1] == generate.EOS else "budget"

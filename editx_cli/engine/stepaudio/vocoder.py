@@ -38,6 +38,8 @@ def load_config(path: Path) -> dict:
     """Parse cosyvoice.yaml and construct only what its allowed tags name."""
     import yaml
 
+    from editx_cli.datafiles import UnsafeFile, check_yaml_aliases, read_text
+
     class Loader(yaml.SafeLoader):
         pass
 
@@ -52,9 +54,13 @@ def load_config(path: Path) -> dict:
 
     Loader.add_multi_constructor("!", tagged)
     try:
-        raw = yaml.load(path.read_text(), Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+        text = read_text(path)
+        check_yaml_aliases(text, str(path))
+        raw = yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise UnsafeConfig(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    except UnsafeFile as e:
+        raise UnsafeConfig(str(e)) from None
     if not isinstance(raw, dict):
         raise UnsafeConfig(f"{path}: expected a mapping at the top level")
     return _build(raw, raw, path)
@@ -127,9 +133,10 @@ class Vocoder:
         if str(editx_src) not in sys.path:
             sys.path.insert(0, str(editx_src))
         # The flow draws its noise buffer from the global RNG at construction: seed it so
-        # that every run builds the same vocoder.
-        torch.manual_seed(0)
-        self.config = load_config(vocoder_dir / "cosyvoice.yaml")
+        # that every run builds the same vocoder (and leave the caller's generator as it was).
+        with torch.random.fork_rng(devices=self._devices(device)):
+            torch.manual_seed(0)
+            self.config = load_config(vocoder_dir / "cosyvoice.yaml")
         for key in ("flow", "hift", "mel_conf"):
             if key not in self.config:
                 raise UnsafeConfig(f"{vocoder_dir / 'cosyvoice.yaml'}: no top-level {key!r}")
@@ -142,9 +149,17 @@ class Vocoder:
         self.device = device
         self.sample_rate = int(self.mel_conf["sampling_rate"])
 
+    @staticmethod
+    def _devices(device: str) -> list:
+        return [device] if device.startswith("cuda") else []
+
     def __call__(self, tokens: list[int], prompt_tokens: list[int], prompt_mel: np.ndarray,
-                 embedding: np.ndarray) -> np.ndarray:
-        """Generated and prompt tokens (mixed N values) + prompt features -> mono float32 audio."""
+                 embedding: np.ndarray, seed: int = 0) -> np.ndarray:
+        """Generated and prompt tokens (mixed N values) + prompt features -> mono float32 audio.
+
+        HiFT's source module draws random phases and noise from the global generator on every
+        call; run under a generator seeded from the task's seed alone, the audio is a function
+        of the task, not of how many tasks this process vocoded before it."""
         import torch
         import torch.nn.functional as F
 
@@ -161,7 +176,8 @@ class Vocoder:
         def length(t):
             return torch.tensor([t.shape[1]], dtype=torch.long, device=self.device)
 
-        with torch.inference_mode():
+        with torch.random.fork_rng(devices=self._devices(self.device)), torch.inference_mode():
+            torch.manual_seed(seed)
             mel = self.flow.inference(token, length(token), prompt, length(prompt), feat, length(feat), emb, 10)
             if type(self.hift).__name__ == "BigVGAN":  # its first conv has no padding
                 speech = self.hift.inference(F.pad(mel, (3, 3), mode="reflect")).squeeze(0)

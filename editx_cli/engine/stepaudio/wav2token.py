@@ -46,6 +46,23 @@ def preprocess(x: np.ndarray, sr: int) -> np.ndarray:
     return np.concatenate([x16, np.zeros(out_len - len(x16), np.float32)])
 
 
+@contextlib.contextmanager
+def _weights_only_loads(torch):
+    """FunASR loads model.pt with a bare torch.load: make every load inside it weights-only,
+    whatever torch's default, so a checkpoint can hold tensors but never code."""
+    original = torch.load
+
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 class AudioTokenizer:
     def __init__(self, tokenizer_dir: Path, funasr_id: str, device: str) -> None:
         self.dir = tokenizer_dir
@@ -57,11 +74,21 @@ class AudioTokenizer:
         return [self.dir / "linguistic_tokenizer.npy", self.dir / "speech_tokenizer_v1.onnx",
                 *(self.funasr_dir / n for n in ("model.pt", "config.yaml", "am.mvn"))]
 
+    def check(self) -> None:
+        """Cheap checks of the FunASR folder's configs, as data: FunASR imports and runs Python
+        that its config names (trust_remote_code / remote_code), so refuse any that asks."""
+        from editx_cli.datafiles import load_json, load_yaml, refuse_code
+
+        for name, read in (("config.yaml", load_yaml), ("configuration.json", load_json)):
+            if (self.funasr_dir / name).exists():
+                refuse_code(read(self.funasr_dir / name), str(self.funasr_dir / name))
+
     def load(self) -> None:
         if self.loaded:
             return
         import torch
 
+        self.check()
         threads = torch.get_num_threads()
         # FunASR prints notices (its version, a missing ffmpeg it does not need here) and logs
         # its loading steps; stdout carries only editx's own results. Errors still raise.
@@ -70,8 +97,15 @@ class AudioTokenizer:
 
             # disable_update: never query a hub; dither 0: deterministic features (the
             # reference keeps FunASR's default dither, so its codes vary slightly run to run)
-            auto = AutoModel(model=str(self.funasr_dir), disable_update=True, device=self.device,
-                             frontend_conf={"dither": 0.0}, ncpu=threads, log_level="ERROR")
+            try:
+                with _weights_only_loads(torch):
+                    auto = AutoModel(model=str(self.funasr_dir), disable_update=True, device=self.device,
+                                     frontend_conf={"dither": 0.0}, ncpu=threads, log_level="ERROR",
+                                     trust_remote_code=False)
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise RuntimeError(f"{self.funasr_dir}: the paraformer did not load as data "
+                                   f"({type(e).__name__}: {first})") from None
         torch.set_num_threads(threads)
         self.paraformer = auto.model.eval()
         self.funasr_kwargs = auto.kwargs
