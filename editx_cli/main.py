@@ -75,6 +75,19 @@ def _model_options() -> list:
                           "output does not depend on what it is batched with (slower)."),
         click.option("--cuda-graphs/--no-cuda-graphs", envvar="EDITX_CUDA_GRAPHS", default=True, show_default=True,
                      help="Capture the decode step as CUDA graphs (CUDA only; native LLM)."),
+        click.option("--prompt-format", envvar="EDITX_PROMPT_FORMAT", default="auto", show_default=True,
+                     type=click.Choice(["auto", "legacy", "chat"]),
+                     help="chat: the 2026 release's prompts, from the model folder's chat_template; legacy: the "
+                          "2025 scaffold; auto: chat when the folder has a chat template. Sets the sampling "
+                          "preset (legacy: top-k 50 and the repetition mask; chat: temperature 0.7 alone)."),
+        click.option("--temperature", envvar="EDITX_TEMPERATURE", type=click.FloatRange(0, min_open=True),
+                     default=None, help="Sampling temperature [preset: 0.7]."),
+        click.option("--top-k", envvar="EDITX_TOP_K", type=click.IntRange(0), default=None,
+                     help="Sample from the k likeliest ids, 0 for all [preset: legacy 50, chat 0]."),
+        click.option("--top-p", envvar="EDITX_TOP_P", type=click.FloatRange(0, 1, min_open=True), default=None,
+                     help="Nucleus sampling [preset: 1.0]."),
+        click.option("--repetition-mask/--no-repetition-mask", envvar="EDITX_REPETITION_MASK", default=None,
+                     help="Forbid an id repeated in the last 10 [preset: legacy on, chat off]."),
         click.option("--dump-prompts", envvar="EDITX_DUMP_PROMPTS", type=click.Path(dir_okay=False), default=None,
                      help="Write the LLM's input ids to this JSONL file, a line per row (id, row: task or "
                           "reference, format, ids), to compare with the official code's."),
@@ -82,7 +95,7 @@ def _model_options() -> list:
 
 
 MODEL_KEYS = ("model_dir", "tokenizer_dir", "editx_src", "variant", "dtype", "llm_impl", "deterministic",
-              "cuda_graphs", "dump_prompts")
+              "cuda_graphs", "dump_prompts", "prompt_format", "temperature", "top_k", "top_p", "repetition_mask")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

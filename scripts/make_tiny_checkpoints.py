@@ -267,6 +267,28 @@ def _vocoder_module(kind: str, name: str):
     return getattr(importlib.import_module(module[kind]), name)
 
 
+# The 2026 release's prompt format, as its tokenizer_config.json carries it: <s> once, then
+# each turn as <|BOT|>role\n + content + <|EOT|>, the user's role written "human".
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|BOT|>' + ('human' if message['role'] == 'user' else message['role']) + '\\n' + message['content']"
+    " + '<|EOT|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|BOT|>assistant\\n' }}{% endif %}"
+)
+
+
+def build_chat_llm_dir(root: Path) -> None:
+    """Step-Audio-EditX-2026/: the same weights (linked), a tokenizer config with a chat template."""
+    src, dst = root / "Step-Audio-EditX", root / "Step-Audio-EditX-2026"
+    dst.mkdir(exist_ok=True)
+    for item in src.iterdir():
+        if item.name != "tokenizer_config.json" and not (dst / item.name).exists():
+            (dst / item.name).symlink_to(Path("..") / src.name / item.name, target_is_directory=item.is_dir())
+    config = json.loads((src / "tokenizer_config.json").read_text())
+    config.pop("add_bos_token", None)
+    config.update(legacy=False, chat_template=CHAT_TEMPLATE)
+    (dst / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
 def build_whisper(path: Path) -> None:
     """A tiny Whisper checkpoint in openai-whisper's own format (for --whisper-model)."""
     from dataclasses import asdict
@@ -519,8 +541,9 @@ def main() -> None:
     sys.path.insert(0, str(root / "editx-src"))
     build_tokenizer_dir(root)
     build_llm_dir(root)
+    build_chat_llm_dir(root)
     build_whisper(root / "whisper-tiny.pt")
-    for sub in ("Step-Audio-EditX", "Step-Audio-Tokenizer", "editx-src", "whisper-tiny.pt"):
+    for sub in ("Step-Audio-EditX", "Step-Audio-EditX-2026", "Step-Audio-Tokenizer", "editx-src", "whisper-tiny.pt"):
         print(root / sub)
 
 

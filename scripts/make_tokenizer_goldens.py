@@ -4,7 +4,8 @@ The released code tokenizes with transformers 4.53.3's AutoTokenizer; editx must
 produce the same ids whatever transformers it has installed. This script, run
 once in a throwaway environment with that version, records what it produces:
 
-    python -m venv /tmp/tf453 && /tmp/tf453/bin/pip install transformers==4.53.3 sentencepiece protobuf
+    python -m venv /tmp/tf453 && /tmp/tf453/bin/pip install transformers==4.53.3 sentencepiece protobuf \
+        jinja2 diskcache
     python scripts/make_tokenizer_goldens.py train              # any environment with sentencepiece
     python scripts/make_tiny_checkpoints.py /tmp/tiny           # the tiny checkpoints' tokenizer
     PYTHONPATH=. /tmp/tf453/bin/python scripts/make_tokenizer_goldens.py goldens --tiny /tmp/tiny
@@ -115,6 +116,30 @@ def texts() -> list[str]:
     return list(seen)
 
 
+def chat_turns() -> list[tuple[str, str]]:
+    """(system, human) turns of chat-format prompts: a clone and each kind of edit."""
+    from editx_cli.engine.stepaudio import prompts
+
+    audio = "".join(f"<audio_{n}>" for n in (3, 1023, 1024, 5119, 17, 2048, 999, 1030, 12, 4000))
+    turns = [prompts.chat_clone_text("clone_0123456789abcdef", CORPUS[0], audio, CORPUS[6]),
+             prompts.chat_clone_text("clone_0123456789abcdef", CORPUS[4], audio, " starts with a space"),
+             prompts.chat_clone_text("clone_0123456789abcdef", CORPUS[0], audio, "[Cantonese]今日天气好好。")]
+    for edit_type, info, new in [("emotion", "happy", ""), ("style", "remove", ""), ("speed", "more faster", ""),
+                                 ("denoise", "", ""), ("vad", "", ""), ("paralinguistic", "", "So [laugh] fun.")]:
+        turns.append(prompts.chat_edit_text(prompts.instruction_prefix(edit_type, info, CORPUS[1], new), audio))
+    return turns
+
+
+def chat_goldens(folder: Path) -> list[dict]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return [{"system": s, "human": h,
+             "ids": tok.apply_chat_template([{"role": "system", "content": s}, {"role": "user", "content": h}],
+                                            add_generation_prompt=True, tokenize=True)}
+            for s, h in chat_turns()]
+
+
 def goldens(tiny: Path) -> None:
     import transformers
     from transformers import AutoTokenizer
@@ -142,6 +167,7 @@ def goldens(tiny: Path) -> None:
             tok = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
             out["variants"][name] = {"model": model, "config": config, "class": type(tok).__name__,
                                      "ids": [tok.encode(s) for s in strings]}
+    out["chat"] = chat_goldens(tiny / "Step-Audio-EditX-2026")
     (DATA / "goldens.json").write_text(json.dumps(out, ensure_ascii=False, separators=(",", ":")) + "\n")
     print(DATA / "goldens.json", len(strings), "strings")
 

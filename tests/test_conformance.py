@@ -35,13 +35,27 @@ def args() -> list[str]:
     return ["--engine", "stepaudio", "--model-dir", MODEL, "--tokenizer-dir", TOKENIZER, "--editx-src", SRC]
 
 
-def test_clone_and_edit_give_speech_length_24khz_audio(tmp_path):
+def _has_chat_template() -> bool:
+    try:
+        return bool(json.loads((Path(MODEL) / "tokenizer_config.json").read_text()).get("chat_template"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "chat"])
+def test_clone_and_edit_give_speech_length_24khz_audio(tmp_path, fmt):
+    if fmt == "chat" and not _has_chat_template():
+        pytest.skip("this model folder has no chat_template (a release before 2026)")
     m = tmp_path / "m.csv"
     m.write_text("id,task,prompt_audio,prompt_text,text,input_audio,audio_text,edit_type,edit_info\n"
                  f"c,clone,{CLIPS / 'narration.wav'},{TEXT},Good morning and welcome to the show.,,,,\n"
                  f"e,edit,,,,{CLIPS / 'narration.wav'},{TEXT},emotion,happy\n")
-    r = invoke("batch", m, *args(), "-o", tmp_path / "out", "-q")
+    dump = tmp_path / "prompts.jsonl"  # the ids fed to the model, to compare with the official code's
+    r = invoke("batch", m, *args(), "-o", tmp_path / "out", "-q", "--prompt-format", fmt, "--dump-prompts", dump)
     assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert {x["format"] for x in rows} == {fmt} and len(rows) == 2
+    print(f"{fmt} prompt ids written to {dump}")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     for t in report["tasks"]:
         info = sf.info(t["output"])

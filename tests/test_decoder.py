@@ -18,8 +18,9 @@ def _frequencies(tokens: torch.Tensor, vocab: int) -> torch.Tensor:
     return torch.bincount(tokens, minlength=vocab).double() / len(tokens)
 
 
-@pytest.mark.parametrize("sampling", [Sampling(), Sampling(temperature=1.3, top_k=0, repetition_window=0)],
-                         ids=["reference", "plain"])
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(temperature=1.3, top_k=0, repetition_window=0),
+                                      Sampling(top_k=0, top_p=0.8), Sampling(top_k=40, top_p=0.5)],
+                         ids=["reference", "plain", "nucleus", "top-k-and-nucleus"])
 def test_guided_masked_draws_follow_the_exact_distribution(sampling):
     """40,000 draws, each its own row with its own uniform, guided by a partner row, against
     the exact top-k softmax of l_ref + w (l_edit - l_ref) with the repetition mask."""
@@ -42,8 +43,10 @@ def test_guided_masked_draws_follow_the_exact_distribution(sampling):
     sigma = (expected * (1 - expected) / n).sqrt()
     assert ((freq - expected).abs() <= 5 * sigma + 1e-12).all()
     assert freq[expected == 0].sum() == 0  # nothing outside the top k, never the masked id
-    if sampling.repetition_window:
+    if sampling.repetition_window and sampling.top_p == 1:
         assert expected[masked] == 0 and (expected > 0).sum() == sampling.top_k
+    elif sampling.repetition_window:
+        assert expected[masked] == 0 and (expected > 0).sum() < (sampling.top_k or vocab)
     else:
         assert expected[masked] > 0.05 and freq[masked] > 0
 
@@ -61,6 +64,8 @@ def test_sampling_options_are_checked_once():
         Sampling(temperature=0)
     with pytest.raises(ValueError, match="top_k"):
         Sampling(top_k=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(top_p=0)
 
 
 @pytest.fixture(scope="module")

@@ -121,3 +121,76 @@ def test_dump_prompts_writes_each_rows_ids(tiny, tmp_path):
     ids = rows[("plain", "task")]["ids"]
     assert ids[:2] == [1, 4] and any(ids[i:i + len(human)] == human for i in range(len(ids)))
     assert rows[("guided", "reference")]["ids"] != ids
+
+
+def test_chat_prompts_equal_the_reference_chat_template(tiny):
+    """The 2026 format: the folder's template rendered in the sandbox, then tokenized, against
+    transformers 4.53.3's own apply_chat_template."""
+    spec = importlib.util.spec_from_file_location("goldens", ROOT / "scripts" / "make_tokenizer_goldens.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert [(c["system"], c["human"]) for c in GOLDENS["chat"]] == script.chat_turns()
+    tok = TextTokenizer.from_folder(tiny / "Step-Audio-EditX-2026")
+    for case in GOLDENS["chat"]:
+        text = prompts.render_chat(tok.chat_template, case["system"], case["human"], tok.special, "here")
+        ids = tok.encode(text, add_special_tokens=False)
+        assert ids == case["ids"]
+        assert ids.count(1) == 1 and ids[:2] == [1, 4]  # <s> once, then the first turn
+
+
+def test_a_chat_template_cannot_reach_outside_its_sandbox(tiny):
+    from editx_cli.engine.stepaudio.prompts import TemplateError
+
+    tok = TextTokenizer.from_folder(tiny / "Step-Audio-EditX-2026")
+    for evil in ["{{ ''.__class__.__mro__[1].__subclasses__() }}", "{{ messages.append(1) }}",
+                 "{{ raise_exception('no') }}", "{% for %}"]:
+        with pytest.raises(TemplateError, match="here: the chat template"):
+            prompts.render_chat(evil, "s", "h", tok.special, "here")
+
+
+def _chat_run(tiny, tmp_path, folder: str, *extra: str):
+    from conftest import write_manifest
+
+    clip = ROOT / "manifests" / "clips" / "narration.wav"
+    text = "Batch editing keeps every voice clip consistent, from the first take to the last."
+    m = write_manifest(tmp_path / "m.csv", ["id", "task", "prompt_audio", "prompt_text", "text", "input_audio",
+                                            "audio_text", "edit_type", "edit_info", "intensity"],
+                       [["c", "clone", clip, text, "A new line to say.", "", "", "", "", ""],
+                        ["e", "edit", "", "", "", clip, text, "emotion", "happy", "1.5"]])
+    args = ["--model-dir", tiny / folder, *model_args(tiny)[4:]]
+    dump = tmp_path / "dump.jsonl"
+    r = invoke("batch", m, "--engine", "stepaudio", *args, "-o", tmp_path / "o", "--dump-prompts", dump, "-q", *extra)
+    return r, dump, tmp_path / "o" / "report.json"
+
+
+def test_the_2026_folder_prompts_in_its_chat_format_end_to_end(tiny, tmp_path):
+    r, dump, report = _chat_run(tiny, tmp_path, "Step-Audio-EditX-2026")
+    assert r.exit_code == 0, r.stderr
+    run = json.loads(report.read_text())["run"]
+    assert run["done"] == 2
+    info = run["engine_info"]
+    assert info["prompt_format"] == "chat"
+    assert info["sampling"] == {"temperature": 0.7, "top_k": 0, "top_p": 1.0, "repetition_window": 0}
+    rows = [json.loads(line) for line in dump.read_text().splitlines()]
+    assert {x["format"] for x in rows} == {"chat"} and len(rows) == 3  # clone, edit and its reference row
+    for row in rows:
+        assert row["ids"].count(1) == 1 and row["ids"][:2] == [1, 4]
+
+
+def test_prompt_format_and_sampling_can_be_chosen(tiny, tmp_path):
+    r, dump, report = _chat_run(tiny, tmp_path, "Step-Audio-EditX-2026", "--prompt-format", "legacy",
+                                "--top-k", "7", "--top-p", "0.9", "--repetition-mask", "--temperature", "0.9")
+    assert r.exit_code == 0, r.stderr
+    info = json.loads(report.read_text())["run"]["engine_info"]
+    assert info["prompt_format"] == "legacy"
+    assert info["sampling"] == {"temperature": 0.9, "top_k": 7, "top_p": 0.9, "repetition_window": 10}
+    assert {json.loads(line)["format"] for line in dump.read_text().splitlines()} == {"legacy"}
+
+
+def test_chat_format_needs_a_chat_template(tiny, tmp_path):
+    r, _, report = _chat_run(tiny, tmp_path, "Step-Audio-EditX", "--prompt-format", "chat")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert "tokenizer_config.json: no chat_template, so --prompt-format chat cannot be used" in r.stderr
+    assert not report.exists()
+    r, _, _ = _chat_run(tiny, tmp_path, "Step-Audio-EditX", "--top-p", "0")
+    assert r.exit_code == 2 and "top-p" in r.stderr

@@ -16,6 +16,7 @@ input's transcript for that reference prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -84,6 +85,18 @@ class StepAudioEngine(Engine):
             out.append("--variant awq needs --llm-impl remote (its packed weights load through transformers)")
         if config.get("deterministic") and (config.get("dtype") or "auto") not in ("auto", "float32"):
             out.append(f"--deterministic decodes in float32; it cannot be combined with --dtype {config['dtype']}")
+        if config.get("prompt_format") == "chat" and not out:
+            from editx_cli.datafiles import UnsafeFile, load_json
+            from editx_cli.engine.stepaudio.text_tokenizer import _chat_template
+
+            path = layout.llm_dir(_path(config["model_dir"]), config.get("variant") or "base") / "tokenizer_config.json"
+            try:
+                found = path.exists() and _chat_template(load_json(path).get("chat_template"))
+            except (UnsafeFile, AttributeError) as e:
+                found, out = False, [*out, str(e)]
+            if not found:
+                out.append(f"{path}: no chat_template, so --prompt-format chat cannot be used (the folder is a "
+                           "release before 2026: use auto or legacy)")
         if config.get("deterministic") and config.get("variant") in ("bnb", "awq"):
             out.append(f"--deterministic decodes in float32; the {config['variant']} variant's 4-bit weights "
                        "cannot be")
@@ -141,9 +154,10 @@ class StepAudioEngine(Engine):
 
     def fingerprint(self) -> str:
         vocoder_dir = self.llm_dir / layout.VOCODER_SUBDIR
-        files = [self.llm_dir / "config.json", self.llm_dir / "tokenizer.model",
+        files = [self.llm_dir / "config.json", self.llm_dir / "tokenizer.model", self.llm_dir / "tokenizer_config.json",
                  *layout.weight_files(self.llm_dir), *(vocoder_dir / n for n in layout.VOCODER_FILES)]
-        return ";".join([self.feature_fingerprint(), fingerprint_files(files, OUTPUT_VERSION), self.llm_impl,
+        asked = [str(self.config.get(k)) for k in ("prompt_format", "temperature", "top_k", "top_p", "repetition_mask")]
+        return ";".join([self.feature_fingerprint(), fingerprint_files(files, OUTPUT_VERSION), self.llm_impl, *asked,
                          "deterministic" if self.deterministic else self.dtype_name])
 
     def versions(self) -> dict[str, str]:
@@ -160,6 +174,8 @@ class StepAudioEngine(Engine):
     def run_info(self) -> dict[str, Any]:
         return {"variant": self.variant, "llm_impl": self.llm_impl, "dtype": str(getattr(self, "dtype", "")),
                 "deterministic": self.deterministic,
+                "prompt_format": getattr(self, "prompt_format", None),
+                "sampling": dataclasses.asdict(self.sampling) if hasattr(self, "sampling") else None,
                 "audio_tokenizer_loaded": bool(self.audio_tokenizer and self.audio_tokenizer.loaded),
                 "decode": self.stats.summary()}
 
@@ -196,7 +212,12 @@ class StepAudioEngine(Engine):
         from editx_cli.engine.stepaudio.text_tokenizer import TextTokenizer
 
         # The reference's ids (transformers 4.53.3), not whatever the installed transformers makes.
-        self.encode = TextTokenizer.from_folder(self.llm_dir).encode
+        self.text_tokenizer = TextTokenizer.from_folder(self.llm_dir)
+        self.encode = self.text_tokenizer.encode
+        asked = self.config.get("prompt_format") or "auto"
+        self.prompt_format = "chat" if asked == "chat" or (asked == "auto" and self.text_tokenizer.chat_template) \
+            else "legacy"
+        self.sampling = sampling_for(self.prompt_format, self.config)
         if self.llm_impl != "remote":
             from editx_cli.engine.stepaudio.step1 import Step1ForCausalLM
 
@@ -296,20 +317,19 @@ class StepAudioEngine(Engine):
         reference = None
         if request.kind == "clone":
             speaker = prompts.clone_speaker_name(request.audio_text, _raw_channels(request))
-            ids = prompts.clone_ids(self.encode, speaker, request.audio_text, audio_tokens, request.text)
+            ids = self._clone_prompt(speaker, request.audio_text, audio_tokens, request.text)
             budget = _clone_budget(feats["mixed"], request.audio_text, request.text)
         else:
             prefix = prompts.instruction_prefix(request.edit_type, request.edit_info, request.audio_text,
                                                 request.text)
-            ids = prompts.edit_ids(self.encode, prefix, audio_tokens)
+            ids = self._edit_prompt(prefix, audio_tokens)
             budget = _edit_budget(feats["mixed"])
             if request.intensity != 1.0:
                 if not request.audio_text.strip():
                     raise ValueError(f"intensity {request.intensity:g} on a {request.edit_type} edit needs "
                                      "audio_text (the guidance reference re-speaks it)")
                 speaker = prompts.clone_speaker_name(request.audio_text, x[None])
-                reference = prompts.clone_ids(self.encode, speaker, request.audio_text, audio_tokens,
-                                              request.audio_text)
+                reference = self._clone_prompt(speaker, request.audio_text, audio_tokens, request.audio_text)
         longest = max(len(ids), len(reference or []))
         budget = min(budget, MAX_LENGTH - longest)
         if budget < 1:
@@ -319,13 +339,29 @@ class StepAudioEngine(Engine):
         self._dump(request.task_id, ids, reference if job.guided else None)
         return _Prepared(job, feats, hit, tokenize, time.perf_counter() - t0 - tokenize, request.task_id)
 
+    def _clone_prompt(self, speaker: str, prompt_text: str, audio_tokens: str, target: str) -> list[int]:
+        if self.prompt_format == "chat":
+            return self._chat(*prompts.chat_clone_text(speaker, prompt_text, audio_tokens, target))
+        return prompts.clone_ids(self.encode, speaker, prompt_text, audio_tokens, target)
+
+    def _edit_prompt(self, prefix: str, audio_tokens: str) -> list[int]:
+        if self.prompt_format == "chat":
+            return self._chat(*prompts.chat_edit_text(prefix, audio_tokens))
+        return prompts.edit_ids(self.encode, prefix, audio_tokens)
+
+    def _chat(self, system: str, human: str) -> list[int]:
+        tok = self.text_tokenizer
+        text = prompts.render_chat(tok.chat_template, system, human, tok.special,
+                                   str(self.llm_dir / "tokenizer_config.json"))
+        return tok.encode(text, add_special_tokens=False)  # the template writes its own <s>
+
     def _dump(self, task_id: str, ids: list[int], reference: list[int] | None) -> None:
         path = self.config.get("dump_prompts")
         if not path:
             return
-        rows = [{"id": task_id, "row": "task", "format": "legacy", "ids": ids}]
+        rows = [{"id": task_id, "row": "task", "format": self.prompt_format, "ids": ids}]
         if reference is not None:
-            rows.append({"id": task_id, "row": "reference", "format": "legacy", "ids": reference})
+            rows.append({"id": task_id, "row": "reference", "format": self.prompt_format, "ids": reference})
         with open(path, "a", encoding="utf-8") as f:  # one write: lines from several workers never mix
             f.write("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -336,11 +372,10 @@ class StepAudioEngine(Engine):
         import torch
 
         from editx_cli.engine.stepaudio.decoder import Decoder
-        from editx_cli.engine.stepaudio.generate import Sampling
 
         todo = sorted(jobs, key=lambda j: j.budget, reverse=True)
         while todo:
-            decoder = Decoder(self.runner, self.max_batch, Sampling(), self.device, cuda_graphs=self.cuda_graphs,
+            decoder = Decoder(self.runner, self.max_batch, self.sampling, self.device, cuda_graphs=self.cuda_graphs,
                               row_prefill=self.deterministic, full_window=self.deterministic)
             t0 = time.perf_counter()
             try:
@@ -442,6 +477,19 @@ class DecodeStats:
             "cuda_graphs": sorted(self.graphs),
             "graph_capture_seconds": round(self.capture_seconds, 3),
         }
+
+
+def sampling_for(prompt_format: str, config: dict[str, Any]):
+    """The format's released sampling, with the user's overrides."""
+    from editx_cli.engine.stepaudio.generate import PRESETS, REPEAT_WINDOW
+
+    changes: dict[str, Any] = {}
+    for key in ("temperature", "top_k", "top_p"):
+        if config.get(key) is not None:
+            changes[key] = config[key]
+    if config.get("repetition_mask") is not None:
+        changes["repetition_window"] = REPEAT_WINDOW if config["repetition_mask"] else 0
+    return dataclasses.replace(PRESETS[prompt_format], **changes)
 
 
 def _path(value: Any) -> Path | None:

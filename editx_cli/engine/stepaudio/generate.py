@@ -29,6 +29,7 @@ class Sampling:
 
     temperature: float = TEMPERATURE
     top_k: int = TOP_K  # 0: the whole vocabulary
+    top_p: float = 1.0  # nucleus: the smallest set of likeliest ids holding this much probability
     repetition_window: int = REPEAT_WINDOW  # 0: no repetition mask
 
     def __post_init__(self) -> None:
@@ -36,6 +37,14 @@ class Sampling:
             raise ValueError(f"temperature must be > 0, not {self.temperature}")
         if self.top_k < 0 or self.repetition_window < 0:
             raise ValueError("top_k and repetition_window must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], not {self.top_p}")
+
+
+# The sampling each prompt format was released with: the legacy code sampled through
+# transformers' generate (its default top-k 50) with the repetition mask; the 2026 code
+# samples through vLLM with temperature 0.7 alone.
+PRESETS = {"legacy": Sampling(), "chat": Sampling(top_k=0, repetition_window=0)}
 
 
 @dataclass
@@ -90,7 +99,13 @@ def probabilities(logits: torch.Tensor, history: list[int], sampling: Sampling =
     if sampling.top_k and sampling.top_k < logits.shape[-1]:
         kth = torch.topk(scaled, sampling.top_k).values[-1]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-    return torch.softmax(scaled, dim=-1)
+    probs = torch.softmax(scaled, dim=-1)
+    if sampling.top_p < 1:
+        top, order = probs.sort(descending=True)
+        drop = order[(top.cumsum(0) - top) >= sampling.top_p]
+        probs = probs.index_fill(0, drop, 0.0)
+        probs = probs / probs.sum()
+    return probs
 
 
 # -- every row at once, on the device --------------------------------------------------------
@@ -115,8 +130,13 @@ def sample(logits: torch.Tensor, partner: torch.Tensor | None, weight: torch.Ten
         logits = logits.scatter(1, last, torch.where(repeated, float("-inf"), logits.gather(1, last)))
     if sampling.top_k and sampling.top_k < logits.shape[-1]:
         top, idx = logits.topk(sampling.top_k, dim=-1)  # order is the same before or after temperature
+    elif sampling.top_p < 1:
+        top, idx = logits.sort(dim=-1, descending=True)
     else:
         top, idx = logits, None
-    cdf = torch.softmax(top / sampling.temperature, dim=-1).cumsum(-1)
+    probs = torch.softmax(top / sampling.temperature, dim=-1)
+    if sampling.top_p < 1:  # ids in descending order: keep those with less than top_p before them
+        probs = probs * ((probs.cumsum(-1) - probs) < sampling.top_p)
+    cdf = probs.cumsum(-1)
     choice = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
     return choice[:, 0] if idx is None else idx.gather(1, choice)[:, 0]

@@ -114,3 +114,40 @@ def clone_ids(encode: Encode, speaker: str, prompt_text: str, prompt_tokens: str
 
 def edit_ids(encode: Encode, prefix: str, audio_tokens: str) -> list[int]:
     return _turns(encode, EDIT_SYSTEM_PROMPT, encode(prefix + "\n" + audio_tokens.strip() + "\n"))
+
+
+# -- the 2026 release: the tokenizer's chat template ------------------------------------------
+
+
+class TemplateError(ValueError):
+    pass
+
+
+def render_chat(template: str, system: str, human: str, special: dict[str, str], where: str) -> str:
+    """The prompt text the folder's `chat_template` makes of a system and a human turn, with
+    the generation prompt; rendered in Jinja's immutable sandbox, as transformers renders it
+    (a template is data: the sandbox lets it call nothing unsafe)."""
+    from jinja2 import TemplateError as JinjaError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(f"{where}: the chat template refused the prompt: {message}")
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.globals["raise_exception"] = raise_exception
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": human}]
+    try:
+        return env.from_string(template).render(messages=messages, add_generation_prompt=True, **special)
+    except JinjaError as e:
+        raise TemplateError(f"{where}: the chat template failed: {e}") from None
+
+
+def chat_clone_text(speaker: str, prompt_text: str, prompt_tokens: str, target_text: str) -> tuple[str, str]:
+    """(system, human) turns of a clone in the chat format: the same texts as the legacy scaffold."""
+    return CLONE_SYSTEM_TEMPLATE.format(speaker=speaker, prompt_text=prompt_text,
+                                        prompt_wav_tokens=prompt_tokens), target_text
+
+
+def chat_edit_text(prefix: str, audio_tokens: str) -> tuple[str, str]:
+    return EDIT_SYSTEM_PROMPT, prefix + "\n" + audio_tokens.strip() + "\n"

@@ -45,6 +45,21 @@ class _Added:
     rstrip: bool = False
 
 
+def _content(value) -> str:
+    return value.get("content", "") if isinstance(value, dict) else (value or "")
+
+
+def _chat_template(value) -> str | None:
+    """The folder's chat template: a string, or the 'default' of a list of named ones."""
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, list):
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        found = named.get("default")
+        return found if isinstance(found, str) else None
+    return None
+
+
 class TextTokenizer:
     def __init__(self, model: bytes, config: dict, where: str = "tokenizer.model") -> None:
         import sentencepiece as spm
@@ -93,6 +108,8 @@ class TextTokenizer:
         self.add_bos = config.get("add_bos_token", True) is not False
         self.add_eos = bool(config.get("add_eos_token", False))
         self.bos_id, self.eos_id = proto.trainer_spec.bos_id, proto.trainer_spec.eos_id
+        self.chat_template = _chat_template(config.get("chat_template"))
+        self.special = {k: _content(config.get(k)) for k in SPECIAL_KEYS}
 
     @classmethod
     def from_folder(cls, folder: Path) -> TextTokenizer:
@@ -120,8 +137,9 @@ class TextTokenizer:
             text = SPACE + text
         return self._sp.encode(text)
 
-    def encode(self, text: str) -> list[int]:
-        ids = [self.bos_id] if self.add_bos and self.bos_id >= 0 else []
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """`add_special_tokens=False`: no <s>/</s> added (a rendered chat template carries its own)."""
+        ids = [self.bos_id] if add_special_tokens and self.add_bos and self.bos_id >= 0 else []
         pos = 0
         if self._split is not None:
             for m in self._split.finditer(text):
@@ -130,6 +148,6 @@ class TextTokenizer:
                 ids.append(self._by_match[token if token in self._by_match else token.strip()])
                 pos = m.end()
         ids += self._piece(text[pos:], pos == 0)
-        if self.add_eos and self.eos_id >= 0:
+        if add_special_tokens and self.add_eos and self.eos_id >= 0:
             ids.append(self.eos_id)
         return ids
