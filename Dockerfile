@@ -24,8 +24,8 @@ COPY editx_cli /opt/editx/editx_cli
 RUN pip install /opt/editx \
  # onnxruntime and onnxruntime-gpu share a module name: keep only the GPU build
  && pip uninstall -y onnxruntime && pip install onnxruntime-gpu \
- # what the vocoder modules of the source checkout import, and 4-bit loading for --variant bnb
- && pip install einops bitsandbytes
+ # 4-bit loading for --variant bnb
+ && pip install bitsandbytes
 
 RUN git clone "$EDITX_SRC_REPO" /opt/Step-Audio-EditX \
  && git -C /opt/Step-Audio-EditX checkout "$EDITX_SRC_COMMIT"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,10 @@ def load(path: str | os.PathLike, sr: int | None = None) -> tuple[np.ndarray, in
     if data.shape[0] == 0:
         raise AudioError("audio has no samples")
     mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    if not np.isfinite(mono).all():
+        raise AudioError("the audio holds NaN or infinite samples")
+    if not np.any(mono):
+        raise AudioError("the audio is silent (every sample is zero)")
     if sr is not None and sr != rate:
         mono, rate = resample(mono, rate, sr), sr
     return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
@@ -85,12 +90,73 @@ def write_atomic(path: str | os.PathLike, audio: np.ndarray, sr: int) -> str:
     fmt = OUTPUT_FORMATS.get(target.suffix.lower())
     if fmt is None:
         raise AudioError(f"unsupported output format {target.suffix!r} (use .wav or .flac)")
+    x = np.asarray(audio, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise AudioError("the engine produced NaN or infinite samples: nothing written")
+    if x.size and float(np.ptp(x)) < 1e-6 and abs(float(x[0])) > 0.5:
+        raise AudioError("the engine produced a constant full-scale signal: nothing written")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_part_prefix(target)}{_HOST}.{os.getpid()}.", suffix=".part",
+                               dir=target.parent)
     os.close(fd)
-    clipped = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
-    sf.write(tmp, clipped, sr, format=fmt, subtype="PCM_16")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output is an ordinary file
+        sf.write(tmp, np.clip(x, -1.0, 1.0), sr, format=fmt, subtype="PCM_16")
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return tmp
+
+
+_HOST = socket.gethostname().replace("/", "_")
+
+
+def _part_prefix(target: Path) -> str:
+    return f".{target.name}."
+
+
+def remove_stale_parts(target: str | os.PathLike) -> list[str]:
+    """Remove temporary files of `target` left by killed editx processes on this host; return
+    their names. A file is matched by exact name, never by a glob pattern, and one whose
+    process still runs (another editx writing the same folder) is left alone."""
+    target = Path(target)
+    prefix, removed = _part_prefix(target), []
+    try:
+        entries = os.listdir(target.parent)
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.startswith(prefix) and entry.endswith(".part")):
+            continue
+        try:
+            host, pid, _ = entry[len(prefix) : -len(".part")].rsplit(".", 2)
+            pid_n = int(pid)
+        except ValueError:
+            continue  # not a name editx makes
+        if host != _HOST or pid_n == os.getpid() or _alive(pid_n):
+            continue
+        try:
+            os.unlink(target.parent / entry)
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def samples_digest(x: np.ndarray, sr: int) -> str:

@@ -271,8 +271,8 @@ class _Work:
             if self.x.size == 0:
                 raise RuntimeError("the engine produced no audio")
             t0 = time.perf_counter()
-            for stale in t.output.parent.glob(f".{t.output.name}.*.part"):  # left by a killed run
-                stale.unlink(missing_ok=True)
+            # Temporary files of this output left by a killed run go; another live run's stay.
+            audio.remove_stale_parts(t.output)
             tmp = audio.write_atomic(t.output, self.x, self.sr)
             try:
                 commit(tmp, t.output, self.p.fingerprint, t.id)
@@ -387,6 +387,8 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
         engine = engine_cls(config.engine_config, cache)
         _check_transcription(tasks, engine, config.options)
         planned = plan(tasks, engine.fingerprint(), config.options.overwrite)
+        if config.report is not None:
+            _check_report(config.report, tasks)
         if config.dry_run:
             return None, planned
         dump = config.engine_config.get("dump_prompts")
@@ -414,6 +416,42 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
         return report, planned
     finally:
         cache.close()
+
+
+def _check_report(report: Path, tasks: list[Task]) -> None:
+    """The report and its CSV twin must never land on an input, an output or the manifest."""
+    problems = []
+    if report.suffix.lower() != ".json":
+        problems.append(Problem("--report", None, None, f"{report}: must name a .json file (its CSV twin, "
+                                                        "same name with .csv, is written beside it)"))
+    ours = [report, report.with_suffix(".csv")]
+
+    def clash(path: Path | str | None) -> Path | None:
+        if path is None:
+            return None
+        for mine in ours:
+            if os.path.realpath(mine) == os.path.realpath(path):
+                return mine
+            try:
+                if os.path.samefile(mine, path):  # a hard link
+                    return mine
+            except OSError:
+                pass
+        return None
+
+    seen: set[str] = set()
+    for t in tasks:
+        for what, path in (("the manifest", Path(t.source) if t.source and Path(t.source).is_file() else None),
+                           ("the prompt audio", t.prompt_audio), ("the input audio", t.input_audio),
+                           ("the output", t.output)):
+            mine = clash(path)
+            key = f"{mine}:{path}"
+            if mine is not None and key not in seen:
+                seen.add(key)
+                row = "" if what == "the manifest" or t.row is None else f" of row {t.row}"
+                problems.append(Problem("--report", None, None, f"{mine} would overwrite {what}{row} ({path})"))
+    if problems:
+        raise InvalidInput(problems)
 
 
 def _run_parallel(planned: list[PlannedTask], config: RunConfig, cache) -> tuple[list[Outcome], float, str, dict]:

@@ -34,7 +34,7 @@ def _common(f):
         click.option("--overwrite", is_flag=True, envvar="EDITX_OVERWRITE",
                      help="Replace existing output files that editx did not write."),
         click.option("--dry-run", is_flag=True, help="Validate and print the plan; run nothing."),
-        click.option("--seed", envvar="EDITX_SEED", type=int, default=0, show_default=True,
+        click.option("--seed", envvar="EDITX_SEED", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True,
                      help="Sampling seed for tasks that set none."),
         click.option("--report", "report_path", envvar="EDITX_REPORT", type=click.Path(dir_okay=False),
                      default=None, help="Where to write the JSON report (a CSV twin is written beside it)."),

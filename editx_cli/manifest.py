@@ -94,17 +94,24 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             raise fail("the header has an empty column name", field="header")
         return frame.to_dict(orient="records")
 
-    # JSONL: locate a broken line ourselves, since pandas names no line.
-    lines = [(n, ln) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
-    for row, (_, line) in enumerate(lines, 1):
+    # JSONL, one object a line. Lines end at "\n" only: U+2028 and friends are characters that
+    # a JSON string may hold. NaN and Infinity are not JSON; a value of null is no value.
+    rows = []
+    for row, line in enumerate((ln for ln in text.split("\n") if ln.strip()), 1):
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=_not_json)
         except json.JSONDecodeError as e:
             raise fail(f"not valid JSON ({e.msg}, column {e.colno})", row=row) from None
+        except ValueError as e:
+            raise fail(str(e), row=row) from None
         if not isinstance(obj, dict):
             raise fail("each line must be a JSON object", row=row)
-    frame = pd.read_json(io.StringIO(text), lines=True, dtype=False)
-    return [{k: v for k, v in rec.items() if not _is_missing(v)} for rec in frame.to_dict(orient="records")]
+        rows.append({k: v for k, v in obj.items() if v is not None})
+    return rows
+
+
+def _not_json(constant: str):
+    raise ValueError(f"not valid JSON ({constant} is not a JSON number; write a number, or null for none)")
 
 
 def _is_missing(v: Any) -> bool:
@@ -283,6 +290,9 @@ def _number(raw: dict, key: str, default, kind: type, err):
         number = float(v)
     except (TypeError, ValueError):
         err(key, f"{v!r} is not a number")
+        return None
+    except OverflowError:
+        err(key, f"{str(v)[:20]}... is far too large")
         return None
     if not math.isfinite(number):
         err(key, f"{v!r} is not a finite number")

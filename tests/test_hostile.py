@@ -164,3 +164,167 @@ def test_cache_values_are_stored_without_pickle(tmp_path):
         unpack(pack({"a": 1})[:-7])  # truncated
     with pytest.raises(TypeError):
         pack({"x": np.array([object()], dtype=object)})
+
+
+# -- data loss: reports, silent input, temp files, modes ------------------------------------------
+
+DSP = ["--engine", "dsp"]
+
+
+def _manifest(path: Path, rows: list[list], header=("id", "input_audio", "edit_type", "output")) -> Path:
+    from conftest import write_manifest
+
+    return write_manifest(path, ["task", *header], [["edit", *r] for r in rows])
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["twin-is-manifest", "default-is-manifest", "not-json", "input-audio"])
+def test_a_report_never_lands_on_the_manifest_or_an_input(tmp_path, case):
+    work = tmp_path / "w"
+    work.mkdir()
+    clip = work / "clip.wav"
+    shutil.copy(NARRATION, clip)
+    out = work / "out"
+    out.mkdir()
+    if case == "default-is-manifest":
+        m = _manifest(out / "report.csv", [["a", str(clip), "vad", ""]])
+        extra: list = []
+        expected = f"{out / 'report.csv'} would overwrite the manifest"
+    else:
+        m = _manifest(work / "m.csv", [["a", str(clip), "vad", ""]])
+        report = {"twin-is-manifest": work / "m.json", "not-json": work / "r.txt",
+                  "input-audio": work / "clip.json"}[case]
+        extra = ["--report", report]
+        expected = {"twin-is-manifest": f"{work / 'm.csv'} would overwrite the manifest",
+                    "not-json": "r.txt: must name a .json file",
+                    "input-audio": "would overwrite the input audio of row 1"}[case]
+        if case == "input-audio":  # an input named like the report's CSV twin
+            shutil.move(clip, work / "clip.csv.wav")
+            clip = work / "clip.csv"
+            shutil.copy(NARRATION, clip)
+            m = _manifest(work / "m.csv", [["a", str(clip), "vad", "a.wav"]])
+    before = _hashes(work)
+    r = invoke("batch", m, *DSP, "-o", out, *extra)
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert "error: --report: " in r.stderr and expected in r.stderr, r.stderr
+    assert _hashes(work) == before  # nothing written, nothing changed
+
+
+@pytest.mark.parametrize(("samples", "message"), [
+    ("zeros", "the audio is silent (every sample is zero)"),
+    ("nan", "the audio holds NaN or infinite samples"),
+    ("inf", "the audio holds NaN or infinite samples"),
+])
+@pytest.mark.parametrize("edit", ["vad", "denoise"])
+def test_silent_or_nan_input_is_a_task_error_and_writes_nothing(tmp_path, samples, message, edit):
+    import numpy as np
+    import soundfile as sf
+
+    x = np.zeros(16000, np.float32)
+    if samples != "zeros":
+        x[:] = 0.1
+        x[500] = np.nan if samples == "nan" else np.inf
+    bad = tmp_path / "bad.wav"
+    sf.write(bad, x, 16000, subtype="FLOAT")
+    m = _manifest(tmp_path / "m.csv", [["bad", str(bad), edit, ""], ["good", str(NARRATION), edit, ""]])
+    r = invoke("batch", m, *DSP, "-o", tmp_path / "o", "-q")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    tasks = {t["id"]: t for t in json.loads((tmp_path / "o" / "report.json").read_text())["tasks"]}
+    assert tasks["bad"]["status"] == "failed" and message in tasks["bad"]["error"]
+    assert tasks["good"]["status"] == "done"
+    assert not (tmp_path / "o" / "bad.wav").exists()
+
+
+def test_the_engine_output_is_never_written_with_nan_or_full_scale_dc(tmp_path):
+    import numpy as np
+
+    from editx_cli import audio
+
+    for x, message in [(np.full(100, np.nan, np.float32), "NaN"), (np.full(100, -1.0, np.float32), "constant"),
+                       (np.full(100, 3.0, np.float32), "constant")]:
+        with pytest.raises(audio.AudioError, match=message):
+            audio.write_atomic(tmp_path / "o.wav", x, 16000)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left either
+
+
+def test_cleanup_removes_only_a_dead_runs_temporary_files_of_that_output(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    out = tmp_path / "o"
+    out.mkdir()
+    stale = out / f".a[b].wav.{host}.{dead.pid}.k1.part"  # left by a killed run: goes
+    others = [out / f".ab.wav.{host}.{dead.pid}.x1.part",  # what a glob of the name would also match
+              out / f".a[b].wav.{host}.{os.getpid()}.x2.part",  # a live run writing the same output
+              out / f".a[b].wav.otherhost.{dead.pid}.x3.part",  # another machine's, on a shared folder
+              out / ".a[b].wav.not-editx.part", out / f".other.wav.{host}.{dead.pid}.x4.part"]
+    for p in [stale, *others]:
+        p.write_bytes(b"someone else's")
+    m = _manifest(tmp_path / "m.csv", [["a", str(NARRATION), "vad", "a[b].wav"]])
+    r = invoke("batch", m, *DSP, "-o", out, "-q")
+    assert r.exit_code == 0, r.stderr
+    assert (out / "a[b].wav").exists() and not stale.exists()
+    assert all(p.read_bytes() == b"someone else's" for p in others)
+    assert sorted(out.glob(".*.part")) == sorted(others)  # and none of its own left
+
+
+def test_outputs_respect_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        r = invoke("edit", NARRATION, "--type", "vad", *DSP, "-o", tmp_path / "o.wav")
+    finally:
+        os.umask(old)
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "o.wav").stat().st_mode & 0o777 == 0o640
+
+
+# -- manifests: JSON edge cases ----------------------------------------------------------------
+
+
+def _jsonl(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ('{"task": "edit", "input_audio": "%s", "edit_type": "vad", "intensity": NaN}',
+     "row 1: not valid JSON (NaN is not a JSON number; write a number, or null for none)"),
+    ('{"task": "edit", "input_audio": "%s", "edit_type": "vad", "seed": -Infinity}',
+     "row 1: not valid JSON (-Infinity is not a JSON number"),
+    ('{"task": "edit", "input_audio": "%s", "edit_type": "vad", "seed": 1180591620717411303424}',
+     "row 1, field 'seed': 1180591620717411303424 is outside 0–4294967295"),
+    ('{"task": "edit", "input_audio": "%s", "edit_type": "vad", "iterations": 1' + "0" * 400 + "}",
+     "row 1, field 'iterations': 1" + "0" * 19 + "... is far too large"),
+    ('{"task": "edit", "input_audio": "%s", "edit_type": "vad", "intensity": [1]}',
+     "row 1, field 'intensity': expected a text or a number, got list"),
+])
+def test_json_values_that_are_not_plain_numbers_are_named(tmp_path, line, message):
+    m = _jsonl(tmp_path / "m.jsonl", line % NARRATION)
+    r = invoke("batch", m, *DSP, "-o", tmp_path / "o", "--dry-run")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert f"m.jsonl: {message}" in r.stderr, r.stderr
+
+
+def test_a_line_separator_inside_a_json_string_is_a_character(tmp_path):
+    text = "Batch editing\u2028keeps every voice clip\u2029consistent."
+    m = _jsonl(tmp_path / "m.jsonl", json.dumps({"id": "a", "task": "edit", "input_audio": str(NARRATION),
+                                                   "edit_type": "vad", "audio_text": text}, ensure_ascii=False),
+               json.dumps({"id": "b", "task": "edit", "input_audio": str(NARRATION), "edit_type": "speed",
+                           "edit_info": "faster", "intensity": None}))
+    r = invoke("batch", m, *DSP, "-o", tmp_path / "o", "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.count("[run]") == 2
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "1e3", "x"])
+def test_the_seed_option_is_range_checked(tmp_path, seed):
+    r = invoke("edit", NARRATION, "--type", "vad", *DSP, "--seed", seed, "-o", tmp_path / "o.wav")
+    assert r.exit_code == 2 and "--seed" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "o.wav").exists()
