@@ -75,16 +75,35 @@ def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False) ->
         fp = hashlib.sha256(payload.encode()).hexdigest()
         fingerprints[t.id] = fp
         record = read_state(t.output)
-        ours = record is not None and t.output.exists() and record.get("sha256") == _digest_or_none(t.output)
-        skip = ours and record.get("fingerprint") == fp
+        current = _digest_or_none(t.output) if record is not None and t.output.exists() else None
+        # ours: the file is what a run of this task wrote, or what its record says the last commit
+        # replaced (a crash between recording and renaming leaves the earlier file in place)
+        ours = current is not None and current in {record.get("sha256"), record.get("replaces")}
+        skip = ours and current == record.get("sha256") and record.get("fingerprint") == fp
         if t.output.exists() and not ours and not overwrite:
             problems.append(Problem(t.source, t.row, "output",
                                     f"{t.output} exists and was not written by this task (use --overwrite)"))
         source = src if src is not None else outputs[t.input_task]
         planned.append(PlannedTask(t, fp, source, skip))
+    for folder, t in {p.task.output.parent: p.task for p in reversed(planned)}.items():
+        why = _unwritable(folder)
+        if why:
+            problems.append(Problem(t.source, t.row, "output", why))
     if problems:
         raise InvalidInput(problems)
     return planned
+
+
+def _unwritable(folder: Path) -> str:
+    """Why outputs cannot be written in `folder` (made if missing), or ""."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so the folder {folder} cannot be made"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write in {existing}"
+    return ""
 
 
 def _digest_or_none(path: Path) -> str | None:
@@ -100,15 +119,22 @@ def state_path(output: Path) -> Path:
 
 def read_state(output: Path) -> dict | None:
     try:
-        return json.loads(state_path(output).read_text())
+        record = json.loads(state_path(output).read_text())
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
 
 
 def commit(tmp: str, output: Path, fingerprint: str, task_id: str) -> None:
     """Record, then rename: after a crash either the record or the file is stale,
     and a stale record never matches the file's hash."""
-    record = {"task": task_id, "fingerprint": fingerprint, "sha256": audio.file_digest(tmp),
+    earlier = read_state(output)
+    replaces = None
+    if earlier is not None and output.exists():  # the file this commit replaces, if a run of ours wrote it
+        current = _digest_or_none(output)
+        if current in {earlier.get("sha256"), earlier.get("replaces")}:
+            replaces = current
+    record = {"task": task_id, "fingerprint": fingerprint, "sha256": audio.file_digest(tmp), "replaces": replaces,
               "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = state_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -368,7 +394,7 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
     """
     from editx_cli import engine as engines
     from editx_cli import report as reports
-    from editx_cli.cache import DEFAULT_SIZE_LIMIT, FeatureCache, NullCache
+    from editx_cli.cache import DEFAULT_SIZE_LIMIT, CacheError, FeatureCache, NullCache
 
     started = time.time()
     t_wall = time.perf_counter()
@@ -391,6 +417,10 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
             _check_report(config.report, tasks)
         if config.dry_run:
             return None, planned
+        try:
+            cache.open()
+        except CacheError as e:
+            raise InvalidInput([Problem("--cache-dir", None, None, str(e))]) from None
         dump = config.engine_config.get("dump_prompts")
         if dump:  # the engine (each worker's too) appends a line per row to this run's file
             Path(dump).write_text("")

@@ -19,6 +19,8 @@ import io
 import json
 import logging
 import os
+import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,10 @@ def fingerprint_files(paths: list[str | os.PathLike], code_version: str) -> str:
 
 class UnsafeEntry(ValueError):
     pass
+
+
+class CacheError(RuntimeError):
+    """The cache folder cannot be used at all (unwritable, or not a folder)."""
 
 
 def pack(value: Any) -> bytes:
@@ -158,14 +164,45 @@ class FeatureCache:
 
     def __init__(self, directory: str | os.PathLike | None = None, size_limit: int = DEFAULT_SIZE_LIMIT):
         self.directory = Path(directory) if directory else default_dir()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._cache = diskcache.Cache(
-            str(self.directory), size_limit=size_limit, eviction_policy="least-recently-used", disk=SafeDisk,
-        )
+        self.size_limit = size_limit
+        self._db: diskcache.Cache | None = None  # opened on first use: a refused run creates nothing
         self._warned = False
-        self._cache.stats(enable=True)
         self.hits = 0
         self.misses = 0
+
+    @property
+    def _cache(self) -> diskcache.Cache:
+        if self._db is None:
+            self._db = self._open()
+        return self._db
+
+    def open(self) -> None:
+        """Open (or create) the folder now; raises CacheError if it cannot be used."""
+        self._cache  # noqa: B018
+
+    def _connect(self) -> diskcache.Cache:
+        db = diskcache.Cache(str(self.directory), size_limit=self.size_limit,
+                             eviction_policy="least-recently-used", disk=SafeDisk)
+        db.stats(enable=True)
+        return db
+
+    def _open(self) -> diskcache.Cache:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            try:
+                return self._connect()
+            except sqlite3.DatabaseError as e:  # a damaged database: set it aside, start afresh
+                aside = self.directory / f"cache.db.damaged-{int(time.time())}"
+                os.replace(self.directory / "cache.db", aside)
+                for extra in ("cache.db-wal", "cache.db-shm"):
+                    (self.directory / extra).unlink(missing_ok=True)
+                log.warning("feature cache %s: the database was damaged (%s); moved to %s and started afresh",
+                            self.directory, e, aside.name)
+                return self._connect()
+        except (OSError, sqlite3.Error) as e:
+            why = getattr(e, "strerror", None) or str(e)
+            raise CacheError(f"{self.directory}: the feature cache cannot be used ({why}); give another "
+                             "--cache-dir, or --no-cache") from None
 
     @staticmethod
     def key(namespace: str, content_digest: str, extractor_fingerprint: str) -> str:
@@ -175,7 +212,7 @@ class FeatureCache:
         try:
             data = self._cache.get(key, default=None, retry=True)
             value = None if data is None else unpack(data)
-        except UnsafeEntry as e:
+        except (UnsafeEntry, sqlite3.DatabaseError) as e:
             if not self._warned:  # once a run: an old cache folder may hold many
                 log.warning("feature cache %s: ignoring an entry that editx did not write (%s); "
                             "it is computed again", self.directory, e)
@@ -188,7 +225,10 @@ class FeatureCache:
         return value
 
     def set(self, key: str, value: Any) -> None:
-        self._cache.set(key, pack(value), retry=True)
+        try:
+            self._cache.set(key, pack(value), retry=True)
+        except (OSError, sqlite3.Error) as e:  # a full disk: the run goes on without storing this
+            log.warning("feature cache %s: could not store an entry (%s)", self.directory, e)
 
     def get_or_compute(self, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
         """Return (value, hit). Two processes computing the same key at once both
@@ -219,7 +259,8 @@ class FeatureCache:
         return n
 
     def close(self) -> None:
-        self._cache.close()
+        if self._db is not None:
+            self._db.close()
 
 
 class NullCache:
@@ -243,6 +284,9 @@ class NullCache:
     def get_or_compute(self, key: str, compute: Callable[[], Any]) -> tuple[Any, bool]:
         self.misses += 1
         return compute(), False
+
+    def open(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

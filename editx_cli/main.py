@@ -217,14 +217,17 @@ def _single(row: dict, common: dict, labels: dict) -> None:
     _run(build, common, report_path, single=True)
 
 
-def _setup(common: dict) -> None:
-    level = logging.DEBUG if common["verbose"] else logging.WARNING if common["quiet"] else logging.INFO
+def _log_to_stderr(level: int) -> None:
     # Only editx's own logger: model libraries log chattily at INFO on the root logger.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("editx: %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
+
+
+def _setup(common: dict) -> None:
+    _log_to_stderr(logging.DEBUG if common["verbose"] else logging.WARNING if common["quiet"] else logging.INFO)
     if common["gpu"] is not None:
         # Must happen before torch initialises CUDA; the engine then sees it as cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(common["gpu"])
@@ -320,9 +323,7 @@ def path(cache_dir: str | None) -> None:
 @click.pass_obj
 def stats(cache_dir: str | None, as_json: bool = False) -> None:
     """Path, size, entries and lifetime hit rate."""
-    from editx_cli.cache import FeatureCache
-
-    c = FeatureCache(cache_dir)
+    c = _open_cache(cache_dir)
     s = c.stats()
     c.close()
     if as_json:
@@ -339,14 +340,26 @@ def stats(cache_dir: str | None, as_json: bool = False) -> None:
 @click.pass_obj
 def clear(cache_dir: str | None, yes: bool) -> None:
     """Delete every cached entry."""
-    from editx_cli.cache import FeatureCache
-
-    c = FeatureCache(cache_dir)
+    c = _open_cache(cache_dir)
     if not yes and sys.stdin.isatty():
         click.confirm(f"Delete {len(c._cache)} entries in {c.directory}?", abort=True)
     n = c.clear()
     c.close()
     click.echo(f"cleared {n} entries from {c.directory}")
+
+
+def _open_cache(cache_dir: str | None):
+    """The feature cache, opened (a damaged database is set aside and recreated); exit 2 if the
+    folder cannot be used."""
+    from editx_cli.cache import CacheError, FeatureCache
+
+    _log_to_stderr(logging.WARNING)
+    c = FeatureCache(cache_dir)
+    try:
+        c.open()
+    except CacheError as e:
+        _usage_error(str(e))
+    return c
 
 
 def _with_model_options(f):

@@ -259,9 +259,13 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
                 err("text", "missing (a paralinguistic edit needs the new text with tags such as [laugh])")
             elif edit_type != "paralinguistic" and fields["text"].strip():
                 err("text", f"does not apply to a {edit_type} edit")
-            if edit_type in engine.needs_transcript and not fields["audio_text"].strip() and not transcribe:
-                err("audio_text", f"missing (a {edit_type} edit needs the transcript of input_audio; "
-                    "or pass --transcribe)")
+            guided = intensity is not None and intensity != 1.0 and edit_type not in engine.needs_transcript
+            if (engine.wants_transcript(edit_type, intensity if intensity is not None else 1.0)
+                    and not fields["audio_text"].strip() and not transcribe):
+                why = (f"intensity {intensity:g} on a {edit_type} edit needs the transcript of input_audio "
+                       "(the guidance reference re-speaks it)" if guided
+                       else f"a {edit_type} edit needs the transcript of input_audio")
+                err("audio_text", f"missing ({why}; or pass --transcribe)")
 
     if kind == "clone" or fields["edit_type"].strip() == "paralinguistic":  # a text the model speaks
         for is_error, msg in tags.check(fields["text"]):
@@ -309,6 +313,9 @@ def _audio_path(value: str, base_dir: Path, key: str, err) -> Path | None:
     if not value.strip():
         err(key, "missing")
         return None
+    if "\x00" in value:
+        err(key, "contains a NUL byte")
+        return None
     path = Path(value.strip()).expanduser()
     if not path.is_absolute():
         path = base_dir / path
@@ -323,8 +330,21 @@ def _audio_path(value: str, base_dir: Path, key: str, err) -> Path | None:
     return path.resolve()
 
 
+NAME_MAX = 255  # bytes in one file name on the usual file systems
+
+
 def _output_path(value: str, task_id: str, out_dir: Path, err) -> Path | None:
+    if "\x00" in value:
+        err("output", "contains a NUL byte")
+        return None
     path = Path(value).expanduser() if value else Path(f"{task_id}.wav")
+    # the output's temporary name adds a dot, host, pid and a suffix to it: keep room for them
+    too_long = [p for p in path.parts if len(p.encode()) > NAME_MAX - 48]
+    if too_long:
+        what = "id" if not value else "output"
+        err(what, f"{too_long[0][:24]}...: {len(too_long[0].encode())} bytes, too long for a file name "
+                  f"(at most {NAME_MAX - 48})")
+        return None
     if not path.is_absolute():
         path = out_dir / path
     if path.suffix.lower() not in OUTPUT_FORMATS:
@@ -356,20 +376,28 @@ def _check_chains(tasks: list[Task], bad) -> None:
     for t in tasks:
         if t.input_task is not None and t.input_task not in by_id:
             bad(t.row, "input_audio", f"@{t.input_task}: no task with that id")
-    # Walk each chain; a chain that returns to a task already on it is a cycle.
+    # Walk each chain (iteratively: chains can be thousands long); a chain that returns to a
+    # task already on it is a cycle. Tasks known to reach a start are not walked again.
     reported: set[str] = set()
+    rooted: set[str] = set()
     for t in tasks:
         path: list[str] = []
+        on_path: set[str] = set()
         cur: Task | None = t
-        while cur is not None and cur.input_task is not None:
-            if cur.id in path:
+        cyclic = False
+        while cur is not None and cur.input_task is not None and cur.id not in rooted:
+            if cur.id in on_path:
+                cyclic = True
                 cycle = path[path.index(cur.id):] + [cur.id]
                 if t.id == cur.id and t.id not in reported:
                     reported.update(cycle)
                     bad(t.row, "input_audio", "chain forms a cycle: " + " -> ".join("@" + c for c in cycle))
                 break
             path.append(cur.id)
+            on_path.add(cur.id)
             cur = by_id.get(cur.input_task)
+        if not cyclic:
+            rooted.update(path)
 
 
 def order(tasks: list[Task]) -> list[Task]:
@@ -378,14 +406,12 @@ def order(tasks: list[Task]) -> list[Task]:
     done: set[str] = set()
     ordered: list[Task] = []
 
-    def visit(t: Task) -> None:
-        if t.id in done:
-            return
-        done.add(t.id)
-        if t.input_task is not None:
-            visit(by_id[t.input_task])
-        ordered.append(t)
-
-    for t in tasks:
-        visit(t)
+    for t in tasks:  # walk up to the first task already placed, then place the chain from its start
+        chain: list[Task] = []
+        cur: Task | None = t
+        while cur is not None and cur.id not in done:
+            done.add(cur.id)
+            chain.append(cur)
+            cur = by_id[cur.input_task] if cur.input_task is not None else None
+        ordered.extend(reversed(chain))
     return ordered

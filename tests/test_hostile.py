@@ -328,3 +328,130 @@ def test_the_seed_option_is_range_checked(tmp_path, seed):
     r = invoke("edit", NARRATION, "--type", "vad", *DSP, "--seed", seed, "-o", tmp_path / "o.wav")
     assert r.exit_code == 2 and "--seed" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o.wav").exists()
+
+
+# -- tracebacks where a clear message belongs -------------------------------------------------
+
+
+def test_a_chain_of_1500_tasks_plans_and_runs_in_order(tmp_path):
+    from editx_cli import manifest
+
+    rows = [["t0", str(NARRATION), "vad", ""]] + [[f"t{i}", f"@t{i - 1}", "vad", ""] for i in range(1, 1500)]
+    m = _manifest(tmp_path / "m.csv", list(reversed(rows)))
+    r = invoke("batch", m, *DSP, "-o", tmp_path / "o", "--dry-run")
+    assert r.exit_code == 0 and "Traceback" not in r.stderr
+    ids = [line.split("\t")[0] for line in r.stdout.splitlines()]
+    assert ids == [f"t{i}" for i in range(1500)]  # each after the task it reads
+    cyclic = [["a", "@c", "vad", ""], ["b", "@a", "vad", ""], ["c", "@b", "vad", ""]]
+    r = invoke("batch", _manifest(tmp_path / "c.csv", cyclic), *DSP, "-o", tmp_path / "o", "--dry-run")
+    assert r.exit_code == 2 and "chain forms a cycle: @a -> @c -> @b -> @a" in r.stderr
+    assert manifest  # the module under test, imported for the record
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    (["x" * 220, str(NARRATION), "vad", ""], "field 'id': xxxxxxxxxxxxxxxxxxxxxxxx...: 224 bytes, too long"),
+    (["a", str(NARRATION), "vad", "o" * 230 + ".wav"], "field 'output': oooooooooooooooooooooooo...: 234 bytes"),
+    (["a", str(NARRATION), "vad", "bad\x00name.wav"], "field 'output': contains a NUL byte"),
+    (["a", str(NARRATION) + "\x00", "vad", ""], "field 'input_audio': contains a NUL byte"),
+])
+def test_names_a_file_system_cannot_hold_are_refused_at_validation(tmp_path, row, message):
+    m = tmp_path / "m.jsonl"
+    m.write_text(json.dumps(dict(zip(["id", "input_audio", "edit_type", "output"], row, strict=True),
+                                 task="edit")) + "\n")
+    r = invoke("batch", m, *DSP, "-o", tmp_path / "o", "--dry-run")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert f"m.jsonl: row 1, {message}" in r.stderr, r.stderr
+
+
+def test_an_out_dir_under_a_regular_file_is_refused_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("I am a file")
+    m = _manifest(tmp_path / "m.csv", [["a", str(NARRATION), "vad", ""]])
+    for extra in (["--dry-run"], []):
+        r = invoke("batch", m, *DSP, "-o", blocker / "out", *extra)
+        assert r.exit_code == 2 and "Traceback" not in r.stderr
+        assert f"{blocker} is a file, so the folder {blocker / 'out'} cannot be made" in r.stderr
+    assert blocker.read_text() == "I am a file"
+
+
+def test_a_guided_denoise_without_a_transcript_fails_validation_not_the_run(tiny, tmp_path):
+    r = invoke("edit", NARRATION, "--type", "denoise", "--intensity", "2", *model_args(tiny),
+               "-o", tmp_path / "o.wav", "--dry-run")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert "intensity 2 on a denoise edit needs the transcript of input_audio" in r.stderr
+
+
+def test_an_unusable_cache_folder_is_named_and_a_refused_run_creates_none(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = invoke("edit", NARRATION, "--type", "vad", *DSP, "-o", tmp_path / "o.wav", "--cache-dir", blocker / "c")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert f"--cache-dir: {blocker / 'c'}: the feature cache cannot be used" in r.stderr
+    assert not (tmp_path / "o.wav").exists()
+    for args in (["cache", "--cache-dir", blocker / "c"], ["cache", "--cache-dir", blocker / "c", "clear", "--yes"]):
+        r = invoke(*args)
+        assert r.exit_code == 2 and "the feature cache cannot be used" in r.stderr and "Traceback" not in r.stderr
+    # a run refused for bad input leaves no cache behind
+    cache = tmp_path / "fresh-cache"
+    r = invoke("edit", NARRATION, "--type", "emotion", *DSP, "-o", tmp_path / "o.wav", "--cache-dir", cache)
+    assert r.exit_code == 2 and not cache.exists()
+
+
+def test_a_damaged_cache_database_is_set_aside_and_recreated(tmp_path):
+    cache = tmp_path / "c"
+    assert invoke("edit", NARRATION, "--type", "vad", *DSP, "-o", tmp_path / "a.wav", "--cache-dir", cache
+                  ).exit_code == 0
+    (cache / "cache.db").write_bytes(b"this is not a database" * 100)
+    r = invoke("cache", "--cache-dir", cache, "clear", "--yes")
+    assert r.exit_code == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "the database was damaged" in r.stderr and list(cache.glob("cache.db.damaged-*"))
+    (cache / "cache.db").write_bytes(b"again, not a database" * 100)
+    r = invoke("edit", NARRATION, "--type", "vad", *DSP, "-o", tmp_path / "b.wav", "--cache-dir", cache)
+    assert r.exit_code == 0 and "the database was damaged" in r.stderr
+    assert digest(tmp_path / "a.wav") == digest(tmp_path / "b.wav")
+
+
+def test_a_state_record_that_is_not_an_object_is_a_stale_record(tmp_path):
+    out = tmp_path / "o"
+    m = _manifest(tmp_path / "m.csv", [["a", str(NARRATION), "vad", ""]])
+    assert invoke("batch", m, *DSP, "-o", out, "-q").exit_code == 0
+    for junk in ("[1, 2]", "42", '"text"', "null"):
+        (out / ".editx" / "a.wav.json").write_text(junk)
+        r = invoke("batch", m, *DSP, "-o", out, "-q")
+        assert r.exit_code == 2 and "Traceback" not in r.stderr
+        assert "a.wav exists and was not written by this task (use --overwrite)" in r.stderr
+
+
+def test_resume_converges_after_a_crash_between_record_and_rename(tmp_path):
+    """The record of a new commit is written, the rename never happens, the parameters change
+    again: the next run must take the file in place as its own and go on."""
+    from editx_cli import batch
+
+    out = tmp_path / "o"
+    rows = lambda info: [["edit", "a", str(NARRATION), "speed", info]]  # noqa: E731
+    from conftest import write_manifest
+
+    header = ["task", "id", "input_audio", "edit_type", "edit_info"]
+    assert invoke("batch", write_manifest(tmp_path / "m.csv", header, rows("faster")), *DSP, "-o", out,
+                  "-q").exit_code == 0
+    first = digest(out / "a.wav")
+    # simulate the crash: the next commit's record is written, its file never renamed into place
+    real_replace = os.replace
+
+    def crash(src, dst):
+        if str(dst).endswith("a.wav"):
+            raise KeyboardInterrupt("killed between record and rename")
+        return real_replace(src, dst)
+
+    batch.os.replace = crash
+    try:  # Click turns the interrupt into "Aborted!"
+        r = invoke("batch", write_manifest(tmp_path / "m.csv", header, rows("slower")), *DSP, "-o", out, "-q")
+        assert r.exit_code != 0
+    finally:
+        batch.os.replace = real_replace
+    assert digest(out / "a.wav") == first  # the old file, under a record that names the new one
+    r = invoke("batch", write_manifest(tmp_path / "m.csv", header, rows("more slower")), *DSP, "-o", out, "-q")
+    assert r.exit_code == 0, r.stderr
+    assert digest(out / "a.wav") != first
+    r = invoke("batch", tmp_path / "m.csv", *DSP, "-o", out, "-q", "--report", tmp_path / "r.json")
+    assert json.loads((tmp_path / "r.json").read_text())["tasks"][0]["status"] == "skipped"

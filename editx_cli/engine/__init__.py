@@ -66,9 +66,10 @@ class Engine:
         self.cache = cache
         self.device = "cpu"
 
-    def wants_transcript(self, edit_type: str, intensity: float) -> bool:
-        """Whether an edit of this kind uses the input's transcript."""
-        return edit_type in self.needs_transcript
+    @classmethod
+    def wants_transcript(cls, edit_type: str, intensity: float) -> bool:
+        """Whether an edit of this kind uses the input's transcript (asked at validation too)."""
+        return edit_type in cls.needs_transcript
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> list[str]:

@@ -72,9 +72,10 @@ class StepAudioEngine(Engine):
         self.slots = self.max_batch
         self.stats = DecodeStats()
 
-    def wants_transcript(self, edit_type: str, intensity: float) -> bool:
+    @classmethod
+    def wants_transcript(cls, edit_type: str, intensity: float) -> bool:
         # a guided edit's reference prompt re-speaks the transcript
-        return edit_type in self.needs_transcript or intensity != 1.0
+        return edit_type in cls.needs_transcript or intensity != 1.0
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> list[str]:
