@@ -165,6 +165,9 @@ def run(
         t0 = time.perf_counter()
         try:
             engine.load()
+        except KeyboardInterrupt:
+            log.warning("interrupted while loading the engine: no task ran")
+            return [outcomes[p.task.id] for p in planned], time.perf_counter() - t0
         except Exception as e:  # a broken install or checkpoint: nothing can run
             log.debug("engine load failed", exc_info=True)
             raise InvalidInput([Problem(f"--engine {engine.name}", None, None,
@@ -195,52 +198,60 @@ def run(
             log.error("%s: task %s failed: %s", p.task.where, p.task.id, error)
         bar.update(1)
 
-    while pending or active:
-        if options.fail_fast and "failed" in status.values():
-            for w in [*active, *pending]:
-                finish(w, "cancelled", "not run: an earlier task failed and --fail-fast is set")
-            break
-        for p in list(pending):  # a chain whose input task failed cannot run
-            upstream = status.get(p.task.input_task or "")
-            if upstream in ("failed", "cancelled"):
+    try:
+        while pending or active:
+            if options.fail_fast and "failed" in status.values():
+                for w in [*active, *pending]:
+                    finish(w, "cancelled", "not run: an earlier task failed and --fail-fast is set")
+                break
+            for p in list(pending):  # a chain whose input task failed cannot run
+                upstream = status.get(p.task.input_task or "")
+                if upstream in ("failed", "cancelled"):
+                    pending.remove(p)
+                    finish(p, "failed", f"input task {p.task.input_task!r} failed")
+            # An input task outside this run (a worker gets only ready tasks) is already done.
+            ready = [p for p in pending if status.get(p.task.input_task or "", "done") == "done"]
+            if not active and not ready:  # cannot happen with validated chains; never spin
+                for p in pending:
+                    finish(p, "failed", "its input task never ran")
+                break
+            # Fill the wave from work in progress first, then new tasks, shortest first so a
+            # batch holds prompts of similar length (little padding). An engine with a queue of
+            # its own gets several batches' worth at once.
+            size = max(1, options.batch_size) * (engine.wave_factor if engine.batches else 1)
+            room = size - min(len(active), size)
+            starting = (sorted(ready, key=seconds_of) if size > 1 else ready)[:room]
+            for p in starting:
                 pending.remove(p)
-                finish(p, "failed", f"input task {p.task.input_task!r} failed")
-        # An input task outside this run (a worker gets only ready tasks) is already done.
-        ready = [p for p in pending if status.get(p.task.input_task or "", "done") == "done"]
-        if not active and not ready:  # cannot happen with validated chains; never spin
-            for p in pending:
-                finish(p, "failed", "its input task never ran")
-            break
-        # Fill the wave from work in progress first, then new tasks, shortest first so a
-        # batch holds prompts of similar length (little padding). An engine with a queue of
-        # its own gets several batches' worth at once.
-        size = max(1, options.batch_size) * (engine.wave_factor if engine.batches else 1)
-        room = size - min(len(active), size)
-        starting = (sorted(ready, key=seconds_of) if size > 1 else ready)[:room]
-        for p in starting:
-            pending.remove(p)
-            w = _start(p, outcomes[p.task.id], engine, transcriber)
-            if w is None:
-                finish(p, "failed", outcomes[p.task.id].error)
-            else:
-                active.append(w)
-        wave = (sorted(active, key=lambda w: len(w.x) / w.sr) if size > 1 else active)[:size]
-        if not wave:
-            continue
-        bar.set_postfix_str(",".join(w.p.task.id for w in wave)[:40], refresh=False)
-        results = engine.run_batch([w.request() for w in wave])
-        for w, result in zip(wave, results, strict=True):
-            if isinstance(result, BaseException):
-                active.remove(w)
-                w.close()
-                finish(w, "failed", _one_line(result))
+                w = _start(p, outcomes[p.task.id], engine, transcriber)
+                if w is None:
+                    finish(p, "failed", outcomes[p.task.id].error)
+                else:
+                    active.append(w)
+            wave = (sorted(active, key=lambda w: len(w.x) / w.sr) if size > 1 else active)[:size]
+            if not wave:
                 continue
-            w.absorb(result)
-            if w.passes == w.p.task.iterations:
-                active.remove(w)
-                error = w.commit()
-                finish(w, "failed" if error else "done", error)
-    bar.close()
+            bar.set_postfix_str(",".join(w.p.task.id for w in wave)[:40], refresh=False)
+            results = engine.run_batch([w.request() for w in wave])
+            for w, result in zip(wave, results, strict=True):
+                if isinstance(result, BaseException):
+                    active.remove(w)
+                    w.close()
+                    finish(w, "failed", _one_line(result))
+                    continue
+                w.absorb(result)
+                if w.passes == w.p.task.iterations:
+                    active.remove(w)
+                    error = w.commit()
+                    finish(w, "failed" if error else "done", error)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
+        for w in active:
+            w.close()
+        left = sum(1 for s in status.values() if s == "pending")
+        log.warning("interrupted: %d task(s) not finished are reported as pending; a rerun goes on from here",
+                    left)
+    finally:
+        bar.close()
     return [outcomes[p.task.id] for p in planned], load_seconds
 
 
@@ -524,4 +535,6 @@ def _run_parallel(planned: list[PlannedTask], config: RunConfig, cache) -> tuple
 
 def exit_code(report: dict[str, Any]) -> int:
     run = report["run"]
+    if run.get("pending"):  # interrupted: the report covers what finished, a rerun resumes
+        return 130
     return 1 if run["failed"] or run["cancelled"] else 0

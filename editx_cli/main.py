@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -241,6 +242,10 @@ def _engine_class(name: str):
     return engines.get(name)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def _usage_error(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
@@ -268,9 +273,14 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
         log_level=log.level,
         **(parallel or {}),
     )
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop is a Ctrl-C
     try:
         tasks = build()
         report, planned = runner.execute(tasks, config)
+    except KeyboardInterrupt:
+        click.echo("editx: interrupted; no report was written (committed outputs stay; a rerun goes on)",
+                   err=True)
+        sys.exit(130)
     except InvalidInput as e:
         shown = e.problems[:50]
         for p in shown:
@@ -278,6 +288,8 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
         if len(e.problems) > len(shown):
             click.echo(f"error: ... and {len(e.problems) - len(shown)} more", err=True)
         sys.exit(2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
     if report is None:
         for p in planned:

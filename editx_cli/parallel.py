@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -119,6 +120,8 @@ def _failed(p: PlannedTask, error: str, status: str = "failed") -> Outcome:
 
 def _worker(conn, spec: WorkerSpec) -> None:
     """A worker process: build and load the engine once, then run what it is given."""
+    # Ctrl-C reaches the whole process group: the parent stops the workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if spec.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(spec.gpu)
     _limit_threads(spec.threads)
@@ -166,7 +169,6 @@ def _build(spec: WorkerSpec):
 def run_processes(planned: list[PlannedTask], specs: list[WorkerSpec],
                   on_finish: Callable[[Outcome], None]) -> tuple[list[Outcome], list[WorkerInfo]]:
     """Run the plan on one process per spec; outcomes in plan order, and what each worker did."""
-    from multiprocessing.connection import wait
 
     from editx_cli import engine as engines
 
@@ -182,35 +184,17 @@ def run_processes(planned: list[PlannedTask], specs: list[WorkerSpec],
         name = f"gpu {spec.gpu}" if spec.gpu is not None else f"worker {i}"
         workers.append({"proc": proc, "conn": parent, "info": WorkerInfo(name), "held": None, "ready": False})
     try:
-        while not sched.finished:
-            alive = [w for w in workers if not w.get("dead")]
-            if not alive or sched.stalled():
-                _abandon(sched, "no worker left to run it" if not alive else "its input task never ran")
-                break
-            for w in alive:  # hand work to every idle, loaded worker
-                if w["ready"] and w["held"] is None:
-                    group = sched.take(len(alive), batches, per_call)
-                    if group:
-                        w["held"] = group
-                        w["conn"].send(group)
-            ready = wait([w["conn"] for w in alive] + [w["proc"].sentinel for w in alive], timeout=1.0)
-            for w in alive:
-                if w["conn"] in ready:
-                    try:
-                        _receive(w, w["conn"].recv(), sched)
-                        continue
-                    except (EOFError, OSError):  # the worker's end of the pipe is gone
-                        pass
-                elif w["proc"].sentinel not in ready:
-                    continue
-                w["proc"].join(5)
-                _died(w, sched)
+        _dispatch(sched, workers, batches, per_call)
         loaded = [w for w in workers if w["ready"]]
         if not loaded and not any(o.status == "done" for o in sched.outcomes.values()):
             errors = {w["info"].error for w in workers if w["info"].error}
             if errors:
                 raise InvalidInput([Problem("workers", None, None, f"the engine failed to load: {e}")
                                     for e in sorted(errors)])
+    except KeyboardInterrupt:  # the workers ignore SIGINT: no new work; what they hold, they finish
+        log.warning("interrupted: the workers finish the tasks they hold (Ctrl-C again to stop now); "
+                    "the rest are reported as pending")
+        _drain(sched, workers, deadline=time.monotonic() + DRAIN_SECONDS)
     finally:
         for w in workers:
             if w["proc"].is_alive():
@@ -224,6 +208,60 @@ def run_processes(planned: list[PlannedTask], specs: list[WorkerSpec],
                 w["proc"].kill()
     return [sched.outcomes[p.task.id] for p in planned if p.task.id in sched.outcomes], \
         [w["info"] for w in workers]
+
+
+DRAIN_SECONDS = 60
+
+
+def _drain(sched: Scheduler, workers: list[dict], deadline: float) -> None:
+    """After an interrupt: take in the results of the groups the workers hold, until the deadline."""
+    from multiprocessing.connection import wait
+
+    while time.monotonic() < deadline:
+        busy = [w for w in workers if w["held"] and not w.get("dead")]
+        if not busy:
+            return
+        ready = wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy], timeout=1.0)
+        for w in busy:
+            if w["conn"] in ready:
+                try:
+                    _receive(w, w["conn"].recv(), sched)
+                    continue
+                except (EOFError, OSError):
+                    pass
+            elif w["proc"].sentinel not in ready:
+                continue
+            w["proc"].join(5)
+            _died(w, sched)
+
+
+def _dispatch(sched: Scheduler, workers: list[dict], batches: bool, per_call: int) -> None:
+    """Hand ready work to idle loaded workers until the plan is finished."""
+    from multiprocessing.connection import wait
+
+    while not sched.finished:
+        alive = [w for w in workers if not w.get("dead")]
+        if not alive or sched.stalled():
+            _abandon(sched, "no worker left to run it" if not alive else "its input task never ran")
+            break
+        for w in alive:  # hand work to every idle, loaded worker
+            if w["ready"] and w["held"] is None:
+                group = sched.take(len(alive), batches, per_call)
+                if group:
+                    w["held"] = group
+                    w["conn"].send(group)
+        ready = wait([w["conn"] for w in alive] + [w["proc"].sentinel for w in alive], timeout=1.0)
+        for w in alive:
+            if w["conn"] in ready:
+                try:
+                    _receive(w, w["conn"].recv(), sched)
+                    continue
+                except (EOFError, OSError):  # the worker's end of the pipe is gone
+                    pass
+            elif w["proc"].sentinel not in ready:
+                continue
+            w["proc"].join(5)
+            _died(w, sched)
 
 
 def _receive(w: dict, msg: tuple, sched: Scheduler) -> None:

@@ -19,7 +19,7 @@ class Outcome:
     id: str
     task: str
     edit_type: str
-    status: str = "pending"  # done, skipped, failed, cancelled
+    status: str = "pending"  # done, skipped, failed, cancelled; pending: not run (the run was interrupted)
     output: str = ""
     input_seconds: float | None = None
     output_seconds: float | None = None
@@ -60,7 +60,7 @@ def build(
     started_at: float,
     engine_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "cancelled")}
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "cancelled", "pending")}
     done = [o for o in outcomes if o.status == "done"]
     hits = sum(o.cache_hits for o in outcomes)
     misses = sum(o.cache_misses for o in outcomes)
@@ -124,7 +124,8 @@ def summary(report: dict[str, Any]) -> str:
     lines = [
         f"editx: {r['tasks']} tasks on {r['engine']} ({r['device']}): "
         f"{r['done']} done, {r['skipped']} skipped, {r['failed']} failed"
-        + (f", {r['cancelled']} cancelled" if r["cancelled"] else ""),
+        + (f", {r['cancelled']} cancelled" if r["cancelled"] else "")
+        + (f", {r['pending']} pending (interrupted; a rerun goes on)" if r.get("pending") else ""),
         f"  wall {r['wall_seconds']:.2f} s (engine load {r['engine_load_seconds']:.2f} s), "
         f"{r['tasks_per_hour']:.0f} tasks/h, real-time factor "
         + (f"{r['real_time_factor']:.3f}" if r["real_time_factor"] is not None else "n/a"),

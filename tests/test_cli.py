@@ -95,12 +95,14 @@ def test_foreign_output_is_not_overwritten_without_flag(tmp_path):
 
 
 def test_a_failing_task_does_not_stop_the_others(tmp_path):
-    # An output folder that cannot be created (a file stands in its place) fails
-    # that task at write time, after validation has passed.
-    (tmp_path / "blocker").write_text("not a folder")
+    # A silent input passes validation (a valid audio file) and fails its task when read.
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "silent.wav", np.zeros(16000, np.float32), 16000)
     m = write_manifest(tmp_path / "m.csv", ["id", "task", "input_audio", "edit_type", "edit_info", "output"], [
         ["ok1", "edit", str(CLIPS / "narration.wav"), "speed", "faster", ""],
-        ["bad", "edit", str(CLIPS / "noisy.wav"), "denoise", "", str(tmp_path / "blocker" / "bad.wav")],
+        ["bad", "edit", str(tmp_path / "silent.wav"), "denoise", "", ""],
         ["after-bad", "edit", "@bad", "vad", "", ""],
         ["ok2", "edit", str(CLIPS / "noisy.wav"), "denoise", "", ""],
     ])
@@ -111,7 +113,7 @@ def test_a_failing_task_does_not_stop_the_others(tmp_path):
     status = {t["id"]: t["status"] for t in report["tasks"]}
     assert status == {"ok1": "done", "bad": "failed", "after-bad": "failed", "ok2": "done"}
     errors = {t["id"]: t["error"] for t in report["tasks"]}
-    assert "blocker" in errors["bad"]
+    assert "the audio is silent" in errors["bad"]
     assert "input task 'bad' failed" in errors["after-bad"]
     assert "failed bad:" in r.stderr and "Traceback" not in r.stderr
     assert (out / "ok2.wav").exists()

@@ -455,3 +455,45 @@ def test_resume_converges_after_a_crash_between_record_and_rename(tmp_path):
     assert digest(out / "a.wav") != first
     r = invoke("batch", tmp_path / "m.csv", *DSP, "-o", out, "-q", "--report", tmp_path / "r.json")
     assert json.loads((tmp_path / "r.json").read_text())["tasks"][0]["status"] == "skipped"
+
+
+# -- interruption ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sig", "workers"), [("SIGINT", "1"), ("SIGTERM", "1"), ("SIGINT", "2")])
+def test_an_interrupted_run_reports_what_finished_exits_130_and_resumes(tmp_path, sig, workers):
+    import signal
+    import subprocess
+    import time
+
+    import numpy as np
+    import soundfile as sf
+    from conftest import EDITX, read_audio
+
+    x, sr = read_audio(NARRATION)
+    sf.write(tmp_path / "long.wav", np.tile(x, 8), sr)
+    n = 16
+    rows = [[f"t{i:02d}", "long.wav", "speed", ["faster", "slower"][i % 2]] for i in range(n)]
+    m = _manifest(tmp_path / "m.csv", rows, header=("id", "input_audio", "edit_type", "edit_info"))
+    out = tmp_path / "out"
+    cmd = [EDITX, "batch", m, "--engine", "dsp", "-o", out, "-q", "--workers", workers]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("t*.wav"))) < 2:
+        time.sleep(0.01)
+    os.killpg(proc.pid, getattr(signal, sig)) if sig == "SIGINT" else proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    report = json.loads((out / "report.json").read_text())
+    status = {t["id"]: t["status"] for t in report["tasks"]}
+    done = sorted(k for k, v in status.items() if v == "done")
+    assert report["run"]["pending"] == sum(v == "pending" for v in status.values()) > 0
+    assert set(status.values()) <= {"done", "pending"} and len(done) >= 2
+    assert sorted(p.stem for p in out.glob("t*.wav")) == done  # every done task's file, no other
+    assert not list(out.glob(".*.part"))
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    second = {t["id"]: t["status"] for t in json.loads((out / "report.json").read_text())["tasks"]}
+    assert sorted(k for k, v in second.items() if v == "skipped") == done
+    assert sum(v == "done" for v in second.values()) == n - len(done)

@@ -109,12 +109,12 @@ def test_a_different_seed_gives_a_different_output(tiny, tmp_path):
     assert outs[0].shape != outs[1].shape or not np.array_equal(*outs)
 
 
-def test_guided_denoise_without_transcript_fails_that_task(tiny, tmp_path):
+def test_guided_denoise_without_transcript_is_refused_before_the_run(tiny, tmp_path):
     r = invoke("edit", NARRATION, "--type", "denoise", "--intensity", "2", *model_args(tiny),
                "-o", tmp_path / "o.wav", "--report", tmp_path / "r.json", "-q")
-    assert r.exit_code == 1
-    task = json.loads((tmp_path / "r.json").read_text())["tasks"][0]
-    assert task["status"] == "failed" and "needs audio_text" in task["error"]
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert "--audio-text" in r.stderr and "intensity 2 on a denoise edit needs the transcript" in r.stderr
+    assert not (tmp_path / "o.wav").exists() and not (tmp_path / "r.json").exists()
 
 
 def test_transcript_required_for_emotion(tiny, tmp_path):
