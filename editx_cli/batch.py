@@ -41,6 +41,7 @@ class PlannedTask:
 @dataclass
 class RunOptions:
     overwrite: bool = False
+    force: bool = False  # take over outputs that another manifest wrote into the same folder
     fail_fast: bool = False
     seed: int = 0
     progress: bool = True
@@ -50,11 +51,13 @@ class RunOptions:
     allow_download: bool = False
 
 
-def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False) -> list[PlannedTask]:
+def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False,
+         force: bool = False) -> list[PlannedTask]:
     """Order tasks, fingerprint them, decide which are already done.
 
     Raises InvalidInput when an output exists that no earlier run of this task
-    wrote, unless `overwrite`: a user's file is never replaced silently.
+    wrote, unless `overwrite`: a user's file is never replaced silently; and when
+    another manifest wrote it into the same folder, unless `force`.
     """
     planned: list[PlannedTask] = []
     fingerprints: dict[str, str] = {}
@@ -80,6 +83,11 @@ def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False) ->
         # replaced (a crash between recording and renaming leaves the earlier file in place)
         ours = current is not None and current in {record.get("sha256"), record.get("replaces")}
         skip = ours and current == record.get("sha256") and record.get("fingerprint") == fp
+        owner, mine = record.get("manifest") if record else None, _owner(t)
+        if ours and owner and mine and owner != mine and not force:
+            problems.append(Problem(t.source, t.row, "output",
+                                    f"{t.output.name} belongs to another manifest, {owner} (its task "
+                                    f"{record.get('task')!r}); use another --out-dir, or --force to take it over"))
         if t.output.exists() and not ours and not overwrite:
             problems.append(Problem(t.source, t.row, "output",
                                     f"{t.output} exists and was not written by this task (use --overwrite)"))
@@ -92,6 +100,11 @@ def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False) ->
     if problems:
         raise InvalidInput(problems)
     return planned
+
+
+def _owner(t: Task) -> str | None:
+    """The manifest a task comes from, as its outputs' records name it (None: the command line)."""
+    return os.path.abspath(t.source) if t.source and t.source != "command line" else None
 
 
 def _unwritable(folder: Path) -> str:
@@ -125,7 +138,7 @@ def read_state(output: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def commit(tmp: str, output: Path, fingerprint: str, task_id: str) -> None:
+def commit(tmp: str, output: Path, fingerprint: str, task_id: str, manifest: str | None = None) -> None:
     """Record, then rename: after a crash either the record or the file is stale,
     and a stale record never matches the file's hash."""
     earlier = read_state(output)
@@ -134,7 +147,8 @@ def commit(tmp: str, output: Path, fingerprint: str, task_id: str) -> None:
         current = _digest_or_none(output)
         if current in {earlier.get("sha256"), earlier.get("replaces")}:
             replaces = current
-    record = {"task": task_id, "fingerprint": fingerprint, "sha256": audio.file_digest(tmp), "replaces": replaces,
+    record = {"task": task_id, "manifest": manifest, "fingerprint": fingerprint, "sha256": audio.file_digest(tmp),
+              "replaces": replaces,
               "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path = state_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -312,7 +326,7 @@ class _Work:
             audio.remove_stale_parts(t.output)
             tmp = audio.write_atomic(t.output, self.x, self.sr)
             try:
-                commit(tmp, t.output, self.p.fingerprint, t.id)
+                commit(tmp, t.output, self.p.fingerprint, t.id, _owner(t))
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
@@ -423,7 +437,7 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
                 t.seed = config.options.seed
         engine = engine_cls(config.engine_config, cache)
         _check_transcription(tasks, engine, config.options)
-        planned = plan(tasks, engine.fingerprint(), config.options.overwrite)
+        planned = plan(tasks, engine.fingerprint(), config.options.overwrite, config.options.force)
         if config.report is not None:
             _check_report(config.report, tasks)
         if config.dry_run:

@@ -120,6 +120,8 @@ def cli() -> None:
               show_default=True, help="Folder for outputs and the report; relative `output` paths resolve here.")
 @click.option("--fail-fast", is_flag=True, envvar="EDITX_FAIL_FAST",
               help="Stop after the batch in which a task fails.")
+@click.option("--force", is_flag=True, envvar="EDITX_FORCE",
+              help="Take over outputs that another manifest wrote into the same --out-dir.")
 @click.option("--batch-size", envvar="EDITX_BATCH_SIZE", type=click.IntRange(1, 256), default=8, show_default=True,
               help="Decoder slots (stepaudio): rows decoded together, refilled as tasks end; a task with "
                    "intensity != 1 takes two. Halved on GPU out-of-memory.")
@@ -131,8 +133,8 @@ def cli() -> None:
               help="Run on Ray: alone, a local instance (or RAY_ADDRESS); or a cluster ADDRESS. "
                    "One actor per GPU. Needs editx[ray].")
 @_common
-def batch(manifest: str, out_dir: str, fail_fast: bool, batch_size: int, gpus: str | None, workers: int,
-          ray_address: str | None, **common) -> None:
+def batch(manifest: str, out_dir: str, fail_fast: bool, force: bool, batch_size: int, gpus: str | None,
+          workers: int, ray_address: str | None, **common) -> None:
     """Run every task of a CSV or JSONL MANIFEST.
 
     Relative audio paths resolve against the manifest's folder. Tasks already done
@@ -159,7 +161,7 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, batch_size: int, gpus: s
             _usage_error(f"--gpus: {gpus!r} is not a comma-separated list of GPU indices")
         if common["gpu"] is not None:
             _usage_error("--gpu and --gpus exclude each other")
-    _run(build, common, report_path, fail_fast=fail_fast, batch_size=batch_size,
+    _run(build, common, report_path, fail_fast=fail_fast, batch_size=batch_size, force=force,
          parallel={"workers": workers, "gpus": gpu_list, "ray": ray_address})
 
 
@@ -252,7 +254,7 @@ def _usage_error(message: str) -> None:
 
 
 def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False, single: bool = False,
-         batch_size: int = 1, parallel: dict | None = None) -> None:
+         batch_size: int = 1, force: bool = False, parallel: dict | None = None) -> None:
     from editx_cli import batch as runner
     from editx_cli import report as reports
     from editx_cli.manifest import InvalidInput
@@ -265,7 +267,8 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
         report=report_path,
         dry_run=common["dry_run"],
         options=runner.RunOptions(
-            overwrite=common["overwrite"], fail_fast=fail_fast, seed=common["seed"], batch_size=batch_size,
+            overwrite=common["overwrite"], force=force, fail_fast=fail_fast, seed=common["seed"],
+            batch_size=batch_size,
             transcribe=common["transcribe"], whisper_model=common["whisper_model"],
             allow_download=common["allow_download"],
             progress=not common["quiet"] and sys.stderr.isatty(),

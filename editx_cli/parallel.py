@@ -215,30 +215,15 @@ DRAIN_SECONDS = 60
 
 def _drain(sched: Scheduler, workers: list[dict], deadline: float) -> None:
     """After an interrupt: take in the results of the groups the workers hold, until the deadline."""
-    from multiprocessing.connection import wait
-
     while time.monotonic() < deadline:
         busy = [w for w in workers if w["held"] and not w.get("dead")]
         if not busy:
             return
-        ready = wait([w["conn"] for w in busy] + [w["proc"].sentinel for w in busy], timeout=1.0)
-        for w in busy:
-            if w["conn"] in ready:
-                try:
-                    _receive(w, w["conn"].recv(), sched)
-                    continue
-                except (EOFError, OSError):
-                    pass
-            elif w["proc"].sentinel not in ready:
-                continue
-            w["proc"].join(5)
-            _died(w, sched)
+        _listen(busy, sched)
 
 
 def _dispatch(sched: Scheduler, workers: list[dict], batches: bool, per_call: int) -> None:
     """Hand ready work to idle loaded workers until the plan is finished."""
-    from multiprocessing.connection import wait
-
     while not sched.finished:
         alive = [w for w in workers if not w.get("dead")]
         if not alive or sched.stalled():
@@ -250,18 +235,25 @@ def _dispatch(sched: Scheduler, workers: list[dict], batches: bool, per_call: in
                 if group:
                     w["held"] = group
                     w["conn"].send(group)
-        ready = wait([w["conn"] for w in alive] + [w["proc"].sentinel for w in alive], timeout=1.0)
-        for w in alive:
-            if w["conn"] in ready:
-                try:
-                    _receive(w, w["conn"].recv(), sched)
-                    continue
-                except (EOFError, OSError):  # the worker's end of the pipe is gone
-                    pass
-            elif w["proc"].sentinel not in ready:
+        _listen(alive, sched)
+
+
+def _listen(workers: list[dict], sched: Scheduler) -> None:
+    """Wait up to a second for messages or deaths of these workers, and take them in."""
+    from multiprocessing.connection import wait
+
+    ready = wait([w["conn"] for w in workers] + [w["proc"].sentinel for w in workers], timeout=1.0)
+    for w in workers:
+        if w["conn"] in ready:
+            try:
+                _receive(w, w["conn"].recv(), sched)
                 continue
-            w["proc"].join(5)
-            _died(w, sched)
+            except (EOFError, OSError):  # the worker's end of the pipe is gone
+                pass
+        elif w["proc"].sentinel not in ready:
+            continue
+        w["proc"].join(5)
+        _died(w, sched)
 
 
 def _receive(w: dict, msg: tuple, sched: Scheduler) -> None:

@@ -497,3 +497,26 @@ def test_an_interrupted_run_reports_what_finished_exits_130_and_resumes(tmp_path
     second = {t["id"]: t["status"] for t in json.loads((out / "report.json").read_text())["tasks"]}
     assert sorted(k for k, v in second.items() if v == "skipped") == done
     assert sum(v == "done" for v in second.values()) == n - len(done)
+
+
+def test_two_manifests_sharing_an_out_dir_never_overwrite_each_other(tmp_path):
+    from conftest import write_manifest
+
+    out = tmp_path / "out"
+    header = ["task", "input_audio", "edit_type", "edit_info"]  # no ids: both rows become 1.wav
+    a = write_manifest(tmp_path / "a.csv", header, [["edit", str(NARRATION), "speed", "faster"]])
+    b = write_manifest(tmp_path / "b.csv", header, [["edit", str(NARRATION), "speed", "slower"]])
+    assert invoke("batch", a, *DSP, "-o", out, "-q", "--report", tmp_path / "ra.json").exit_code == 0
+    first = digest(out / "1.wav")
+    r = invoke("batch", b, *DSP, "-o", out, "-q", "--report", tmp_path / "rb.json")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert f"b.csv: row 1, field 'output': 1.wav belongs to another manifest, {a}" in r.stderr
+    assert digest(out / "1.wav") == first and not (tmp_path / "rb.json").exists()
+    # the owner resumes as before
+    r = invoke("batch", a, *DSP, "-o", out, "-q", "--report", tmp_path / "ra.json")
+    assert r.exit_code == 0 and json.loads((tmp_path / "ra.json").read_text())["run"]["skipped"] == 1
+    # --force takes it over; then the first manifest is the one refused
+    assert invoke("batch", b, *DSP, "-o", out, "-q", "--force", "--report", tmp_path / "rb.json").exit_code == 0
+    assert digest(out / "1.wav") != first
+    r = invoke("batch", a, *DSP, "-o", out, "-q", "--report", tmp_path / "ra.json")
+    assert r.exit_code == 2 and f"1.wav belongs to another manifest, {b}" in r.stderr
