@@ -85,9 +85,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                 # pandas only warns, and drops data, when rows have more fields than the header
                 warnings.simplefilter("error", pd.errors.ParserWarning)
                 frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False)
-        except pd.errors.ParserWarning:
-            raise fail("not valid CSV (a row has more fields than the header)") from None
-        except (pd.errors.ParserError, csv.Error) as e:
+        except (pd.errors.ParserWarning, pd.errors.ParserError, csv.Error) as e:
+            wide = _wide_row(text)
+            if wide is not None:
+                raise fail(f"not valid CSV (this row has more fields than the header's {wide[1]})",
+                           row=wide[0]) from None
             raise fail(f"not valid CSV ({str(e).strip().splitlines()[0]})") from None
         unnamed = [c for c in frame.columns if str(c).startswith("Unnamed:")]
         if unnamed:
@@ -108,6 +110,17 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             raise fail("each line must be a JSON object", row=row)
         rows.append({k: v for k, v in obj.items() if v is not None})
     return rows
+
+
+def _wide_row(text: str) -> tuple[int, int] | None:
+    """(row, header width) of the first row with more fields than the header, rows counted as
+    the manifest counts them (blank lines skipped)."""
+    try:
+        header, *body = csv.reader(io.StringIO(text))
+        rows = (r for r in body if any(f.strip() for f in r))
+        return next(((n, len(header)) for n, r in enumerate(rows, 1) if len(r) > len(header)), None)
+    except (csv.Error, ValueError):
+        return None
 
 
 def _not_json(constant: str):

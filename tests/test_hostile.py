@@ -520,3 +520,11 @@ def test_two_manifests_sharing_an_out_dir_never_overwrite_each_other(tmp_path):
     assert digest(out / "1.wav") != first
     r = invoke("batch", a, *DSP, "-o", out, "-q", "--report", tmp_path / "ra.json")
     assert r.exit_code == 2 and f"1.wav belongs to another manifest, {b}" in r.stderr
+
+
+def test_a_csv_row_with_too_many_fields_is_named(tmp_path):
+    m = tmp_path / "m.csv"
+    m.write_text(f"task,input_audio,edit_type\nedit,{NARRATION},vad\n\nedit,{NARRATION},vad,extra,fields\n")
+    r = invoke("batch", m, *DSP, "-o", tmp_path / "o", "--dry-run")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert "m.csv: row 2: not valid CSV (this row has more fields than the header's 3)" in r.stderr
