@@ -5,7 +5,7 @@ Each worker loads the engine once and asks for work; the dispatcher hands out
 small groups of ready tasks (up to the batch size), so a slow task holds up
 only its own worker, and a chained task is handed out only after the task it
 reads is done. A worker that dies fails only the tasks it held; the run goes on
-with the others. Workers run tasks through `batch.run`, so outputs, resume
+with the others. Workers run tasks through `loop.run`, so outputs, resume
 records and per-task figures are exactly those of a single-process run.
 """
 
@@ -21,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from editx_cli.batch import PlannedTask, RunOptions, run
+from editx_cli.loop import RunOptions, run
 from editx_cli.manifest import InvalidInput, Problem
 from editx_cli.report import Outcome
+from editx_cli.resume import PlannedTask
 
 log = logging.getLogger("editx")
 

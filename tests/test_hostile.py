@@ -425,7 +425,7 @@ def test_a_state_record_that_is_not_an_object_is_a_stale_record(tmp_path):
 def test_resume_converges_after_a_crash_between_record_and_rename(tmp_path):
     """The record of a new commit is written, the rename never happens, the parameters change
     again: the next run must take the file in place as its own and go on."""
-    from editx_cli import batch
+    from editx_cli import resume as batch
 
     out = tmp_path / "o"
     rows = lambda info: [["edit", "a", str(NARRATION), "speed", info]]  # noqa: E731

@@ -1,0 +1,273 @@
+"""The in-process run loop: tasks through an engine, in waves, outputs committed as they finish.
+
+Ready tasks go to the engine several at a time (an engine with a queue of its
+own gets several batches' worth); chained tasks wait for the task they read;
+a task's failure is its own. Ctrl-C or SIGTERM stops the loop: what finished
+stays, the rest is reported as pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from editx_cli import audio
+from editx_cli.engine import Engine, Request, Result
+from editx_cli.manifest import InvalidInput, Problem
+from editx_cli.report import Outcome
+from editx_cli.resume import PlannedTask, _owner, commit
+from editx_cli.tasks import Task
+
+log = logging.getLogger("editx")
+
+
+@dataclass
+class RunOptions:
+    overwrite: bool = False
+    force: bool = False  # take over outputs that another manifest wrote into the same folder
+    fail_fast: bool = False
+    seed: int = 0
+    progress: bool = True
+    batch_size: int = 8  # tasks decoded together by engines that batch
+    transcribe: bool = False  # fill empty audio_text with Whisper where the edit uses it
+    whisper_model: str = "large-v3"
+    allow_download: bool = False
+
+
+def run(
+    planned: list[PlannedTask],
+    engine: Engine,
+    options: RunOptions,
+) -> tuple[list[Outcome], float]:
+    """Run every task not already done; return the outcomes and the engine load time.
+
+    The engine loads only if some task needs it.
+    """
+    outcomes = {p.task.id: _outcome(p.task) for p in planned}
+    todo = [p for p in planned if not p.skip]
+    for p in planned:
+        if p.skip:
+            o = outcomes[p.task.id]
+            o.status = "skipped"
+            o.output_seconds = _seconds(p.task.output)
+    load_seconds = 0.0
+    if todo:
+        t0 = time.perf_counter()
+        try:
+            engine.load()
+        except KeyboardInterrupt:
+            log.warning("interrupted while loading the engine: no task ran")
+            return [outcomes[p.task.id] for p in planned], time.perf_counter() - t0
+        except Exception as e:  # a broken install or checkpoint: nothing can run
+            log.debug("engine load failed", exc_info=True)
+            raise InvalidInput([Problem(f"--engine {engine.name}", None, None,
+                                        f"the engine failed to load: {_one_line(e)}")]) from None
+        load_seconds = time.perf_counter() - t0
+        log.debug("engine %s ready on %s in %.2f s", engine.name, engine.device, load_seconds)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(todo), unit="task", file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
+    status = {p.task.id: ("done" if p.skip else "pending") for p in planned}
+    pending = list(todo)
+    lengths: dict[Path, float] = {}  # input seconds, probed once, for grouping by length
+    transcriber = _transcriber(engine, options)
+    active: list[_Work] = []
+
+    def seconds_of(p: PlannedTask) -> float:
+        if p.source not in lengths:
+            lengths[p.source] = _seconds(p.source) or 0.0
+        return lengths[p.source]
+
+    def finish(w: _Work | PlannedTask, state: str, error: str = "") -> None:
+        p = w.p if isinstance(w, _Work) else w
+        o = outcomes[p.task.id]
+        o.status, o.error = state, error
+        status[p.task.id] = state
+        if state == "failed":
+            log.error("%s: task %s failed: %s", p.task.where, p.task.id, error)
+        bar.update(1)
+
+    try:
+        while pending or active:
+            if options.fail_fast and "failed" in status.values():
+                for w in [*active, *pending]:
+                    finish(w, "cancelled", "not run: an earlier task failed and --fail-fast is set")
+                break
+            for p in list(pending):  # a chain whose input task failed cannot run
+                upstream = status.get(p.task.input_task or "")
+                if upstream in ("failed", "cancelled"):
+                    pending.remove(p)
+                    finish(p, "failed", f"input task {p.task.input_task!r} failed")
+            # An input task outside this run (a worker gets only ready tasks) is already done.
+            ready = [p for p in pending if status.get(p.task.input_task or "", "done") == "done"]
+            if not active and not ready:  # cannot happen with validated chains; never spin
+                for p in pending:
+                    finish(p, "failed", "its input task never ran")
+                break
+            # Fill the wave from work in progress first, then new tasks, shortest first so a
+            # batch holds prompts of similar length (little padding). An engine with a queue of
+            # its own gets several batches' worth at once.
+            size = max(1, options.batch_size) * (engine.wave_factor if engine.batches else 1)
+            room = size - min(len(active), size)
+            starting = (sorted(ready, key=seconds_of) if size > 1 else ready)[:room]
+            for p in starting:
+                pending.remove(p)
+                w = _start(p, outcomes[p.task.id], engine, transcriber)
+                if w is None:
+                    finish(p, "failed", outcomes[p.task.id].error)
+                else:
+                    active.append(w)
+            wave = (sorted(active, key=lambda w: len(w.x) / w.sr) if size > 1 else active)[:size]
+            if not wave:
+                continue
+            bar.set_postfix_str(",".join(w.p.task.id for w in wave)[:40], refresh=False)
+            results = engine.run_batch([w.request() for w in wave])
+            for w, result in zip(wave, results, strict=True):
+                if isinstance(result, BaseException):
+                    active.remove(w)
+                    w.close()
+                    finish(w, "failed", _one_line(result))
+                    continue
+                w.absorb(result)
+                if w.passes == w.p.task.iterations:
+                    active.remove(w)
+                    error = w.commit()
+                    finish(w, "failed" if error else "done", error)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
+        for w in active:
+            w.close()
+        left = sum(1 for s in status.values() if s == "pending")
+        log.warning("interrupted: %d task(s) not finished are reported as pending; a rerun goes on from here",
+                    left)
+    finally:
+        bar.close()
+    return [outcomes[p.task.id] for p in planned], load_seconds
+
+
+def _outcome(t: Task) -> Outcome:
+    return Outcome(id=t.id, task=t.task, edit_type=t.edit_type, output=str(t.output),
+                   seed=t.seed, intensity=t.intensity, iterations=t.iterations)
+
+
+def _seconds(path: Path) -> float | None:
+    try:
+        return round(audio.probe(path).seconds, 3)
+    except audio.AudioError:
+        return None
+
+
+@dataclass
+class _Work:
+    """A task in progress: its current audio and how many passes it has had."""
+
+    p: PlannedTask
+    o: Outcome
+    x: Any
+    sr: int
+    path: str
+    audio_text: str
+    digest: str  # samples_digest of the current audio
+    passes: int = 0
+
+    def request(self) -> Request:
+        t = self.p.task
+        return Request(kind=t.task, audio=self.x, sr=self.sr, audio_text=self.audio_text, text=t.text,
+                       edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity, seed=self.o.seed,
+                       audio_digest=self.digest, path=self.path, task_id=t.id)
+
+    def absorb(self, result: Result) -> None:
+        o = self.o
+        for stage, seconds in result.stages.items():
+            o.stages[stage] = round(o.stages.get(stage, 0.0) + seconds, 4)
+        o.info.update(result.info)
+        o.cache_hits += result.cache_hits
+        o.cache_misses += result.cache_misses
+        self.x, self.sr, self.path = result.audio, result.sr, ""
+        self.passes += 1
+        if self.passes < self.p.task.iterations:
+            self.digest = audio.samples_digest(self.x, self.sr)
+        # The next pass edits this output; its transcript is what was just spoken.
+        if self.p.task.edit_type == "paralinguistic":
+            self.audio_text = self.p.task.text
+
+    def commit(self) -> str:
+        """Write the output atomically; return an error message, or "" on success."""
+        t, o = self.p.task, self.o
+        try:
+            if self.x.size == 0:
+                raise RuntimeError("the engine produced no audio")
+            t0 = time.perf_counter()
+            # Temporary files of this output left by a killed run go; another live run's stay.
+            audio.remove_stale_parts(t.output)
+            tmp = audio.write_atomic(t.output, self.x, self.sr)
+            try:
+                commit(tmp, t.output, self.p.fingerprint, t.id, _owner(t))
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            o.stages["write"] = round(time.perf_counter() - t0, 4)
+            o.output_seconds = round(len(self.x) / self.sr, 3)
+            return ""
+        except Exception as e:  # one task's failure must not stop the others
+            log.debug("task %s failed", t.id, exc_info=True)
+            return _one_line(e)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.x = None
+
+
+def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work | None:
+    """Read a task's input (and transcribe it when asked to); None if that fails."""
+    t = p.task
+    text = t.prompt_text if t.task == "clone" else t.audio_text
+    try:
+        t0 = time.perf_counter()
+        x, sr = audio.load(p.source)
+        digest = audio.samples_digest(x, sr)
+        o.stages["read"] = round(time.perf_counter() - t0, 4)
+        if transcriber and t.task == "edit" and not text.strip() and engine.wants_transcript(t.edit_type,
+                                                                                              t.intensity):
+            text, hit, seconds = transcriber(x, sr, digest)
+            o.stages["transcribe"] = round(seconds, 4)
+            o.cache_hits, o.cache_misses = o.cache_hits + hit, o.cache_misses + (not hit)
+            o.info["transcript"] = text
+    except Exception as e:
+        o.error = _one_line(e)
+        return None
+    o.input_seconds = round(len(x) / sr, 3)
+    return _Work(p, o, x, sr, str(p.source), text, digest)
+
+
+def _check_transcription(tasks: list[Task], engine: Engine, options: RunOptions) -> None:
+    """A Whisper model that cannot be opened is bad usage, found before anything runs."""
+    needed = [t for t in tasks if t.task == "edit" and not t.audio_text.strip()
+              and engine.wants_transcript(t.edit_type, t.intensity)]
+    if not (options.transcribe and needed):
+        return
+    from editx_cli.transcribe import TranscriptionError, resolve
+
+    try:
+        resolve(options.whisper_model, options.allow_download)
+    except TranscriptionError as e:
+        raise InvalidInput([Problem("--whisper-model", None, None, str(e))]) from None
+
+
+def _transcriber(engine: Engine, options: RunOptions):
+    if not options.transcribe:
+        return None
+    from editx_cli.transcribe import Transcriber
+
+    return Transcriber(options.whisper_model, engine.device, engine.cache, options.allow_download)
+
+
+def _one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
