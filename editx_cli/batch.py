@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from editx_cli.errors import InvalidInput, Problem
 from editx_cli.loop import RunOptions, _check_transcription, _outcome, _seconds, run
-from editx_cli.manifest import InvalidInput, Problem
 from editx_cli.report import Outcome
 from editx_cli.resume import PlannedTask, plan
 from editx_cli.tasks import Task
@@ -62,9 +62,6 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
     else:
         cache = NullCache()
     try:
-        for t in tasks:
-            if t.seed is None:
-                t.seed = config.options.seed
         engine = engine_cls(config.engine_config, cache)
         _check_transcription(tasks, engine, config.options)
         planned = plan(tasks, engine.fingerprint(), config.options.overwrite, config.options.force)

@@ -18,7 +18,7 @@ from typing import Any
 
 from editx_cli import audio
 from editx_cli.engine import Engine, Request, Result
-from editx_cli.manifest import InvalidInput, Problem
+from editx_cli.errors import InvalidInput, Problem
 from editx_cli.report import Outcome
 from editx_cli.resume import PlannedTask, _owner, commit
 from editx_cli.tasks import Task
@@ -31,7 +31,6 @@ class RunOptions:
     overwrite: bool = False
     force: bool = False  # take over outputs that another manifest wrote into the same folder
     fail_fast: bool = False
-    seed: int = 0
     progress: bool = True
     batch_size: int = 8  # tasks decoded together by engines that batch
     transcribe: bool = False  # fill empty audio_text with Whisper where the edit uses it

@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from editx_cli import __version__
+from editx_cli.errors import UsageError
 
 log = logging.getLogger("editx")
 DEFAULT_ENGINE = "stepaudio"
@@ -150,7 +151,8 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, force: bool, batch_size:
     def build():
         rows = manifests.read_rows(path)
         return manifests.validate(rows, source=str(path), base_dir=path.resolve().parent,
-                                  out_dir=out, engine=engine_cls, transcribe=common["transcribe"])
+                                  out_dir=out, engine=engine_cls, transcribe=common["transcribe"],
+                                  seed=common["seed"])
 
     report_path = Path(common["report_path"]) if common["report_path"] else out / "report.json"
     gpu_list = None
@@ -158,9 +160,9 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, force: bool, batch_size:
         try:
             gpu_list = [int(g) for g in gpus.split(",") if g.strip()]
         except ValueError:
-            _usage_error(f"--gpus: {gpus!r} is not a comma-separated list of GPU indices")
+            raise UsageError(f"--gpus: {gpus!r} is not a comma-separated list of GPU indices") from None
         if common["gpu"] is not None:
-            _usage_error("--gpu and --gpus exclude each other")
+            raise UsageError("--gpu and --gpus exclude each other")
     _run(build, common, report_path, fail_fast=fail_fast, batch_size=batch_size, force=force,
          parallel={"workers": workers, "gpus": gpu_list, "ray": ray_address})
 
@@ -214,7 +216,8 @@ def _single(row: dict, common: dict, labels: dict) -> None:
 
     def build():
         return manifests.validate([row], source="command line", base_dir=Path.cwd(), out_dir=Path.cwd(),
-                                  engine=engine_cls, field_labels=labels, transcribe=common["transcribe"])
+                                  engine=engine_cls, field_labels=labels, transcribe=common["transcribe"],
+                                  seed=common["seed"])
 
     report_path = Path(common["report_path"]) if common["report_path"] else None
     _run(build, common, report_path, single=True)
@@ -240,7 +243,7 @@ def _engine_class(name: str):
     from editx_cli import engine as engines
 
     if name not in engines.names():
-        _usage_error(f"--engine: unknown engine {name!r} (known: {', '.join(engines.names())})")
+        raise UsageError(f"--engine: unknown engine {name!r} (known: {', '.join(engines.names())})")
     return engines.get(name)
 
 
@@ -248,16 +251,10 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def _usage_error(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
-
-
 def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False, single: bool = False,
          batch_size: int = 1, force: bool = False, parallel: dict | None = None) -> None:
     from editx_cli import batch as runner
     from editx_cli import report as reports
-    from editx_cli.manifest import InvalidInput
 
     config = runner.RunConfig(
         engine=common["engine"],
@@ -267,7 +264,7 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
         report=report_path,
         dry_run=common["dry_run"],
         options=runner.RunOptions(
-            overwrite=common["overwrite"], force=force, fail_fast=fail_fast, seed=common["seed"],
+            overwrite=common["overwrite"], force=force, fail_fast=fail_fast,
             batch_size=batch_size,
             transcribe=common["transcribe"], whisper_model=common["whisper_model"],
             allow_download=common["allow_download"],
@@ -284,13 +281,6 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
         click.echo("editx: interrupted; no report was written (committed outputs stay; a rerun goes on)",
                    err=True)
         sys.exit(130)
-    except InvalidInput as e:
-        shown = e.problems[:50]
-        for p in shown:
-            click.echo(f"error: {p}", err=True)
-        if len(e.problems) > len(shown):
-            click.echo(f"error: ... and {len(e.problems) - len(shown)} more", err=True)
-        sys.exit(2)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -373,7 +363,7 @@ def _open_cache(cache_dir: str | None):
     try:
         c.open()
     except CacheError as e:
-        _usage_error(str(e))
+        raise UsageError(str(e)) from None
     return c
 
 

@@ -14,12 +14,12 @@ import logging
 import math
 import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from editx_cli import tags
 from editx_cli.audio import OUTPUT_FORMATS, AudioError, probe
+from editx_cli.errors import InvalidInput, Problem
 from editx_cli.tasks import EDIT_INFOS, INTENSITY_RANGE, MAX_ITERATIONS, TASK_KINDS, Task
 
 log = logging.getLogger("editx")
@@ -32,31 +32,6 @@ CLONE_ONLY = ("prompt_audio", "prompt_text")
 EDIT_ONLY = ("input_audio", "audio_text", "edit_type", "edit_info", "intensity", "iterations")
 ID_PATTERN = re.compile(r"^[\w][\w.\-]*$")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
-
-
-@dataclass(frozen=True)
-class Problem:
-    source: str
-    row: int | None  # None: the whole file or its header
-    field: str | None
-    message: str
-
-    def __str__(self) -> str:
-        where = self.source
-        if self.row is not None:
-            where += f": row {self.row}"
-        if self.field:
-            label = self.field if self.field.startswith("--") else f"field '{self.field}'"
-            where += f", {label}"
-        return f"{where}: {self.message}"
-
-
-class InvalidInput(Exception):
-    """Bad usage or an invalid manifest: the run stops before anything runs (exit 2)."""
-
-    def __init__(self, problems: list[Problem]):
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -140,11 +115,15 @@ def validate(
     engine: type,
     field_labels: dict[str, str] | None = None,
     transcribe: bool = False,
+    seed: int = 0,
 ) -> list[Task]:
     """Turn raw rows into tasks, or raise InvalidInput listing every problem.
 
-    `field_labels` renames fields in messages (the CLI shows its option names).
+    `field_labels` renames fields in messages (the CLI shows its option names); `seed` is
+    the seed of rows that set none, so every task carries a checked integer.
     """
+    if not 0 <= seed < 2**32:
+        raise InvalidInput([Problem("--seed", None, None, f"{seed} is outside 0–{2**32 - 1}")])
     problems: list[Problem] = []
     labels = field_labels or {}
 
@@ -166,7 +145,7 @@ def validate(
 
     tasks: list[Task] = []
     for n, raw in enumerate(rows, 1):
-        task = _validate_row(n, raw, base_dir, out_dir, engine, bad, transcribe, note)
+        task = _validate_row(n, raw, base_dir, out_dir, engine, bad, transcribe, note, seed)
         if task is not None:
             task.source = source
             if field_labels:
@@ -188,7 +167,7 @@ def _text(raw: dict, key: str) -> str:
 
 
 def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type, bad,
-                  transcribe: bool = False, note=None) -> Task | None:
+                  transcribe: bool = False, note=None, default_seed: int = 0) -> Task | None:
     ok = True
 
     def err(fld: str | None, msg: str) -> None:
@@ -224,7 +203,7 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
     iterations = _number(raw, "iterations", 1, int, err)
     if iterations is not None and not 1 <= iterations <= MAX_ITERATIONS:
         err("iterations", f"{iterations} is outside 1–{MAX_ITERATIONS}")
-    seed = _number(raw, "seed", None, int, err)
+    seed = _number(raw, "seed", default_seed, int, err)
     if seed is not None and not 0 <= seed < 2**32:
         err("seed", f"{seed} is outside 0–{2**32 - 1}")
 

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from editx_cli.errors import InvalidInput, Problem
 from editx_cli.loop import RunOptions, run
-from editx_cli.manifest import InvalidInput, Problem
 from editx_cli.report import Outcome
 from editx_cli.resume import PlannedTask
 

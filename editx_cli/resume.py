@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from editx_cli import audio
-from editx_cli.manifest import InvalidInput, Problem, order
+from editx_cli.errors import InvalidInput, Problem
+from editx_cli.manifest import order
 from editx_cli.tasks import Task
 
 STATE_DIR = ".editx"

@@ -48,7 +48,7 @@ class Task:
     edit_info: str = ""
     intensity: float = 1.0
     iterations: int = 1
-    seed: int | None = None
+    seed: int = 0  # settled in validation: the row's, else --seed
     extra: dict = field(default_factory=dict)
 
     @property

@@ -1,0 +1,55 @@
+"""What editx says when it will not run: each problem one line naming file, row and field.
+
+Both errors are Click exceptions with exit code 2, so the CLI lets Click show them;
+everything below the CLI raises them without knowing it is behind a command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import click
+
+MAX_SHOWN = 50
+
+
+@dataclass(frozen=True)
+class Problem:
+    source: str
+    row: int | None  # None: the whole file or its header
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.source
+        if self.row is not None:
+            where += f": row {self.row}"
+        if self.field:
+            label = self.field if self.field.startswith("--") else f"field '{self.field}'"
+            where += f", {label}"
+        return f"{where}: {self.message}"
+
+
+class InvalidInput(click.ClickException):
+    """Bad usage or an invalid manifest: the run stops before anything runs (exit 2)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+    def show(self, file=None) -> None:
+        for p in self.problems[:MAX_SHOWN]:
+            click.echo(f"error: {p}", err=True)
+        if len(self.problems) > MAX_SHOWN:
+            click.echo(f"error: ... and {len(self.problems) - MAX_SHOWN} more", err=True)
+
+
+class UsageError(click.ClickException):
+    """A bad option, found after Click's own parsing (exit 2)."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
