@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from editx_cli.errors import InvalidInput, Problem
-from editx_cli.loop import RunOptions, _check_transcription, _outcome, _seconds, run
+from editx_cli.loop import RunOptions, check_transcription, duration_of, outcome_of, run
 from editx_cli.report import Outcome
 from editx_cli.resume import PlannedTask, plan
 from editx_cli.tasks import Task
@@ -63,7 +63,7 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
         cache = NullCache()
     try:
         engine = engine_cls(config.engine_config, cache)
-        _check_transcription(tasks, engine, config.options)
+        check_transcription(tasks, engine, config.options)
         planned = plan(tasks, engine.fingerprint(), config.options.overwrite, config.options.force)
         if config.report is not None:
             _check_report(config.report, tasks)
@@ -164,9 +164,9 @@ def _run_parallel(planned: list[PlannedTask], config: RunConfig, cache) -> tuple
     by_id = {o.id: o for o in ran}
     outcomes = []
     for p in planned:
-        o = by_id.get(p.task.id) or _outcome(p.task)
+        o = by_id.get(p.task.id) or outcome_of(p.task)
         if p.skip:
-            o.status, o.output_seconds = "skipped", _seconds(p.task.output)
+            o.status, o.output_seconds = "skipped", duration_of(p.task.output)
         outcomes.append(o)
     devices = sorted({w.device for w in workers if w.device})
     info = {"workers": [{"name": w.name, "device": w.device, "load_seconds": round(w.load_seconds, 3),

@@ -20,7 +20,7 @@ from editx_cli import audio
 from editx_cli.engine import Engine, Request, Result
 from editx_cli.errors import InvalidInput, Problem
 from editx_cli.report import Outcome
-from editx_cli.resume import PlannedTask, _owner, commit
+from editx_cli.resume import PlannedTask, commit, manifest_of
 from editx_cli.tasks import Task
 
 log = logging.getLogger("editx")
@@ -47,13 +47,13 @@ def run(
 
     The engine loads only if some task needs it.
     """
-    outcomes = {p.task.id: _outcome(p.task) for p in planned}
+    outcomes = {p.task.id: outcome_of(p.task) for p in planned}
     todo = [p for p in planned if not p.skip]
     for p in planned:
         if p.skip:
             o = outcomes[p.task.id]
             o.status = "skipped"
-            o.output_seconds = _seconds(p.task.output)
+            o.output_seconds = duration_of(p.task.output)
     load_seconds = 0.0
     if todo:
         t0 = time.perf_counter()
@@ -80,7 +80,7 @@ def run(
 
     def seconds_of(p: PlannedTask) -> float:
         if p.source not in lengths:
-            lengths[p.source] = _seconds(p.source) or 0.0
+            lengths[p.source] = duration_of(p.source) or 0.0
         return lengths[p.source]
 
     def finish(w: _Work | PlannedTask, state: str, error: str = "") -> None:
@@ -149,12 +149,12 @@ def run(
     return [outcomes[p.task.id] for p in planned], load_seconds
 
 
-def _outcome(t: Task) -> Outcome:
+def outcome_of(t: Task) -> Outcome:
     return Outcome(id=t.id, task=t.task, edit_type=t.edit_type, output=str(t.output),
                    seed=t.seed, intensity=t.intensity, iterations=t.iterations)
 
 
-def _seconds(path: Path) -> float | None:
+def duration_of(path: Path) -> float | None:
     try:
         return round(audio.probe(path).seconds, 3)
     except audio.AudioError:
@@ -206,7 +206,7 @@ class _Work:
             audio.remove_stale_parts(t.output)
             tmp = audio.write_atomic(t.output, self.x, self.sr)
             try:
-                commit(tmp, t.output, self.p.fingerprint, t.id, _owner(t))
+                commit(tmp, t.output, self.p.fingerprint, t.id, manifest_of(t))
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
@@ -245,7 +245,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work | N
     return _Work(p, o, x, sr, str(p.source), text, digest)
 
 
-def _check_transcription(tasks: list[Task], engine: Engine, options: RunOptions) -> None:
+def check_transcription(tasks: list[Task], engine: Engine, options: RunOptions) -> None:
     """A Whisper model that cannot be opened is bad usage, found before anything runs."""
     needed = [t for t in tasks if t.task == "edit" and not t.audio_text.strip()
               and engine.wants_transcript(t.edit_type, t.intensity)]

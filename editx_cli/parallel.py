@@ -68,17 +68,16 @@ class Scheduler:
     def finished(self) -> bool:
         return not self.pending and "running" not in self.status.values()
 
-    def take(self, workers: int, batches: bool, per_call: int = 1) -> list[PlannedTask]:
+    def take(self, workers: int, size: int) -> list[PlannedTask]:
         """Ready tasks for one worker, now running; [] when none is ready yet.
 
-        An engine that batches gets up to batch_size x per_call tasks, but no more than an even share
-        of what is ready, so no worker idles while another holds a queue; one that does
-        not batch gets one task at a time.
+        Up to `size` tasks (`group_size`), but no more than an even share of what is ready, so
+        no worker idles while another holds a queue.
         """
         self._settle()
         ready = [p for p in self.pending if p.task.input_task is None or self.status[p.task.input_task] == "done"]
         share = -(-len(ready) // max(1, workers))
-        group = ready[: max(1, min(self.options.batch_size * per_call, share))] if batches else ready[:1]
+        group = ready[: max(1, min(size, share))]
         for p in group:
             self.pending.remove(p)
             self.status[p.task.id] = "running"
@@ -108,6 +107,12 @@ class Scheduler:
         self._settle()
         return bool(self.pending) and "running" not in self.status.values() and not any(
             p.task.input_task is None or self.status[p.task.input_task] == "done" for p in self.pending)
+
+
+def group_size(engine: type, options: RunOptions) -> int:
+    """Tasks handed to a worker at once: one for an engine that does not batch; else the batch
+    size times the engine's wave factor (an engine with a queue of its own gets several)."""
+    return max(1, options.batch_size) * engine.wave_factor if engine.batches else 1
 
 
 def _failed(p: PlannedTask, error: str, status: str = "failed") -> Outcome:
@@ -174,7 +179,7 @@ def run_processes(planned: list[PlannedTask], specs: list[WorkerSpec],
     from editx_cli import engine as engines
 
     sched = Scheduler(planned, specs[0].options, on_finish)
-    batches, per_call = engines.get(specs[0].engine).batches, engines.get(specs[0].engine).wave_factor
+    size = group_size(engines.get(specs[0].engine), specs[0].options)
     ctx = mp.get_context("spawn")  # no fork: CUDA and model libraries do not survive it
     workers = []
     for i, spec in enumerate(specs):
@@ -185,7 +190,7 @@ def run_processes(planned: list[PlannedTask], specs: list[WorkerSpec],
         name = f"gpu {spec.gpu}" if spec.gpu is not None else f"worker {i}"
         workers.append({"proc": proc, "conn": parent, "info": WorkerInfo(name), "held": None, "ready": False})
     try:
-        _dispatch(sched, workers, batches, per_call)
+        _dispatch(sched, workers, size)
         loaded = [w for w in workers if w["ready"]]
         if not loaded and not any(o.status == "done" for o in sched.outcomes.values()):
             errors = {w["info"].error for w in workers if w["info"].error}
@@ -223,7 +228,7 @@ def _drain(sched: Scheduler, workers: list[dict], deadline: float) -> None:
         _listen(busy, sched)
 
 
-def _dispatch(sched: Scheduler, workers: list[dict], batches: bool, per_call: int) -> None:
+def _dispatch(sched: Scheduler, workers: list[dict], size: int) -> None:
     """Hand ready work to idle loaded workers until the plan is finished."""
     while not sched.finished:
         alive = [w for w in workers if not w.get("dead")]
@@ -232,7 +237,7 @@ def _dispatch(sched: Scheduler, workers: list[dict], batches: bool, per_call: in
             break
         for w in alive:  # hand work to every idle, loaded worker
             if w["ready"] and w["held"] is None:
-                group = sched.take(len(alive), batches, per_call)
+                group = sched.take(len(alive), size)
                 if group:
                     w["held"] = group
                     w["conn"].send(group)
@@ -312,7 +317,7 @@ def run_ray(planned: list[PlannedTask], spec: WorkerSpec, address: str | None,
     sched = Scheduler(planned, spec.options, on_finish)
     from editx_cli import engine as engines
 
-    batches, per_call = engines.get(spec.engine).batches, engines.get(spec.engine).wave_factor
+    size = group_size(engines.get(spec.engine), spec.options)
     ready: dict[int, bool] = {}
     in_flight: dict[Any, tuple[int, list[PlannedTask] | None]] = {a.load.remote(): (i, None)
                                                                    for i, a in enumerate(actors)}
@@ -323,7 +328,7 @@ def run_ray(planned: list[PlannedTask], spec: WorkerSpec, address: str | None,
         busy = {i for i, _ in in_flight.values()}
         for i, actor in enumerate(actors):
             if ready.get(i) and i not in busy and i not in dead:
-                group = sched.take(count - len(dead), batches, per_call)
+                group = sched.take(count - len(dead), size)
                 if group:
                     in_flight[actor.run.remote(group)] = (i, group)
         if not in_flight:

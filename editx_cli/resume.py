@@ -65,7 +65,7 @@ def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False,
         # replaced (a crash between recording and renaming leaves the earlier file in place)
         ours = current is not None and current in {record.get("sha256"), record.get("replaces")}
         skip = ours and current == record.get("sha256") and record.get("fingerprint") == fp
-        owner, mine = record.get("manifest") if record else None, _owner(t)
+        owner, mine = record.get("manifest") if record else None, manifest_of(t)
         if ours and owner and mine and owner != mine and not force:
             problems.append(Problem(t.source, t.row, "output",
                                     f"{t.output.name} belongs to another manifest, {owner} (its task "
@@ -84,7 +84,7 @@ def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False,
     return planned
 
 
-def _owner(t: Task) -> str | None:
+def manifest_of(t: Task) -> str | None:
     """The manifest a task comes from, as its outputs' records name it (None: the command line)."""
     return os.path.abspath(t.source) if t.source and t.source != "command line" else None
 

@@ -88,11 +88,11 @@ class StepAudioEngine(Engine):
             out.append(f"--deterministic decodes in float32; it cannot be combined with --dtype {config['dtype']}")
         if config.get("prompt_format") == "chat" and not out:
             from editx_cli.datafiles import UnsafeFile, load_json
-            from editx_cli.engine.stepaudio.text_tokenizer import _chat_template
+            from editx_cli.engine.stepaudio.text_tokenizer import chat_template_of
 
             path = layout.llm_dir(_path(config["model_dir"]), config.get("variant") or "base") / "tokenizer_config.json"
             try:
-                found = path.exists() and _chat_template(load_json(path).get("chat_template"))
+                found = path.exists() and chat_template_of(load_json(path).get("chat_template"))
             except (UnsafeFile, AttributeError) as e:
                 found, out = False, [*out, str(e)]
             if not found:
@@ -108,7 +108,6 @@ class StepAudioEngine(Engine):
         """Import every vocoder module that cosyvoice.yaml names from the source checkout, and
         name any package it needs that is missing."""
         import importlib
-        import re
         import sys
 
         model_dir, src = _path(config.get("model_dir")), _path(config.get("editx_src"))

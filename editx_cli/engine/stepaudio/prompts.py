@@ -7,6 +7,7 @@ part of the trained format. The raw ids 1 (start), 4 (turn open) and 3 (turn clo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 
@@ -128,19 +129,32 @@ def render_chat(template: str, system: str, human: str, special: dict[str, str],
     the generation prompt; rendered in Jinja's immutable sandbox, as transformers renders it
     (a template is data: the sandbox lets it call nothing unsafe)."""
     from jinja2 import TemplateError as JinjaError
+
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": human}]
+    try:
+        return _compiled(template).render(messages=messages, add_generation_prompt=True, **special)
+    except _Refused as e:
+        raise TemplateError(f"{where}: the chat template refused the prompt: {e}") from None
+    except JinjaError as e:
+        raise TemplateError(f"{where}: the chat template failed: {e}") from None
+
+
+class _Refused(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(template: str):
+    """A template compiled once per run, not once per prompt."""
     from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str) -> None:
-        raise TemplateError(f"{where}: the chat template refused the prompt: {message}")
+        raise _Refused(message)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
     env.globals["raise_exception"] = raise_exception
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": human}]
-    try:
-        return env.from_string(template).render(messages=messages, add_generation_prompt=True, **special)
-    except JinjaError as e:
-        raise TemplateError(f"{where}: the chat template failed: {e}") from None
+    return env.from_string(template)
 
 
 def chat_clone_text(speaker: str, prompt_text: str, prompt_tokens: str, target_text: str) -> tuple[str, str]:

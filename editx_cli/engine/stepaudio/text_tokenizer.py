@@ -49,7 +49,7 @@ def _content(value) -> str:
     return value.get("content", "") if isinstance(value, dict) else (value or "")
 
 
-def _chat_template(value) -> str | None:
+def chat_template_of(value) -> str | None:
     """The folder's chat template: a string, or the 'default' of a list of named ones."""
     if isinstance(value, str) and value.strip():
         return value
@@ -85,7 +85,6 @@ class TextTokenizer:
                 raise TokenizerError(f"tokenizer_config.json: added_tokens_decoder[{key!r}] has no content")
             added[entry["content"]] = _Added(entry["content"], int(key), bool(entry.get("lstrip")),
                                              bool(entry.get("rstrip")))
-        self.added = added
         alternatives = []  # longest first: a regex alternation then matches leftmost-longest
         for tok in sorted(added.values(), key=lambda t: len(t.content), reverse=True):
             left, right = ("\\s*" if tok.lstrip else ""), ("\\s*" if tok.rstrip else "")
@@ -108,7 +107,7 @@ class TextTokenizer:
         self.add_bos = config.get("add_bos_token", True) is not False
         self.add_eos = bool(config.get("add_eos_token", False))
         self.bos_id, self.eos_id = proto.trainer_spec.bos_id, proto.trainer_spec.eos_id
-        self.chat_template = _chat_template(config.get("chat_template"))
+        self.chat_template = chat_template_of(config.get("chat_template"))
         self.special = {k: _content(config.get(k)) for k in SPECIAL_KEYS}
 
     @classmethod
