@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from editx_cli.errors import InvalidInput, Problem
-from editx_cli.loop import RunOptions, check_transcription, duration_of, outcome_of, run
+from editx_cli.loop import RunOptions, check_transcription, duration_of, run
 from editx_cli.report import Outcome
 from editx_cli.resume import PlannedTask, plan
+from editx_cli.schedule import outcome_of
 from editx_cli.tasks import Task
 
 log = logging.getLogger("editx")

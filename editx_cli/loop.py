@@ -21,6 +21,7 @@ from editx_cli.engine import Engine, Request, Result
 from editx_cli.errors import InvalidInput, Problem
 from editx_cli.report import Outcome
 from editx_cli.resume import PlannedTask, commit, manifest_of
+from editx_cli.schedule import FAIL_FAST, Scheduler, group_size, outcome_of
 from editx_cli.tasks import Task
 
 log = logging.getLogger("editx")
@@ -72,86 +73,72 @@ def run(
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), unit="task", file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
-    status = {p.task.id: ("done" if p.skip else "pending") for p in planned}
-    pending = list(todo)
+
+    def finished(o: Outcome) -> None:
+        outcomes[o.id] = o
+        if o.status == "failed":
+            log.error("%s: task %s failed: %s", where[o.id], o.id, o.error)
+        bar.update(1)
+
+    where = {p.task.id: p.task.where for p in planned}
+    sched = Scheduler(planned, options.fail_fast, finished)
     lengths: dict[Path, float] = {}  # input seconds, probed once, for grouping by length
     transcriber = _transcriber(engine, options)
     active: list[_Work] = []
+    size = group_size(engine, options.batch_size)
 
     def seconds_of(p: PlannedTask) -> float:
         if p.source not in lengths:
             lengths[p.source] = duration_of(p.source) or 0.0
         return lengths[p.source]
 
-    def finish(w: _Work | PlannedTask, state: str, error: str = "") -> None:
-        p = w.p if isinstance(w, _Work) else w
-        o = outcomes[p.task.id]
-        o.status, o.error = state, error
-        status[p.task.id] = state
-        if state == "failed":
-            log.error("%s: task %s failed: %s", p.task.where, p.task.id, error)
-        bar.update(1)
+    def end(w: _Work, state: str, error: str = "") -> None:
+        active.remove(w)
+        w.o.status, w.o.error = state, error
+        sched.complete([w.o])
 
     try:
-        while pending or active:
-            if options.fail_fast and "failed" in status.values():
-                for w in [*active, *pending]:
-                    finish(w, "cancelled", "not run: an earlier task failed and --fail-fast is set")
-                break
-            for p in list(pending):  # a chain whose input task failed cannot run
-                upstream = status.get(p.task.input_task or "")
-                if upstream in ("failed", "cancelled"):
-                    pending.remove(p)
-                    finish(p, "failed", f"input task {p.task.input_task!r} failed")
-            # An input task outside this run (a worker gets only ready tasks) is already done.
-            ready = [p for p in pending if status.get(p.task.input_task or "", "done") == "done"]
-            if not active and not ready:  # cannot happen with validated chains; never spin
-                for p in pending:
-                    finish(p, "failed", "its input task never ran")
-                break
+        while True:
             # Fill the wave from work in progress first, then new tasks, shortest first so a
-            # batch holds prompts of similar length (little padding). An engine with a queue of
-            # its own gets several batches' worth at once.
-            size = max(1, options.batch_size) * (engine.wave_factor if engine.batches else 1)
-            room = size - min(len(active), size)
-            starting = (sorted(ready, key=seconds_of) if size > 1 else ready)[:room]
+            # batch holds prompts of similar length (little padding).
+            starting = sched.take(size - min(len(active), size), key=seconds_of if size > 1 else None)
+            if sched.stopping:  # --fail-fast: work in progress is cancelled too
+                for w in list(active):
+                    w.close()
+                    end(w, "cancelled", FAIL_FAST)
+                break
             for p in starting:
-                pending.remove(p)
                 w = _start(p, outcomes[p.task.id], engine, transcriber)
-                if w is None:
-                    finish(p, "failed", outcomes[p.task.id].error)
-                else:
-                    active.append(w)
+                active.append(w)
+                if w.x is None:
+                    end(w, "failed", w.o.error)
+            if not active:
+                if starting:  # all failed to start: others may be ready now
+                    continue
+                if not sched.finished:  # cannot happen with validated chains; never spin
+                    sched.abandon("its input task never ran")
+                break
             wave = (sorted(active, key=lambda w: len(w.x) / w.sr) if size > 1 else active)[:size]
-            if not wave:
-                continue
             bar.set_postfix_str(",".join(w.p.task.id for w in wave)[:40], refresh=False)
             results = engine.run_batch([w.request() for w in wave])
             for w, result in zip(wave, results, strict=True):
                 if isinstance(result, BaseException):
-                    active.remove(w)
                     w.close()
-                    finish(w, "failed", _one_line(result))
+                    end(w, "failed", _one_line(result))
                     continue
                 w.absorb(result)
                 if w.passes == w.p.task.iterations:
-                    active.remove(w)
                     error = w.commit()
-                    finish(w, "failed" if error else "done", error)
+                    end(w, "failed" if error else "done", error)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
         for w in active:
             w.close()
-        left = sum(1 for s in status.values() if s == "pending")
+        left = sum(1 for o in outcomes.values() if o.status == "pending")
         log.warning("interrupted: %d task(s) not finished are reported as pending; a rerun goes on from here",
                     left)
     finally:
         bar.close()
     return [outcomes[p.task.id] for p in planned], load_seconds
-
-
-def outcome_of(t: Task) -> Outcome:
-    return Outcome(id=t.id, task=t.task, edit_type=t.edit_type, output=str(t.output),
-                   seed=t.seed, intensity=t.intensity, iterations=t.iterations)
 
 
 def duration_of(path: Path) -> float | None:
@@ -223,8 +210,9 @@ class _Work:
         self.x = None
 
 
-def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work | None:
-    """Read a task's input (and transcribe it when asked to); None if that fails."""
+def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work:
+    """Read a task's input (and transcribe it when asked to); on failure, a work item with no
+    audio and the error in its outcome."""
     t = p.task
     text = t.prompt_text if t.task == "clone" else t.audio_text
     try:
@@ -240,7 +228,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work | N
             o.info["transcript"] = text
     except Exception as e:
         o.error = _one_line(e)
-        return None
+        return _Work(p, o, None, 0, str(p.source), text, "")
     o.input_seconds = round(len(x) / sr, 3)
     return _Work(p, o, x, sr, str(p.source), text, digest)
 

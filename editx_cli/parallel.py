@@ -25,6 +25,7 @@ from editx_cli.errors import InvalidInput, Problem
 from editx_cli.loop import RunOptions, run
 from editx_cli.report import Outcome
 from editx_cli.resume import PlannedTask
+from editx_cli.schedule import Scheduler, group_size
 
 log = logging.getLogger("editx")
 
@@ -51,74 +52,6 @@ class WorkerInfo:
     load_seconds: float = 0.0
     run_info: dict[str, Any] = field(default_factory=dict)
     error: str = ""
-
-
-class Scheduler:
-    """Which tasks are ready, running, finished; the chain and fail-fast rules."""
-
-    def __init__(self, planned: list[PlannedTask], options: RunOptions,
-                 on_finish: Callable[[Outcome], None]) -> None:
-        self.options = options
-        self.pending = [p for p in planned if not p.skip]
-        self.status = {p.task.id: ("done" if p.skip else "pending") for p in planned}
-        self.outcomes: dict[str, Outcome] = {}
-        self.on_finish = on_finish
-
-    @property
-    def finished(self) -> bool:
-        return not self.pending and "running" not in self.status.values()
-
-    def take(self, workers: int, size: int) -> list[PlannedTask]:
-        """Ready tasks for one worker, now running; [] when none is ready yet.
-
-        Up to `size` tasks (`group_size`), but no more than an even share of what is ready, so
-        no worker idles while another holds a queue.
-        """
-        self._settle()
-        ready = [p for p in self.pending if p.task.input_task is None or self.status[p.task.input_task] == "done"]
-        share = -(-len(ready) // max(1, workers))
-        group = ready[: max(1, min(size, share))]
-        for p in group:
-            self.pending.remove(p)
-            self.status[p.task.id] = "running"
-        return group
-
-    def complete(self, outcomes: list[Outcome]) -> None:
-        for o in outcomes:
-            self.status[o.id] = o.status
-            self.outcomes[o.id] = o
-            self.on_finish(o)
-
-    def fail(self, group: list[PlannedTask], error: str) -> None:
-        self.complete([_failed(p, error) for p in group])
-
-    def _settle(self) -> None:
-        stop = self.options.fail_fast and "failed" in self.status.values()
-        for p in list(self.pending):
-            if stop:
-                self.pending.remove(p)
-                self.complete([_failed(p, "not run: an earlier task failed and --fail-fast is set", "cancelled")])
-            elif self.status.get(p.task.input_task or "") in ("failed", "cancelled"):
-                self.pending.remove(p)
-                self.complete([_failed(p, f"input task {p.task.input_task!r} failed")])
-
-    def stalled(self) -> bool:
-        """Pending tasks remain but nothing runs and nothing is ready: only after failures."""
-        self._settle()
-        return bool(self.pending) and "running" not in self.status.values() and not any(
-            p.task.input_task is None or self.status[p.task.input_task] == "done" for p in self.pending)
-
-
-def group_size(engine: type, options: RunOptions) -> int:
-    """Tasks handed to a worker at once: one for an engine that does not batch; else the batch
-    size times the engine's wave factor (an engine with a queue of its own gets several)."""
-    return max(1, options.batch_size) * engine.wave_factor if engine.batches else 1
-
-
-def _failed(p: PlannedTask, error: str, status: str = "failed") -> Outcome:
-    t = p.task
-    return Outcome(id=t.id, task=t.task, edit_type=t.edit_type, output=str(t.output), status=status, error=error,
-                   seed=t.seed, intensity=t.intensity, iterations=t.iterations)
 
 
 # -- worker processes -------------------------------------------------------------------
@@ -178,8 +111,8 @@ def run_processes(planned: list[PlannedTask], specs: list[WorkerSpec],
 
     from editx_cli import engine as engines
 
-    sched = Scheduler(planned, specs[0].options, on_finish)
-    size = group_size(engines.get(specs[0].engine), specs[0].options)
+    sched = Scheduler(planned, specs[0].options.fail_fast, on_finish)
+    size = group_size(engines.get(specs[0].engine), specs[0].options.batch_size)
     ctx = mp.get_context("spawn")  # no fork: CUDA and model libraries do not survive it
     workers = []
     for i, spec in enumerate(specs):
@@ -233,11 +166,11 @@ def _dispatch(sched: Scheduler, workers: list[dict], size: int) -> None:
     while not sched.finished:
         alive = [w for w in workers if not w.get("dead")]
         if not alive or sched.stalled():
-            _abandon(sched, "no worker left to run it" if not alive else "its input task never ran")
+            sched.abandon("no worker left to run it" if not alive else "its input task never ran")
             break
         for w in alive:  # hand work to every idle, loaded worker
             if w["ready"] and w["held"] is None:
-                group = sched.take(len(alive), size)
+                group = sched.take(size, workers=len(alive))
                 if group:
                     w["held"] = group
                     w["conn"].send(group)
@@ -288,12 +221,6 @@ def _died(w: dict, sched: Scheduler) -> None:
         w["held"] = None
 
 
-def _abandon(sched: Scheduler, why: str) -> None:
-    for p in list(sched.pending):
-        sched.pending.remove(p)
-        sched.complete([_failed(p, f"not run: {why}")])
-
-
 # -- Ray ----------------------------------------------------------------------------------
 
 
@@ -314,10 +241,10 @@ def run_ray(planned: list[PlannedTask], spec: WorkerSpec, address: str | None,
     actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1 if not gpus else 0)(_EngineActor)
     actors = [actor_cls.remote(spec) for _ in range(count)]
     infos = [WorkerInfo(f"ray actor {i}") for i in range(count)]
-    sched = Scheduler(planned, spec.options, on_finish)
+    sched = Scheduler(planned, spec.options.fail_fast, on_finish)
     from editx_cli import engine as engines
 
-    size = group_size(engines.get(spec.engine), spec.options)
+    size = group_size(engines.get(spec.engine), spec.options.batch_size)
     ready: dict[int, bool] = {}
     in_flight: dict[Any, tuple[int, list[PlannedTask] | None]] = {a.load.remote(): (i, None)
                                                                    for i, a in enumerate(actors)}
@@ -328,11 +255,11 @@ def run_ray(planned: list[PlannedTask], spec: WorkerSpec, address: str | None,
         busy = {i for i, _ in in_flight.values()}
         for i, actor in enumerate(actors):
             if ready.get(i) and i not in busy and i not in dead:
-                group = sched.take(count - len(dead), size)
+                group = sched.take(size, workers=count - len(dead))
                 if group:
                     in_flight[actor.run.remote(group)] = (i, group)
         if not in_flight:
-            _abandon(sched, "no Ray actor left to run it" if len(dead) == count else "its input task never ran")
+            sched.abandon("no Ray actor left to run it" if len(dead) == count else "its input task never ran")
             break
         done, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
         for ref in done:
