@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import socket
 import tempfile
@@ -95,13 +96,19 @@ def write_atomic(path: str | os.PathLike, audio: np.ndarray, sr: int) -> str:
         raise AudioError("the engine produced NaN or infinite samples: nothing written")
     if x.size and float(np.ptp(x)) < 1e-6 and abs(float(x[0])) > 0.5:
         raise AudioError("the engine produced a constant full-scale signal: nothing written")
+    # Encoded in memory, then written with plain file I/O: a full disk or a quota then reads
+    # "No space left on device" with the file named, not libsndfile's "System error".
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(x, -1.0, 1.0), sr, format=fmt, subtype="PCM_16")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{_part_prefix(target)}{_HOST}.{os.getpid()}.", suffix=".part",
                                dir=target.parent)
-    os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; an output is an ordinary file
-        sf.write(tmp, np.clip(x, -1.0, 1.0), sr, format=fmt, subtype="PCM_16")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; an output is an ordinary file
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
     except BaseException:
         os.unlink(tmp)
         raise

@@ -5,6 +5,7 @@ in-process loop in `loop.py`, workers and Ray in `parallel.py`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -13,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from editx_cli.errors import InvalidInput, Problem
+from editx_cli.errors import InvalidInput, Problem, RunFailed
 from editx_cli.loop import RunOptions, check_transcription, duration_of, run
-from editx_cli.report import Outcome
-from editx_cli.resume import PlannedTask, plan
+from editx_cli.report import Outcome, is_report
+from editx_cli.resume import PlannedTask, plan, unwritable
 from editx_cli.schedule import outcome_of
 from editx_cli.tasks import Task
 
@@ -93,9 +94,13 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
             started_at=started,
             engine_info=info,
         )
-        if config.report is not None:
-            reports.write(report, config.report)
         engine.close()
+        if config.report is not None:
+            try:
+                reports.write(report, config.report)
+            except OSError as e:
+                raise RunFailed(f"--report: {config.report}: the report could not be written "
+                                f"({e.strerror or e}); the outputs are in place and a rerun skips them") from None
         return report, planned
     finally:
         cache.close()
@@ -108,23 +113,38 @@ def _check_report(report: Path, tasks: list[Task]) -> None:
         problems.append(Problem("--report", None, None, f"{report}: must name a .json file (its CSV twin, "
                                                         "same name with .csv, is written beside it)"))
     ours = [report, report.with_suffix(".csv")]
+    why = unwritable(report.parent)
+    if why:
+        problems.append(Problem("--report", None, None, why))
 
+    real = {os.path.realpath(m): m for m in ours}
+    same = {}  # (device, inode) of an existing report file: a hard link to it clashes too
+    for m in ours:
+        try:
+            st = os.stat(m)
+            same[(st.st_dev, st.st_ino)] = m
+        except OSError:
+            pass
+
+    @functools.cache  # tasks share inputs and manifests: each path is looked at once
     def clash(path: Path | str | None) -> Path | None:
         if path is None:
             return None
-        for mine in ours:
-            if os.path.realpath(mine) == os.path.realpath(path):
-                return mine
-            try:
-                if os.path.samefile(mine, path):  # a hard link
-                    return mine
-            except OSError:
-                pass
-        return None
+        if (mine := real.get(os.path.realpath(path))) is not None:
+            return mine
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return same.get((st.st_dev, st.st_ino))
+
+    @functools.cache
+    def manifest(source: str) -> Path | None:
+        return Path(source) if source and Path(source).is_file() else None
 
     seen: set[str] = set()
     for t in tasks:
-        for what, path in (("the manifest", Path(t.source) if t.source and Path(t.source).is_file() else None),
+        for what, path in (("the manifest", manifest(t.source)),
                            ("the prompt audio", t.prompt_audio), ("the input audio", t.input_audio),
                            ("the output", t.output)):
             mine = clash(path)
@@ -133,6 +153,15 @@ def _check_report(report: Path, tasks: list[Task]) -> None:
                 seen.add(key)
                 row = "" if what == "the manifest" or t.row is None else f" of row {t.row}"
                 problems.append(Problem("--report", None, None, f"{mine} would overwrite {what}{row} ({path})"))
+    flagged = {key.split(":", 1)[0] for key in seen}
+    for mine in ours:  # any other file there is someone's data, unless an earlier report
+        if str(mine) in flagged:
+            continue
+        if mine.is_dir():
+            problems.append(Problem("--report", None, None, f"{mine} is a folder"))
+        elif mine.exists() and not is_report(mine):
+            problems.append(Problem("--report", None, None, f"{mine} exists and is not an editx report: "
+                                                            "choose another --report, or move it"))
     if problems:
         raise InvalidInput(problems)
 

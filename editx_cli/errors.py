@@ -1,6 +1,7 @@
 """What editx says when it will not run: each problem one line naming file, row and field.
 
-Both errors are Click exceptions with exit code 2, so the CLI lets Click show them;
+The errors are Click exceptions (exit code 2 for bad usage, 1 for a run that could not
+finish its bookkeeping), so the CLI lets Click show them;
 everything below the CLI raises them without knowing it is behind a command line.
 """
 
@@ -50,6 +51,15 @@ class UsageError(click.ClickException):
     """A bad option, found after Click's own parsing (exit 2)."""
 
     exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+class RunFailed(click.ClickException):
+    """The tasks ran but the run could not finish (the report could not be written): exit 1."""
+
+    exit_code = 1
 
     def show(self, file=None) -> None:
         click.echo(f"error: {self.message}", err=True)

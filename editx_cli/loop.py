@@ -80,17 +80,20 @@ def run(
             log.error("%s: task %s failed: %s", where[o.id], o.id, o.error)
         bar.update(1)
 
-    where = {p.task.id: p.task.where for p in planned}
-    sched = Scheduler(planned, options.fail_fast, finished)
     lengths: dict[Path, float] = {}  # input seconds, probed once, for grouping by length
-    transcriber = _transcriber(engine, options)
-    active: list[_Work] = []
-    size = group_size(engine, options.batch_size)
 
     def seconds_of(p: PlannedTask) -> float:
         if p.source not in lengths:
             lengths[p.source] = duration_of(p.source) or 0.0
         return lengths[p.source]
+
+    where = {p.task.id: p.task.where for p in planned}
+    size = group_size(engine, options.batch_size)
+    # Shortest input first when tasks are decoded together, so a batch holds prompts of similar
+    # length (little padding).
+    sched = Scheduler(planned, options.fail_fast, finished, key=seconds_of if size > 1 else None)
+    transcriber = _transcriber(engine, options)
+    active: list[_Work] = []
 
     def end(w: _Work, state: str, error: str = "") -> None:
         active.remove(w)
@@ -99,9 +102,8 @@ def run(
 
     try:
         while True:
-            # Fill the wave from work in progress first, then new tasks, shortest first so a
-            # batch holds prompts of similar length (little padding).
-            starting = sched.take(size - min(len(active), size), key=seconds_of if size > 1 else None)
+            # Fill the wave from work in progress first, then new tasks.
+            starting = sched.take(size - min(len(active), size))
             if sched.stopping:  # --fail-fast: work in progress is cancelled too
                 for w in list(active):
                     w.close()

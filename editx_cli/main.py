@@ -28,7 +28,7 @@ def _common(f):
     options = [
         click.option("--engine", envvar="EDITX_ENGINE", default=DEFAULT_ENGINE, show_default=True,
                      help="Engine that runs the tasks (see `editx doctor`)."),
-        click.option("--gpu", envvar="EDITX_GPU", type=int, default=None,
+        click.option("--gpu", envvar="EDITX_GPU", type=click.IntRange(0), default=None,
                      help="GPU index to run on (sets CUDA_VISIBLE_DEVICES); default: first GPU if any."),
         click.option("--cache-dir", envvar="EDITX_CACHE_DIR", type=click.Path(file_okay=False), default=None,
                      help="Feature cache folder (default: the user cache folder)."),
@@ -345,8 +345,10 @@ def stats(cache_dir: str | None, as_json: bool = False) -> None:
 @click.pass_obj
 def clear(cache_dir: str | None, yes: bool) -> None:
     """Delete every cached entry."""
+    if not yes and not sys.stdin.isatty():  # a script that forgot --yes must not empty a shared cache
+        raise UsageError("cache clear: no terminal to confirm at; add --yes to clear without asking")
     c = _open_cache(cache_dir)
-    if not yes and sys.stdin.isatty():
+    if not yes:
         click.confirm(f"Delete {len(c._cache)} entries in {c.directory}?", abort=True)
     n = c.clear()
     c.close()

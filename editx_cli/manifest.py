@@ -8,10 +8,12 @@ model: the engine class only says what it supports.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import logging
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -30,7 +32,7 @@ FIELDS = (
 )
 CLONE_ONLY = ("prompt_audio", "prompt_text")
 EDIT_ONLY = ("input_audio", "audio_text", "edit_type", "edit_info", "intensity", "iterations")
-ID_PATTERN = re.compile(r"^[\w][\w.\-]*$")
+ID_PATTERN = re.compile(r"\w[\w.\-]*")  # whole ids only (fullmatch): no trailing newline
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 
@@ -50,7 +52,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise fail(f"not UTF-8 text (byte {e.start})") from None
+        line = e.object[: e.start].count(b"\n") + 1
+        raise fail(f"not UTF-8 text (line {line}, byte {e.start})") from None
     if not text.strip():
         raise fail("manifest is empty")
 
@@ -66,6 +69,10 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
                 raise fail(f"not valid CSV (this row has more fields than the header's {wide[1]})",
                            row=wide[0]) from None
             raise fail(f"not valid CSV ({str(e).strip().splitlines()[0]})") from None
+        header = next(csv.reader(io.StringIO(text)), [])
+        twice = sorted({c.strip() for c in header if [h.strip() for h in header].count(c.strip()) > 1})
+        if twice:
+            raise fail("column given twice in the header", field=twice[0])
         unnamed = [c for c in frame.columns if str(c).startswith("Unnamed:")]
         if unnamed:
             raise fail("the header has an empty column name", field="header")
@@ -76,9 +83,13 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     rows = []
     for row, line in enumerate((ln for ln in text.split("\n") if ln.strip()), 1):
         try:
-            obj = json.loads(line, parse_constant=_not_json)
+            obj = json.loads(line, parse_constant=_not_json, object_pairs_hook=_one_of_each)
         except json.JSONDecodeError as e:
             raise fail(f"not valid JSON ({e.msg}, column {e.colno})", row=row) from None
+        except RecursionError:
+            raise fail("not valid JSON for a manifest (nested too deeply)", row=row) from None
+        except _Twice as e:
+            raise fail("given twice in one object", row=row, field=str(e)) from None
         except ValueError as e:
             raise fail(str(e), row=row) from None
         if not isinstance(obj, dict):
@@ -100,6 +111,19 @@ def _wide_row(text: str) -> tuple[int, int] | None:
 
 def _not_json(constant: str):
     raise ValueError(f"not valid JSON ({constant} is not a JSON number; write a number, or null for none)")
+
+
+class _Twice(ValueError):
+    """A key given twice in one JSON object: which value was meant cannot be known."""
+
+
+def _one_of_each(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _Twice(k)
+        out[k] = v
+    return out
 
 
 def _is_missing(v: Any) -> bool:
@@ -139,7 +163,9 @@ def validate(
         for key in row:
             if key not in known and key not in seen_unknown:
                 seen_unknown.add(key)
-                bad(None, str(key), f"unknown field (known fields: {', '.join(FIELDS)})")
+                sep = next((c for c in ";\t|" if c in str(key)), None)
+                hint = f"; fields are separated by commas, not {sep!r}" if sep else ""
+                bad(None, str(key), f"unknown field (known fields: {', '.join(FIELDS)}){hint}")
     if not rows:
         bad(None, None, "manifest has no tasks")
 
@@ -179,12 +205,15 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
         plain = isinstance(v, (str, int, float)) and not isinstance(v, bool)
         if not (plain or _is_missing(v)):
             err(key, f"expected a text or a number, got {type(v).__name__}")
+        elif isinstance(v, str) and "\x00" in v:  # no path, prompt or name can hold one
+            err(key, "contains a NUL byte")
     if not ok:
         return None
 
     task_id = _text(raw, "id").strip() or str(n)
-    if not ID_PATTERN.match(task_id):
+    if not ID_PATTERN.fullmatch(task_id):
         err("id", f"{task_id!r} is not a usable id (letters, digits, '.', '-', '_'; it names the output file)")
+        return None
 
     kind = _text(raw, "task").strip()
     if not kind:
@@ -312,7 +341,7 @@ def _audio_path(value: str, base_dir: Path, key: str, err) -> Path | None:
     if not path.is_absolute():
         path = base_dir / path
     try:
-        info = probe(path)
+        info = _probe(path)
     except AudioError as e:
         err(key, f"{value.strip()}: {e}")
         return None
@@ -320,6 +349,20 @@ def _audio_path(value: str, base_dir: Path, key: str, err) -> Path | None:
         err(key, f"{value.strip()}: audio is too short ({info.seconds * 1000:.0f} ms; at least 100 ms)")
         return None
     return path.resolve()
+
+
+def _probe(path: Path):
+    """probe(), once per file version: a manifest of 20,000 rows often reads one clip."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return probe(path)  # it words the error
+    return _probe_version(str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _probe_version(path: str, *version: int):
+    return probe(Path(path))
 
 
 NAME_MAX = 255  # bytes in one file name on the usual file systems
@@ -360,7 +403,8 @@ def _check_ids_and_outputs(tasks: list[Task], bad) -> None:
             first_by_output[t.output] = t
         if t.output in inputs:
             other = inputs[t.output]
-            bad(t.row, "output", f"{t.output.name}: would overwrite the input audio of row {other.row}")
+            whose = "its own input audio" if other is t else f"the input audio of row {other.row}"
+            bad(t.row, "output", f"{t.output.name}: would overwrite {whose}")
 
 
 def _check_chains(tasks: list[Task], bad) -> None:

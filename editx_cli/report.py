@@ -112,10 +112,35 @@ def write(report: dict[str, Any], json_path: Path) -> Path:
     return json_path
 
 
+CSV_HEADER = "id,task,edit_type,status,"
+
+
+def is_report(path: Path) -> bool:
+    """Whether an existing file is an editx report (JSON or its CSV twin), which a run may
+    replace; any other file at a report's path is someone's data."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    if path.suffix.lower() == ".csv":
+        return head.startswith(CSV_HEADER.encode())
+    try:
+        text = head.decode() if len(head) < 1 << 16 else path.read_text(encoding="utf-8")
+        data = json.loads(text)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("run"), dict) and isinstance(data.get("tasks"), list)
+
+
 def _atomic_text(path: Path, text: str) -> None:
     part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    part.write_text(text, encoding="utf-8")
-    os.replace(part, path)
+    try:
+        part.write_text(text, encoding="utf-8")
+        os.replace(part, path)
+    except BaseException:
+        part.unlink(missing_ok=True)  # a full disk leaves no half report behind
+        raise
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -67,18 +67,18 @@ def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False,
         skip = ours and current == record.get("sha256") and record.get("fingerprint") == fp
         owner, mine = record.get("manifest") if record else None, manifest_of(t)
         if ours and owner and mine and owner != mine and not force:
-            problems.append(Problem(t.source, t.row, "output",
+            problems.append(Problem(t.source, t.row, _output_field(t),
                                     f"{t.output.name} belongs to another manifest, {owner} (its task "
                                     f"{record.get('task')!r}); use another --out-dir, or --force to take it over"))
         if t.output.exists() and not ours and not overwrite:
-            problems.append(Problem(t.source, t.row, "output",
+            problems.append(Problem(t.source, t.row, _output_field(t),
                                     f"{t.output} exists and was not written by this task (use --overwrite)"))
         source = src if src is not None else outputs[t.input_task]
         planned.append(PlannedTask(t, fp, source, skip))
     for folder, t in {p.task.output.parent: p.task for p in reversed(planned)}.items():
-        why = _unwritable(folder)
+        why = unwritable(folder)
         if why:
-            problems.append(Problem(t.source, t.row, "output", why))
+            problems.append(Problem(t.source, t.row, _output_field(t), why))
     if problems:
         raise InvalidInput(problems)
     return planned
@@ -89,7 +89,11 @@ def manifest_of(t: Task) -> str | None:
     return os.path.abspath(t.source) if t.source and t.source != "command line" else None
 
 
-def _unwritable(folder: Path) -> str:
+def _output_field(t: Task) -> str:
+    return "output" if manifest_of(t) else "--output"  # the command line names its option
+
+
+def unwritable(folder: Path) -> str:
     """Why outputs cannot be written in `folder` (made if missing), or ""."""
     existing = folder
     while not existing.exists() and existing != existing.parent:

@@ -528,3 +528,138 @@ def test_a_csv_row_with_too_many_fields_is_named(tmp_path):
     r = invoke("batch", m, *DSP, "-o", tmp_path / "o", "--dry-run")
     assert r.exit_code == 2 and "Traceback" not in r.stderr
     assert "m.csv: row 2: not valid CSV (this row has more fields than the header's 3)" in r.stderr
+
+
+# -- model folders: every file is data, checked before anything is built -------------------------
+
+MODEL = "Step-Audio-EditX"
+VOCODER = f"{MODEL}/CosyVoice-300M-25Hz"
+
+
+def _torch_pickle(path: Path, marker: Path) -> None:
+    import torch
+
+    torch.save({"weight": Payload(marker)}, path)
+
+
+def _config(root: Path, **changes) -> None:
+    cfg = root / MODEL / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), **changes}))
+
+
+MODEL_CASES = {
+    "config-not-json": (lambda r, m: (r / MODEL / "config.json").write_text("{nope"),
+                        f"{MODEL}/config.json: not a readable JSON config"),
+    "config-an-array": (lambda r, m: (r / MODEL / "config.json").write_text("[1, 2]"),
+                        f"{MODEL}/config.json: not a JSON object"),
+    "config-missing": (lambda r, m: (r / MODEL / "config.json").unlink(), f"{MODEL}/config.json: missing"),
+    "config-a-million-layers": (lambda r, m: _config(r, num_hidden_layers=10**6),
+                                f"{MODEL}/config.json: num_hidden_layers 1000000 does not match the weights (2)"),
+    "config-huge-hidden-size": (lambda r, m: _config(r, hidden_size=10**9),
+                                f"{MODEL}/config.json: hidden_size 1000000000 does not match the weights (64)"),
+    "config-negative-size": (lambda r, m: _config(r, vocab_size=-5),
+                             f"{MODEL}/config.json: vocab_size must be a positive integer, got -5"),
+    "config-size-as-text": (lambda r, m: _config(r, hidden_size="64"),
+                            f"{MODEL}/config.json: hidden_size must be a positive integer, got '64'"),
+    "weights-truncated": (lambda r, m: (r / MODEL / "model-00001.safetensors").write_bytes(
+        (r / MODEL / "model-00001.safetensors").read_bytes()[:1000]),
+        f"{MODEL}/model-00001.safetensors: not a readable safetensors file"),
+    "weights-a-pickle-named-safetensors": (lambda r, m: _torch_pickle(r / MODEL / "model-00001.safetensors", m),
+                                           f"{MODEL}/model-00001.safetensors: not a readable safetensors file"),
+    "weights-only-as-pickle-bin": (lambda r, m: ((r / MODEL / "model-00001.safetensors").unlink(),
+                                                 _torch_pickle(r / MODEL / "pytorch_model.bin", m)),
+                                   f"{MODEL}: no *.safetensors weight files"),
+    "tokenizer-model-garbage": (lambda r, m: (r / MODEL / "tokenizer.model").write_bytes(b"\x00junk" * 100),
+                                f"{MODEL}/tokenizer.model: not a SentencePiece model"),
+    "tokenizer-config-not-json": (lambda r, m: (r / MODEL / "tokenizer_config.json").write_text("{"),
+                                  f"{MODEL}/tokenizer_config.json: not valid JSON"),
+    "hift-a-pickle": (lambda r, m: _torch_pickle(r / VOCODER / "hift.pt", m),
+                      f"{VOCODER}/hift.pt: refused: it holds Python objects, not only tensors"),
+    "flow-a-pickle": (lambda r, m: _torch_pickle(r / VOCODER / "flow.pt", m),
+                      f"{VOCODER}/flow.pt: refused: it holds Python objects, not only tensors"),
+    "hift-not-a-checkpoint": (lambda r, m: (r / VOCODER / "hift.pt").write_bytes(b"PK\x03\x04junk"),
+                              f"{VOCODER}/hift.pt: not a readable weights file"),
+    "vocoder-yaml-python-tag": (lambda r, m: (r / VOCODER / "cosyvoice.yaml").write_text(
+        f"flow: !!python/object/apply:os.system ['touch {m}']\n"), "cosyvoice.yaml: not valid YAML"),
+    "vocoder-yaml-broken": (lambda r, m: (r / VOCODER / "cosyvoice.yaml").write_text("a: [unclosed\n"),
+                            "cosyvoice.yaml: not valid YAML (while parsing a flow sequence)"),
+    "centroids-a-pickle": (lambda r, m: __import__("numpy").save(
+        r / "Step-Audio-Tokenizer" / "linguistic_tokenizer.npy",
+        __import__("numpy").array([Payload(m)], dtype=object), allow_pickle=True),
+        "linguistic_tokenizer.npy: not a plain array file (Array can't be memory-mapped: Python objects in dtype.)"),
+    "centroids-garbage": (lambda r, m: (r / "Step-Audio-Tokenizer" / "linguistic_tokenizer.npy").write_bytes(
+        b"\x93NUMPY junk"), "linguistic_tokenizer.npy: not a plain array file"),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_CASES))
+def test_a_damaged_or_hostile_model_folder_is_named_and_never_runs_code(ckpt, tmp_path, case):
+    damage, message = MODEL_CASES[case]
+    marker = tmp_path / "ran"
+    damage(ckpt, marker)
+    out = tmp_path / "o.wav"
+    before = _hashes(ckpt)
+    r = run_edit(ckpt, out, "--no-cache")
+    assert r.exit_code == 2, r.stderr
+    assert "Traceback" not in r.stderr and str(ckpt) in r.stderr and message in r.stderr, r.stderr
+    assert not marker.exists() and not out.exists()
+    assert _hashes(ckpt) == before
+
+
+# -- the file system says no: a full disk, a read-only folder ------------------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 64 KiB tmpfs mounted for the test; skipped where mounting is not allowed."""
+    import subprocess
+
+    mnt = tmp_path / "fs"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.decode().strip() or r.returncode})")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_fails_the_tasks_by_name_and_leaves_no_partial_file(small_fs, tmp_path):
+    out = small_fs / "out"
+    m = _manifest(tmp_path / "m.csv", [["a", str(NARRATION), "vad", ""], ["b", str(CLIPS / "pauses.wav"), "vad", ""]])
+    r = invoke("batch", m, *DSP, "-o", out, "-q", "--report", tmp_path / "r.json")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    tasks = json.loads((tmp_path / "r.json").read_text())["tasks"]
+    assert [t["error"] for t in tasks] == ["OSError: [Errno 28] No space left on device"] * 2
+    assert list(out.iterdir()) == []  # no output, no .part
+
+
+def test_a_report_that_cannot_be_written_says_so_and_keeps_the_outputs(small_fs, tmp_path):
+    (small_fs / "fill").write_bytes(b"\0" * 60_000)
+    while True:  # fill the last blocks too
+        try:
+            with open(small_fs / "fill", "ab") as f:
+                f.write(b"\0" * 4096)
+        except OSError:
+            break
+    m = _manifest(tmp_path / "m.csv", [["a", str(NARRATION), "vad", ""]])
+    r = invoke("batch", m, *DSP, "-o", tmp_path / "out", "-q", "--report", small_fs / "r.json")
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert (f"error: --report: {small_fs / 'r.json'}: the report could not be written (No space left on device); "
+            "the outputs are in place and a rerun skips them") in r.stderr
+    assert sorted(p.name for p in small_fs.iterdir()) == ["fill"]
+    assert (tmp_path / "out" / "a.wav").is_file()
+
+
+@pytest.mark.parametrize("exists", [True, False])
+def test_a_read_only_out_dir_is_refused_before_any_work(small_fs, tmp_path, exists):
+    import subprocess
+
+    if exists:
+        (small_fs / "out").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    m = _manifest(tmp_path / "m.csv", [["a", str(NARRATION), "vad", ""]])
+    r = invoke("batch", m, *DSP, "-o", small_fs / "out", "-q")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    where = small_fs / "out" if exists else small_fs
+    assert f"m.csv: row 1, field 'output': cannot write in {where}" in r.stderr, r.stderr
+    assert not (tmp_path / "cache").exists()

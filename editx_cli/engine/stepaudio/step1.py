@@ -18,6 +18,7 @@ Two ways to run it:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -43,8 +44,36 @@ class Step1Config:
 
     @classmethod
     def from_json(cls, path: Path) -> Step1Config:
-        raw = json.loads(Path(path).read_text())
-        return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
+        """The config, checked as data: whole positive sizes, every one present."""
+        try:
+            raw = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable JSON config ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: not a JSON object")
+        fields = cls.__dataclass_fields__
+        missing = [k for k, f in fields.items() if k not in raw and f.default is dataclasses.MISSING]
+        if missing:
+            raise ValueError(f"{path}: not a Step1 config (missing {', '.join(missing)})")
+        for k in fields:
+            v = raw.get(k)
+            kind = float if k == "rms_norm_eps" else int
+            if k in raw and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0
+                             or (kind is int and v != int(v))):
+                raise ValueError(f"{path}: {k} must be a positive {'number' if kind is float else 'integer'}, "
+                                 f"got {v!r}")
+        return cls(**{k: raw[k] for k in fields if k in raw})
+
+    def check_against(self, shapes: dict[str, tuple[int, ...]], where: Path) -> None:
+        """Sizes that disagree with the weights are refused before anything is built: a config
+        naming a million layers would otherwise take hours to build and fail after."""
+        embed = shapes.get("model.embed_tokens.weight")
+        layers = {int(n.split(".")[2]) for n in shapes if n.startswith("model.layers.")}
+        found = {"vocab_size": embed[0] if embed else None, "hidden_size": embed[1] if embed else None,
+                 "num_hidden_layers": len(layers)}
+        for k, v in found.items():
+            if v != getattr(self, k):
+                raise ValueError(f"{where}/config.json: {k} {getattr(self, k)} does not match the weights ({v})")
 
     @property
     def head_dim(self) -> int:
@@ -272,10 +301,19 @@ class Step1ForCausalLM(nn.Module):
         from safetensors import safe_open
 
         cfg = Step1Config.from_json(folder / "config.json")
+        files = sorted(folder.glob("*.safetensors"))
+        shapes: dict[str, tuple[int, ...]] = {}
+        for path in files:  # headers only: cheap, and a damaged file is named
+            try:
+                with safe_open(str(path), framework="pt", device="cpu") as f:
+                    shapes.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})
+            except Exception as e:
+                raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+        cfg.check_against(shapes, folder)
         with torch.device("meta"):
             model = cls(cfg)
         state: dict[str, torch.Tensor] = {}
-        for path in sorted(folder.glob("*.safetensors")):
+        for path in files:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for name in f.keys():
                     state[name] = f.get_tensor(name).to(dtype)

@@ -141,8 +141,8 @@ class Vocoder:
             if key not in self.config:
                 raise UnsafeConfig(f"{vocoder_dir / 'cosyvoice.yaml'}: no top-level {key!r}")
         self.flow, self.hift = self.config["flow"], self.config["hift"]
-        self.flow.load_state_dict(torch.load(vocoder_dir / "flow.pt", map_location="cpu", weights_only=True))
-        self.hift.load_state_dict(torch.load(vocoder_dir / "hift.pt", map_location="cpu", weights_only=True))
+        self.flow.load_state_dict(_weights(vocoder_dir / "flow.pt"))
+        self.hift.load_state_dict(_weights(vocoder_dir / "hift.pt"))
         self.flow = self.flow.to(device, torch.float32).eval()
         self.hift = self.hift.to(device, torch.float32).eval()
         self.mel_conf = self.config["mel_conf"]
@@ -184,3 +184,19 @@ class Vocoder:
             else:
                 speech, _ = self.hift.inference(mel)
         return speech.float().cpu().numpy().reshape(-1)
+
+
+def _weights(path: Path) -> dict:
+    """A state dict of plain tensors; a file holding any other Python object is refused unread
+    (weights_only), and every failure names the file."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UnsafeConfig(f"{path}: refused: it holds Python objects, not only tensors "
+                           "(loading it could run code)") from None
+    except Exception as e:
+        raise UnsafeConfig(f"{path}: not a readable weights file ({str(e).splitlines()[0][:120]})") from None

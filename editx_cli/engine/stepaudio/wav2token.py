@@ -77,11 +77,16 @@ class AudioTokenizer:
     def check(self) -> None:
         """Cheap checks of the FunASR folder's configs, as data: FunASR imports and runs Python
         that its config names (trust_remote_code / remote_code), so refuse any that asks."""
-        from editx_cli.datafiles import load_json, load_yaml, refuse_code
+        from editx_cli.datafiles import UnsafeFile, load_json, load_yaml, refuse_code
 
         for name, read in (("config.yaml", load_yaml), ("configuration.json", load_json)):
             if (self.funasr_dir / name).exists():
                 refuse_code(read(self.funasr_dir / name), str(self.funasr_dir / name))
+        centroids = self.dir / "linguistic_tokenizer.npy"
+        try:  # the header only (memory-mapped): plain numbers, or refused
+            np.load(centroids, allow_pickle=False, mmap_mode="r")
+        except (OSError, ValueError) as e:
+            raise UnsafeFile(f"{centroids}: not a plain array file ({str(e).splitlines()[0]})") from None
 
     def load(self) -> None:
         if self.loaded:
@@ -110,7 +115,7 @@ class AudioTokenizer:
         self.paraformer = auto.model.eval()
         self.funasr_kwargs = auto.kwargs
         self.frontend = auto.kwargs["frontend"]
-        self.centroids = torch.from_numpy(np.load(self.dir / "linguistic_tokenizer.npy")).float()
+        self.centroids = torch.from_numpy(np.load(self.dir / "linguistic_tokenizer.npy", allow_pickle=False)).float()
         self.vq06_session = onnx_session(self.dir / "speech_tokenizer_v1.onnx", self.device)
         import whisper  # noqa: F401  (imported here so its cost is load time)
 
