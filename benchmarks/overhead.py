@@ -4,6 +4,8 @@
    writes with records, report) vs. the same engine called directly in a loop
    (load, run, soundfile write) over the same tasks.
 2. Start-up: `editx --help` vs. bare `python -c pass`.
+3. Scheduling: the scheduler's cost per task for a plan of 1,000 tasks vs. one
+   of 20,000 (the ratio stays near 1 when no step scans the whole plan).
 
     python benchmarks/overhead.py [--tasks 40] [--engine dsp]
 """
@@ -25,6 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from editx_cli import audio, batch, engine, manifest  # noqa: E402
 from editx_cli.cache import NullCache  # noqa: E402
+from editx_cli.resume import PlannedTask  # noqa: E402
+from editx_cli.schedule import Scheduler, outcome_of  # noqa: E402
+from editx_cli.tasks import Task  # noqa: E402
 
 
 def tasks_rows(n: int) -> list[dict]:
@@ -56,6 +61,22 @@ def batched(rows: list[dict], out: Path, name: str) -> float:
     return time.perf_counter() - t0
 
 
+def scheduling(n: int) -> float:
+    """Seconds to hand out and finish `n` tasks one at a time, half of them chained."""
+    plan = []
+    for i in range(n):
+        upstream = f"t{i - 1}" if i % 2 else None
+        t = Task(id=f"t{i}", task="edit", source="bench", row=i + 1, output=Path(f"t{i}.wav"), edit_type="vad",
+                 input_task=upstream)
+        plan.append(PlannedTask(t, str(i), Path("in.wav"), False))
+    sched = Scheduler(plan)
+    t0 = time.perf_counter()
+    while not sched.finished:
+        for p in sched.take(1):
+            sched.complete([outcome_of(p.task, "done")])
+    return time.perf_counter() - t0
+
+
 def startup(cmd: list[str], repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -82,6 +103,12 @@ def main() -> None:
     print(f"  engine called directly : {d:7.3f} s  ({d / args.tasks * 1000:6.1f} ms/task)")
     print(f"  editx batch            : {b:7.3f} s  ({b / args.tasks * 1000:6.1f} ms/task)")
     print(f"  batch-layer overhead   : {(b - d) / args.tasks * 1000:6.2f} ms/task  (ratio {b / d:.3f})")
+
+    small, large = 1_000, 20_000
+    per_small, per_large = scheduling(small) / small, scheduling(large) / large
+    print("scheduling, one task at a time")
+    print(f"  {small:6d} tasks          : {per_small * 1e6:6.1f} µs/task")
+    print(f"  {large:6d} tasks          : {per_large * 1e6:6.1f} µs/task  (ratio {per_large / per_small:.2f})")
 
     editx = str(Path(sys.executable).with_name("editx"))
     bare = startup([sys.executable, "-c", "pass"], 10)

@@ -73,6 +73,9 @@ class Scheduler:
             self._status[o.id] = o.status
             self.outcomes[o.id] = o
             self.on_finish(o)
+            if o.status == "failed" and self.fail_fast and not self.stopping:
+                self.stopping = True  # everything not started is cancelled, chains included
+                queue.extend(self._clear(FAIL_FAST, "cancelled"))
             if o.status == "done":
                 for p in self._waiting.pop(o.id, []):
                     self._push(p)
@@ -80,9 +83,6 @@ class Scheduler:
                 downstream = self._waiting.pop(o.id, [])
                 self._pending -= len(downstream)
                 queue.extend(outcome_of(p.task, "failed", f"input task {o.id!r} failed") for p in downstream)
-            if o.status == "failed" and self.fail_fast and not self.stopping:
-                self.stopping = True
-                queue.extend(self._clear(FAIL_FAST, "cancelled"))
 
     def fail(self, group: list[PlannedTask], error: str, status: str = "failed") -> None:
         self.complete([outcome_of(p.task, status, error) for p in group])

@@ -89,3 +89,10 @@ def test_no_run_module_decides_readiness_on_its_own():
         tree = ast.parse((ROOT / "editx_cli" / name).read_text())
         reads = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "input_task"]
         assert not reads, f"{name} reads .{reads[0].attr} at line {reads[0].lineno}"
+
+
+def test_under_fail_fast_a_chain_is_cancelled_not_failed():
+    sched = Scheduler(planned("a", "b<a", "c"), fail_fast=True)
+    assert ids(sched.take(1)) == ["a"]
+    finish(sched, "a", "failed")
+    assert [sched.outcomes[t].status for t in "bc"] == ["cancelled", "cancelled"] and sched.finished

@@ -46,7 +46,7 @@ CSV_CASES = [
     ("duplicate id", csv("a,edit,N,vad,,,,,", "a,edit,N,denoise,,,,,"), ["row 2", "field 'id'", "duplicate id 'a'"]),
     ("duplicate output", csv("a,edit,N,vad,,,,,x.wav", "b,edit,N,denoise,,,,,x.wav"),
      ["row 2", "field 'output'", "same output as row 1"]),
-    ("output overwrites input", csv("a,edit,N,vad,,,,,N"), ["row 1", "field 'output'", "overwrite the input"]),
+    ("output overwrites input", csv("a,edit,N,vad,,,,,N"), ["row 1", "field 'output'", "overwrite its own input"]),
     ("output format", csv("a,edit,N,vad,,,,,a.mp3"), ["field 'output'", "unsupported format"]),
     ("chain to unknown id", csv("a,edit,@ghost,vad,,,,,"), ["row 1", "field 'input_audio'", "@ghost: no task"]),
     ("chain cycle", csv("a,edit,@b,vad,,,,,", "b,edit,@a,denoise,,,,,"), ["field 'input_audio'", "cycle"]),
