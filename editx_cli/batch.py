@@ -143,6 +143,7 @@ def _check_report(report: Path, tasks: list[Task]) -> None:
         return Path(source) if source and Path(source).is_file() else None
 
     seen: set[str] = set()
+    clashed: set[Path] = set()
     for t in tasks:
         for what, path in (("the manifest", manifest(t.source)),
                            ("the prompt audio", t.prompt_audio), ("the input audio", t.input_audio),
@@ -151,11 +152,11 @@ def _check_report(report: Path, tasks: list[Task]) -> None:
             key = f"{mine}:{path}"
             if mine is not None and key not in seen:
                 seen.add(key)
+                clashed.add(mine)
                 row = "" if what == "the manifest" or t.row is None else f" of row {t.row}"
                 problems.append(Problem("--report", None, None, f"{mine} would overwrite {what}{row} ({path})"))
-    flagged = {key.split(":", 1)[0] for key in seen}
     for mine in ours:  # any other file there is someone's data, unless an earlier report
-        if str(mine) in flagged:
+        if mine in clashed:
             continue
         if mine.is_dir():
             problems.append(Problem("--report", None, None, f"{mine} is a folder"))

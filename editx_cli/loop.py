@@ -97,6 +97,7 @@ def run(
 
     def end(w: _Work, state: str, error: str = "") -> None:
         active.remove(w)
+        w.close()
         w.o.status, w.o.error = state, error
         sched.complete([w.o])
 
@@ -106,7 +107,6 @@ def run(
             starting = sched.take(size - min(len(active), size))
             if sched.stopping:  # --fail-fast: work in progress is cancelled too
                 for w in list(active):
-                    w.close()
                     end(w, "cancelled", FAIL_FAST)
                 break
             for p in starting:
@@ -125,7 +125,6 @@ def run(
             results = engine.run_batch([w.request() for w in wave])
             for w, result in zip(wave, results, strict=True):
                 if isinstance(result, BaseException):
-                    w.close()
                     end(w, "failed", _one_line(result))
                     continue
                 w.absorb(result)

@@ -119,15 +119,10 @@ def is_report(path: Path) -> bool:
     """Whether an existing file is an editx report (JSON or its CSV twin), which a run may
     replace; any other file at a report's path is someone's data."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
-    except OSError:
-        return False
-    if path.suffix.lower() == ".csv":
-        return head.startswith(CSV_HEADER.encode())
-    try:
-        text = head.decode() if len(head) < 1 << 16 else path.read_text(encoding="utf-8")
-        data = json.loads(text)
+        if path.suffix.lower() == ".csv":
+            with open(path, "rb") as f:
+                return f.read(len(CSV_HEADER)) == CSV_HEADER.encode()
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and isinstance(data.get("run"), dict) and isinstance(data.get("tasks"), list)
