@@ -12,7 +12,82 @@ from pathlib import Path
 
 import numpy as np
 
-OUTPUT_FORMATS = {".wav": "WAV", ".flac": "FLAC"}
+
+@dataclass(frozen=True)
+class Codec:
+    """How one output extension is written through libsndfile."""
+
+    container: str
+    subtype: str
+    rates: tuple[int, ...] = ()  # the only sample rates the codec has; () for any
+    bitrates: tuple[int, int] | None = None  # kbit/s range a bitrate may be set in; None: not settable
+    what: str = ""
+
+    @property
+    def lossy(self) -> bool:
+        return self.subtype not in ("PCM_16", "PCM_24")
+
+
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+CODECS = {
+    ".wav": Codec("WAV", "PCM_16", what="16-bit PCM WAV"),
+    ".flac": Codec("FLAC", "PCM_16", what="16-bit FLAC"),
+    ".mp3": Codec("MP3", "MPEG_LAYER_III", MP3_RATES, (8, 320), "MP3 (MPEG Layer III)"),
+    ".ogg": Codec("OGG", "VORBIS", what="Ogg Vorbis (quality-based; no set bitrate)"),
+    ".opus": Codec("OGG", "OPUS", OPUS_RATES, (6, 256), "Ogg Opus"),
+}
+OUTPUT_FORMATS = tuple(CODECS)
+# The bitrates an MP3 frame can carry, by MPEG version (which the sample rate decides).
+MP3_BITRATES = {
+    1: (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),  # 32, 44.1, 48 kHz
+    2: (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),  # 16, 22.05, 24 kHz
+    2.5: (8, 16, 24, 32, 40, 48, 56, 64),  # 8, 11.025, 12 kHz
+}
+
+
+def mp3_bitrates(sr: int) -> tuple[int, ...]:
+    return MP3_BITRATES[1 if sr >= 32000 else 2 if sr >= 16000 else 2.5]
+
+
+def missing_codec(suffix: str, formats: dict | None = None, subtypes: dict | None = None) -> str:
+    """Why this libsndfile cannot write `suffix`, or "". Nothing falls back to another format."""
+    import soundfile as sf
+
+    codec = CODECS[suffix]
+    formats = sf.available_formats() if formats is None else formats
+    subtypes = sf.available_subtypes(codec.container) if subtypes is None else subtypes
+    if codec.container in formats and codec.subtype in subtypes:
+        return ""
+    return (f"{suffix} needs {codec.what}, which the installed libsndfile ({sf.__libsndfile_version__}) "
+            f"was built without: install soundfile >= 0.12 (its wheels bundle a libsndfile with MP3, Vorbis "
+            f"and Opus) or write .wav or .flac")
+
+
+def output_rate(suffix: str, sr: int, requested: int | None = None) -> int:
+    """The rate an output is written at: the one asked for, else the audio's own, else (for a
+    codec with a fixed set) the nearest rate above it that the codec has."""
+    if requested:
+        return requested
+    rates = CODECS[suffix].rates
+    if not rates or sr in rates:
+        return sr
+    return next((r for r in rates if r >= sr), rates[-1])
+
+
+def compression_level(suffix: str, sr: int, kbps: int) -> float:
+    """libsndfile's compression level (0 best .. 1 smallest) that gives `kbps`.
+
+    libsndfile maps the level linearly onto the codec's bitrate range: MP3 (constant
+    bitrate) from the top to the bottom of the MPEG version's table, Opus (always variable
+    bitrate there: a target that pauses stay below) from 256 to 6 kbit/s. The half-step
+    keeps a rounding error from dropping to the next lower MP3 bitrate.
+    """
+    if suffix == ".mp3":
+        table = mp3_bitrates(sr)
+        top, bottom = table[-1], table[0]
+        return min(max((top - kbps - 0.5) / (top - bottom), 0.0), 0.999)
+    return min(max((256 - kbps) / 250, 0.0), 1.0)
 
 
 class AudioError(ValueError):
@@ -79,34 +154,59 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
 
 
-def write_atomic(path: str | os.PathLike, audio: np.ndarray, sr: int) -> str:
-    """Write audio next to `path` under a temporary name; return that name.
-
-    The caller renames it into place (os.replace) once it is ready to commit, so a
-    reader never sees a half-written file, even after kill -9.
-    """
-    import soundfile as sf
-
-    target = Path(path)
-    fmt = OUTPUT_FORMATS.get(target.suffix.lower())
-    if fmt is None:
-        raise AudioError(f"unsupported output format {target.suffix!r} (use .wav or .flac)")
-    x = np.asarray(audio, dtype=np.float32)
+def check_samples(x: np.ndarray) -> None:
+    """Refuse what no engine should hand back, before anything is measured or written."""
     if not np.isfinite(x).all():
         raise AudioError("the engine produced NaN or infinite samples: nothing written")
     if x.size and float(np.ptp(x)) < 1e-6 and abs(float(x[0])) > 0.5:
         raise AudioError("the engine produced a constant full-scale signal: nothing written")
+
+
+def encode(audio: np.ndarray, sr: int, suffix: str, bitrate: int | None = None) -> bytes:
+    """Audio as the bytes of a `suffix` file; `bitrate` in kbit/s for MP3 (constant) and Opus."""
+    import soundfile as sf
+
+    codec = CODECS.get(suffix)
+    if codec is None:
+        raise AudioError(f"unsupported output format {suffix!r} (use {', '.join(OUTPUT_FORMATS)})")
+    if codec.rates and sr not in codec.rates:
+        raise AudioError(f"{sr} Hz cannot be written as {suffix} (its rates: {', '.join(map(str, codec.rates))})")
+    options = {}
+    if bitrate is not None:
+        if suffix == ".mp3" and bitrate not in mp3_bitrates(sr):
+            raise AudioError(f"{bitrate} kbit/s is not an MP3 bitrate at {sr} Hz "
+                             f"(there: {', '.join(map(str, mp3_bitrates(sr)))})")
+        options = {"compression_level": compression_level(suffix, sr, bitrate),
+                   "bitrate_mode": "CONSTANT" if suffix == ".mp3" else None}
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0), sr, format=codec.container,
+             subtype=codec.subtype, **options)
+    return buf.getvalue()
+
+
+def write_atomic(path: str | os.PathLike, audio: np.ndarray | bytes, sr: int = 0) -> str:
+    """Write audio (samples, or a file's bytes from `encode`) next to `path` under a temporary
+    name; return that name.
+
+    The caller renames it into place (os.replace) once it is ready to commit, so a
+    reader never sees a half-written file, even after kill -9.
+    """
+    target = Path(path)
+    if isinstance(audio, bytes):
+        data = audio
+    else:
+        x = np.asarray(audio, dtype=np.float32)
+        check_samples(x)
+        data = encode(x, sr, target.suffix.lower())
     # Encoded in memory, then written with plain file I/O: a full disk or a quota then reads
     # "No space left on device" with the file named, not libsndfile's "System error".
-    buf = io.BytesIO()
-    sf.write(buf, np.clip(x, -1.0, 1.0), sr, format=fmt, subtype="PCM_16")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{_part_prefix(target)}{_HOST}.{os.getpid()}.", suffix=".part",
                                dir=target.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; an output is an ordinary file
         with os.fdopen(fd, "wb") as f:
-            f.write(buf.getbuffer())
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editx_cli import audio
+from editx_cli import audio, deliver, loudness
 from editx_cli.engine import Engine, Request, Result
 from editx_cli.errors import InvalidInput, Problem
 from editx_cli.report import Outcome
@@ -161,6 +161,7 @@ class _Work:
     audio_text: str
     digest: str  # samples_digest of the current audio
     passes: int = 0
+    input_loudness: float | None = None  # LUFS of the task's input, when the output is to match it
 
     def request(self) -> Request:
         t = self.p.task
@@ -192,7 +193,9 @@ class _Work:
             t0 = time.perf_counter()
             # Temporary files of this output left by a killed run go; another live run's stay.
             audio.remove_stale_parts(t.output)
-            tmp = audio.write_atomic(t.output, self.x, self.sr)
+            data, rate, measures = deliver.render(self.x, self.sr, t.output.suffix.lower(), t.delivery,
+                                                  self.input_loudness)
+            tmp = audio.write_atomic(t.output, data)
             try:
                 commit(tmp, t.output, self.p.fingerprint, t.id, manifest_of(t))
             finally:
@@ -200,6 +203,11 @@ class _Work:
                     os.unlink(tmp)
             o.stages["write"] = round(time.perf_counter() - t0, 4)
             o.output_seconds = round(len(self.x) / self.sr, 3)
+            o.sample_rate = rate
+            o.loudness_before, o.loudness_after = measures.get("loudness_before"), measures.get("loudness_after")
+            o.true_peak = measures["true_peak"]
+            if "loudness_target" in measures:
+                o.info["loudness_target"] = measures["loudness_target"]
             return ""
         except Exception as e:  # one task's failure must not stop the others
             log.debug("task %s failed", t.id, exc_info=True)
@@ -221,6 +229,10 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work:
         x, sr = audio.load(p.source)
         digest = audio.samples_digest(x, sr)
         o.stages["read"] = round(time.perf_counter() - t0, 4)
+        try:
+            level = loudness.integrated(x, sr) if t.delivery.match_input else None
+        except loudness.LoudnessError as e:
+            raise loudness.LoudnessError(f"match_input: the input audio: {e}") from None
         if transcriber and t.task == "edit" and not text.strip() and engine.wants_transcript(t.edit_type,
                                                                                               t.intensity):
             text, hit, seconds = transcriber(x, sr, digest)
@@ -231,7 +243,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work:
         o.error = _one_line(e)
         return _Work(p, o, None, 0, str(p.source), text, "")
     o.input_seconds = round(len(x) / sr, 3)
-    return _Work(p, o, x, sr, str(p.source), text, digest)
+    return _Work(p, o, x, sr, str(p.source), text, digest, input_loudness=level)
 
 
 def check_transcription(tasks: list[Task], engine: Engine, options: RunOptions) -> None:

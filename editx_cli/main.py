@@ -46,6 +46,24 @@ def _common(f):
                      help="A local Whisper checkpoint file, or a model name already in Whisper's cache."),
         click.option("--allow-download", is_flag=True, envvar="EDITX_ALLOW_DOWNLOAD",
                      help="Let Whisper download a named model that is not cached yet."),
+        click.option("--format", "out_format", envvar="EDITX_FORMAT", default=None,
+                     help="Output format: wav, flac, mp3, ogg (Vorbis) or opus, for outputs not named with "
+                          "an extension of their own [default: wav]."),
+        click.option("--sample-rate", envvar="EDITX_SAMPLE_RATE", type=int, default=None,
+                     help="Resample outputs to this rate in Hz [default: the model's; mp3 and opus: the "
+                          "nearest rate the codec has]."),
+        click.option("--bitrate", envvar="EDITX_BITRATE", type=int, default=None,
+                     help="kbit/s: mp3 outputs at this constant bitrate; opus outputs with this variable-bitrate "
+                          "target."),
+        click.option("--loudness", envvar="EDITX_LOUDNESS", type=float, default=None,
+                     help="Normalise each output to this loudness in LUFS (ITU-R BS.1770), e.g. -16 for "
+                          "podcasts, -23 for broadcast."),
+        click.option("--peak", envvar="EDITX_PEAK", type=float, default=None,
+                     help="True-peak ceiling in dBTP, held by a look-ahead limiter [default with --loudness "
+                          "or --match-input: -1]."),
+        click.option("--match-input", is_flag=True, default=None, envvar="EDITX_MATCH_INPUT",
+                     help="Give each output the loudness of its input (an edit's input audio, a clone's "
+                          "prompt)."),
         click.option("-q", "--quiet", is_flag=True, envvar="EDITX_QUIET", help="No progress bar, warnings only."),
         click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
     ]
@@ -94,6 +112,15 @@ def _model_options() -> list:
                      help="Write the LLM's input ids to this JSONL file, a line per row (id, row: task or "
                           "reference, format, ids), to compare with the official code's."),
     ]
+
+
+DELIVERY_OPTIONS = {"format": "out_format", "sample_rate": "sample_rate", "bitrate": "bitrate",
+                    "loudness": "loudness", "peak": "peak", "match_input": "match_input"}
+
+
+def _delivery(common: dict) -> dict:
+    """The output settings given on the command line, by manifest field name."""
+    return {k: common[o] for k, o in DELIVERY_OPTIONS.items() if common[o] not in (None, False)}
 
 
 MODEL_KEYS = ("model_dir", "tokenizer_dir", "editx_src", "variant", "dtype", "llm_impl", "deterministic",
@@ -152,7 +179,7 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, force: bool, batch_size:
         rows = manifests.read_rows(path)
         return manifests.validate(rows, source=str(path), base_dir=path.resolve().parent,
                                   out_dir=out, engine=engine_cls, transcribe=common["transcribe"],
-                                  seed=common["seed"])
+                                  seed=common["seed"], delivery=_delivery(common))
 
     report_path = Path(common["report_path"]) if common["report_path"] else out / "report.json"
     gpu_list = None
@@ -172,12 +199,12 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, force: bool, batch_size:
 @click.option("--prompt-text", required=True, help="Transcript of PROMPT_AUDIO.")
 @click.option("--text", required=True, help="Text to speak in the prompt's voice.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Output file (.wav or .flac); default: <prompt>_cloned.wav here.")
+              help="Output file (.wav, .flac, .mp3, .ogg or .opus); default: <prompt>_cloned.wav here.")
 @_common
 def clone(prompt_audio: str, prompt_text: str, text: str, output: str | None, **common) -> None:
     """Speak TEXT in the voice of PROMPT_AUDIO (zero-shot clone)."""
     row = {"id": "clone", "task": "clone", "prompt_audio": prompt_audio, "prompt_text": prompt_text,
-           "text": text, "output": output or f"{Path(prompt_audio).stem}_cloned.wav"}
+           "text": text, "output": output or f"{Path(prompt_audio).stem}_cloned.{_suffix(common)}"}
     _single(row, common, {"prompt_audio": "PROMPT_AUDIO", "prompt_text": "--prompt-text", "text": "--text",
                           "output": "--output", "task": "--engine"})
 
@@ -193,7 +220,7 @@ def clone(prompt_audio: str, prompt_text: str, text: str, output: str | None, **
 @click.option("--text", default="", help="Paralinguistic edits: the new text with tags such as [laugh] "
               "(`editx tags` lists them).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Output file (.wav or .flac); default: <input>_<type>.wav here.")
+              help="Output file (.wav, .flac, .mp3, .ogg or .opus); default: <input>_<type>.wav here.")
 @_common
 def edit(input_audio: str, edit_type: str, edit_info: str, intensity: str, iterations: str,
          audio_text: str, text: str, output: str | None, **common) -> None:
@@ -201,11 +228,15 @@ def edit(input_audio: str, edit_type: str, edit_info: str, intensity: str, itera
     row = {"id": "edit", "task": "edit", "input_audio": input_audio, "edit_type": edit_type,
            "edit_info": edit_info, "intensity": intensity, "iterations": iterations,
            "audio_text": audio_text, "text": text,
-           "output": output or f"{Path(input_audio).stem}_{edit_type or 'edit'}.wav"}
+           "output": output or f"{Path(input_audio).stem}_{edit_type or 'edit'}.{_suffix(common)}"}
     _single(row, common, {"input_audio": "INPUT_AUDIO", "edit_type": "--type", "edit_info": "--info",
                           "intensity": "--intensity", "iterations": "--iterations",
                           "audio_text": "--audio-text", "text": "--text", "output": "--output",
                           "task": "--engine", "seed": "--seed"})
+
+
+def _suffix(common: dict) -> str:
+    return str(common["out_format"] or "wav").strip().lower().lstrip(".") or "wav"
 
 
 def _single(row: dict, common: dict, labels: dict) -> None:
@@ -213,6 +244,8 @@ def _single(row: dict, common: dict, labels: dict) -> None:
 
     _setup(common)
     engine_cls = _engine_class(common["engine"])
+    row = {**row, **_delivery(common)}
+    labels = {**labels, **{k: "--" + o.replace("out_", "").replace("_", "-") for k, o in DELIVERY_OPTIONS.items()}}
 
     def build():
         return manifests.validate([row], source="command line", base_dir=Path.cwd(), out_dir=Path.cwd(),

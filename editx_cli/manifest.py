@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from editx_cli import tags
-from editx_cli.audio import OUTPUT_FORMATS, AudioError, probe
+from editx_cli import deliver, tags
+from editx_cli.audio import OUTPUT_FORMATS, AudioError, missing_codec, probe
 from editx_cli.errors import InvalidInput, Problem
 from editx_cli.tasks import EDIT_INFOS, INTENSITY_RANGE, MAX_ITERATIONS, TASK_KINDS, Task
 
@@ -28,8 +28,9 @@ log = logging.getLogger("editx")
 
 FIELDS = (
     "id", "task", "prompt_audio", "prompt_text", "text", "input_audio", "audio_text",
-    "edit_type", "edit_info", "intensity", "iterations", "seed", "output",
+    "edit_type", "edit_info", "intensity", "iterations", "seed", "output", *deliver.FIELDS,
 )
+OPTION_OF = {k: "--" + k.replace("_", "-") for k in deliver.FIELDS}  # a command-line default's name
 CLONE_ONLY = ("prompt_audio", "prompt_text")
 EDIT_ONLY = ("input_audio", "audio_text", "edit_type", "edit_info", "intensity", "iterations")
 ID_PATTERN = re.compile(r"\w[\w.\-]*")  # whole ids only (fullmatch): no trailing newline
@@ -140,11 +141,13 @@ def validate(
     field_labels: dict[str, str] | None = None,
     transcribe: bool = False,
     seed: int = 0,
+    delivery: dict[str, Any] | None = None,
 ) -> list[Task]:
     """Turn raw rows into tasks, or raise InvalidInput listing every problem.
 
     `field_labels` renames fields in messages (the CLI shows its option names); `seed` is
-    the seed of rows that set none, so every task carries a checked integer.
+    the seed of rows that set none, so every task carries a checked integer; `delivery`
+    holds the command line's output settings (format, loudness, ...) for rows that set none.
     """
     if not 0 <= seed < 2**32:
         raise InvalidInput([Problem("--seed", None, None, f"{seed} is outside 0–{2**32 - 1}")])
@@ -157,6 +160,7 @@ def validate(
     def note(row: int | None, fld: str | None, msg: str) -> None:
         log.warning("%s", Problem(source, None if field_labels else row, labels.get(fld, fld), msg))
 
+    _check_defaults(delivery or {})
     known = set(FIELDS)
     seen_unknown: set[str] = set()
     for row in rows:
@@ -171,7 +175,7 @@ def validate(
 
     tasks: list[Task] = []
     for n, raw in enumerate(rows, 1):
-        task = _validate_row(n, raw, base_dir, out_dir, engine, bad, transcribe, note, seed)
+        task = _validate_row(n, raw, base_dir, out_dir, engine, bad, transcribe, note, seed, delivery or {})
         if task is not None:
             task.source = source
             if field_labels:
@@ -185,6 +189,20 @@ def validate(
     return tasks
 
 
+def _check_defaults(delivery: dict[str, Any]) -> None:
+    """The command line's output settings, checked once rather than on every row: what holds
+    for any format here, what depends on a row's format on the row."""
+    problems: list[Problem] = []
+    fmt = str(delivery.get("format") or "").strip().lower().lstrip(".")
+    if fmt and fmt not in deliver.FORMATS:
+        problems.append(Problem("--format", None, None,
+                                f"unknown format {fmt!r} (one of: {', '.join(deliver.FORMATS)})"))
+    any_format = {k: v for k, v in delivery.items() if k not in ("sample_rate", "bitrate")}  # FLAC takes any rate
+    deliver.from_fields(any_format, ".flac", lambda key, msg: problems.append(Problem(OPTION_OF[key], None, None, msg)))
+    if problems:
+        raise InvalidInput(problems)
+
+
 def _text(raw: dict, key: str) -> str:
     v = raw.get(key)
     if _is_missing(v):
@@ -193,7 +211,8 @@ def _text(raw: dict, key: str) -> str:
 
 
 def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type, bad,
-                  transcribe: bool = False, note=None, default_seed: int = 0) -> Task | None:
+                  transcribe: bool = False, note=None, default_seed: int = 0,
+                  defaults: dict | None = None) -> Task | None:
     ok = True
 
     def err(fld: str | None, msg: str) -> None:
@@ -202,7 +221,7 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
         bad(n, fld, msg)
 
     for key, v in raw.items():
-        plain = isinstance(v, (str, int, float)) and not isinstance(v, bool)
+        plain = isinstance(v, (str, int, float)) and (not isinstance(v, bool) or key == "match_input")
         if not (plain or _is_missing(v)):
             err(key, f"expected a text or a number, got {type(v).__name__}")
         elif isinstance(v, str) and "\x00" in v:  # no path, prompt or name can hold one
@@ -295,7 +314,17 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
             elif note is not None:
                 note(n, "text", msg)
 
-    output = _output_path(fields["output"].strip(), task_id, out_dir, err)
+    given = {k for k in deliver.FIELDS if not _is_missing(raw.get(k)) and str(raw[k]).strip()}
+    settings = {k: raw[k] if k in given else (defaults or {}).get(k) for k in deliver.FIELDS}
+
+    def err_setting(key: str, msg: str) -> None:  # a default is named as the option the user gave
+        err(key if key in given else OPTION_OF[key], msg)
+
+    output = _output_path(fields["output"].strip(), task_id, out_dir, err, settings["format"],
+                          "format" in given, err_setting)
+    if output is None:
+        return None
+    delivery = deliver.from_fields(settings, output.suffix.lower(), err_setting, given)
     if not ok:
         return None
     return Task(
@@ -303,7 +332,7 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
         prompt_audio=prompt_audio, prompt_text=fields["prompt_text"], text=fields["text"],
         input_audio=input_audio, input_task=input_task, audio_text=fields["audio_text"].strip(),
         edit_type=fields["edit_type"].strip(), edit_info=fields["edit_info"].strip(),
-        intensity=float(intensity), iterations=int(iterations), seed=seed,
+        intensity=float(intensity), iterations=int(iterations), seed=seed, delivery=delivery,
     )
 
 
@@ -368,11 +397,20 @@ def _probe_version(path: str, *version: int):
 NAME_MAX = 255  # bytes in one file name on the usual file systems
 
 
-def _output_path(value: str, task_id: str, out_dir: Path, err) -> Path | None:
+def _output_path(value: str, task_id: str, out_dir: Path, err, fmt: Any = None, fmt_given: bool = False,
+                 err_setting=None) -> Path | None:
     if "\x00" in value:
         err("output", "contains a NUL byte")
         return None
-    path = Path(value).expanduser() if value else Path(f"{task_id}.wav")
+    fmt = str(fmt).strip().lower().lstrip(".") if fmt is not None and str(fmt).strip() else ""
+    if fmt and fmt not in deliver.FORMATS:
+        err_setting("format", f"unknown format {fmt!r} (one of: {', '.join(deliver.FORMATS)})")
+        return None
+    path = Path(value).expanduser() if value else Path(f"{task_id}.{fmt or 'wav'}")
+    if value and fmt and fmt_given and path.suffix.lower() != f".{fmt}":
+        err_setting("format", f"{fmt} disagrees with the output's name {path.name} (its extension decides; "
+                              "give one or the other)")
+        return None
     # the output's temporary name adds a dot, host, pid and a suffix to it: keep room for them
     too_long = [p for p in path.parts if len(p.encode()) > NAME_MAX - 48]
     if too_long:
@@ -383,9 +421,18 @@ def _output_path(value: str, task_id: str, out_dir: Path, err) -> Path | None:
     if not path.is_absolute():
         path = out_dir / path
     if path.suffix.lower() not in OUTPUT_FORMATS:
-        err("output", f"{value or path.name}: unsupported format (use {' or '.join(OUTPUT_FORMATS)})")
+        err("output", f"{value or path.name}: unsupported format (use {', '.join(OUTPUT_FORMATS)})")
+        return None
+    missing = _missing_codec(path.suffix.lower())
+    if missing:
+        err("output", f"{value or path.name}: {missing}")
         return None
     return path.resolve()
+
+
+@functools.cache
+def _missing_codec(suffix: str) -> str:
+    return missing_codec(suffix)
 
 
 def _check_ids_and_outputs(tasks: list[Task], bad) -> None:

@@ -31,7 +31,13 @@ class Outcome:
     cache_misses: int = 0
     error: str = ""
     info: dict[str, Any] = field(default_factory=dict)
-
+    # New columns go last: the CSV's first columns are how an earlier report is recognised.
+    edit_info: str = ""
+    input: str = ""  # the audio the task read: a file, or "@id" of the task whose output it edits
+    sample_rate: int | None = None  # of the output file
+    loudness_before: float | None = None  # LUFS, the engine's output before any gain
+    loudness_after: float | None = None  # LUFS, as written
+    true_peak: float | None = None  # dBTP, as written
 
 
 PACKAGES = ("editx", "click", "numpy", "pandas", "soundfile", "soxr", "diskcache", "torch")

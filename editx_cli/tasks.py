@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from editx_cli.deliver import Delivery
+
 TASK_KINDS = ("clone", "edit")
 
 # Allowed edit_info per edit type, as the released model was trained (facts §6.1).
@@ -49,6 +51,7 @@ class Task:
     intensity: float = 1.0
     iterations: int = 1
     seed: int = 0  # settled in validation: the row's, else --seed
+    delivery: Delivery = field(default_factory=Delivery)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -68,4 +71,6 @@ class Task:
             "iterations": self.iterations,
             "seed": self.seed,
             "format": self.output.suffix.lower(),
+            # only when set, so that outputs of runs before these settings existed stay done
+            **({"delivery": self.delivery.key()} if self.delivery.key() else {}),
         }

@@ -25,7 +25,8 @@ def isolated_cache(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDITX_CACHE_DIR", str(cache))
     for var in ("EDITX_ENGINE", "EDITX_GPU", "EDITX_OUT_DIR", "EDITX_REPORT", "EDITX_SEED", "EDITX_MODEL_DIR",
-                "EDITX_TOKENIZER_DIR", "EDITX_SRC", "EDITX_VARIANT", "EDITX_DTYPE", "EDITX_LLM_IMPL"):
+                "EDITX_TOKENIZER_DIR", "EDITX_SRC", "EDITX_VARIANT", "EDITX_DTYPE", "EDITX_LLM_IMPL", "EDITX_FORMAT",
+                "EDITX_SAMPLE_RATE", "EDITX_BITRATE", "EDITX_LOUDNESS", "EDITX_PEAK", "EDITX_MATCH_INPUT"):
         monkeypatch.delenv(var, raising=False)
     return cache
 

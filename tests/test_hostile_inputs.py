@@ -69,7 +69,8 @@ CASES = [
          ", field 'edit_tpye': unknown field (known fields: id, task, prompt_audio"),
     Case("semicolons", "task;id;input_audio;edit_type\nedit;a;{W}/in.wav;vad\n",
          "unknown field (known fields: id, task, prompt_audio, prompt_text, text, input_audio, audio_text, "
-         "edit_type, edit_info, intensity, iterations, seed, output); fields are separated by commas, not ';'"),
+         "edit_type, edit_info, intensity, iterations, seed, output, format, sample_rate, bitrate, loudness, peak, "
+         "match_input); fields are separated by commas, not ';'"),
     Case("tabs", "task\tid\tinput_audio\tedit_type\nedit\ta\t{W}/in.wav\tvad\n",
          "; fields are separated by commas, not '\\t'"),
     Case("nul-in-a-field", csv("edit,a\x00b,{W}/in.wav,vad,,,"), ": row 1, field 'id': contains a NUL byte"),
@@ -186,9 +187,9 @@ CASES = [
     Case("chain-cycle", csv("edit,a,@b,vad,,,", "edit,b,@a,vad,,,"), "field 'input_audio': chain forms a cycle"),
     # -- outputs
     Case("output-not-audio", csv("edit,a,{W}/in.wav,vad,,,a.txt"),
-         ": row 1, field 'output': a.txt: unsupported format (use .wav or .flac)"),
+         ": row 1, field 'output': a.txt: unsupported format (use .wav, .flac, .mp3, .ogg, .opus)"),
     Case("output-no-suffix", csv("edit,a,{W}/in.wav,vad,,,sub"),
-         ": row 1, field 'output': sub: unsupported format (use .wav or .flac)"),
+         ": row 1, field 'output': sub: unsupported format (use .wav, .flac, .mp3, .ogg, .opus)"),
     Case("output-twice", csv("edit,a,{W}/in.wav,vad,,,x.wav", "edit,b,{W}/in.wav,vad,,,x.wav"),
          ": row 2, field 'output': x.wav: same output as row 1"),
     Case("output-twice-by-id", csv("edit,x,{W}/in.wav,vad,,,", "edit,b,{W}/in.wav,vad,,,x.wav"),
@@ -211,6 +212,52 @@ CASES = [
     Case("output-of-the-earlier-run-changed-owner", csv("edit,earlier,{W}/in.wav,speed,faster,,"),
          ": row 1, field 'output': earlier.wav belongs to another manifest, {W}/first.csv (its task 'earlier'); "
          "use another --out-dir, or --force to take it over"),
+    # -- delivery settings, per row and as command-line defaults
+    Case("format-unknown", jsonl(edit(format="aac")), ": row 1, field 'format': unknown format 'aac' (one of: "
+         "wav, flac, mp3, ogg, opus)", suffix=".jsonl"),
+    Case("format-disagrees-with-output", jsonl(edit(format="mp3", output="a.wav")),
+         ": row 1, field 'format': mp3 disagrees with the output's name a.wav (its extension decides; give one or "
+         "the other)", suffix=".jsonl"),
+    Case("format-option-unknown", csv("edit,a,{W}/in.wav,vad,,,"), "error: --format: unknown format 'm4a' (one of: "
+         "wav, flac, mp3, ogg, opus)", args=("--format", "m4a")),
+    Case("loudness-option-positive", csv("edit,a,{W}/in.wav,vad,,,", "edit,b,{W}/in.wav,vad,,,"),
+         "error: --loudness: 3.0 is outside -60–-5 LUFS\n", args=("--loudness", "3")),
+    Case("sample-rate-not-opus", jsonl(edit(output="a.opus", sample_rate=44100)),
+         ": row 1, field 'sample_rate': 44100 Hz cannot be written as .opus (its rates: 8000, 12000, 16000, 24000, "
+         "48000)", suffix=".jsonl"),
+    Case("sample-rate-option-not-mp3", csv("edit,a,{W}/in.wav,vad,,,a.mp3"),
+         ": row 1, --sample-rate: 96000 Hz cannot be written as .mp3", args=("--sample-rate", "96000")),
+    Case("sample-rate-text", jsonl(edit(sample_rate="fast")), ": row 1, field 'sample_rate': 'fast' is not a number",
+         suffix=".jsonl"),
+    Case("sample-rate-fraction", jsonl(edit(sample_rate=22050.5)),
+         ": row 1, field 'sample_rate': 22050.5 is not a whole number", suffix=".jsonl"),
+    Case("sample-rate-tiny", jsonl(edit(sample_rate=100)), ": row 1, field 'sample_rate': 100 is outside "
+         "8000–192000 Hz", suffix=".jsonl"),
+    Case("bitrate-on-wav", jsonl(edit(bitrate=128)), ": row 1, field 'bitrate': does not apply to .wav output "
+         "(lossless)", suffix=".jsonl"),
+    Case("bitrate-on-vorbis", jsonl(edit(output="a.ogg", bitrate=128)), ": row 1, field 'bitrate': does not "
+         "apply to .ogg output (Vorbis is quality-based; use .mp3 or .opus for a set bitrate)", suffix=".jsonl"),
+    Case("bitrate-not-an-mp3-rate", jsonl(edit(output="a.mp3", bitrate=100)), ": row 1, field 'bitrate': 100 "
+         "kbit/s is not an MP3 bitrate (one of: 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 192, "
+         "224, 256, 320)", suffix=".jsonl"),
+    Case("bitrate-not-at-this-mp3-rate", jsonl(edit(output="a.mp3", bitrate=320, sample_rate=24000)),
+         ": row 1, field 'bitrate': 320 kbit/s is not an MP3 bitrate at 24000 Hz (one of: 8, 16, 24, 32, 40, 48, "
+         "56, 64, 80, 96, 112, 128, 144, 160)", suffix=".jsonl"),
+    Case("bitrate-opus-too-high", jsonl(edit(output="a.opus", bitrate=512)), ": row 1, field 'bitrate': 512 kbit/s "
+         "is outside .opus's 6–256", suffix=".jsonl"),
+    Case("loudness-positive", jsonl(edit(loudness=3)), ": row 1, field 'loudness': 3 is outside -60–-5 LUFS",
+         suffix=".jsonl"),
+    Case("loudness-nan-text", csv("edit,a,{W}/in.wav,vad,,,").replace("output\n", "output,loudness\n")
+         .replace(",,,\n", ",,,,nan\n"), ": row 1, field 'loudness': 'nan' is not a number"),
+    Case("peak-above-full-scale", jsonl(edit(loudness=-16, peak=2)), ": row 1, field 'peak': 2 is outside -30–0 "
+         "dBTP", suffix=".jsonl"),
+    Case("loudness-and-match-input", jsonl(edit(loudness=-16, match_input=True)), ": row 1, field 'match_input': "
+         "--loudness and match_input exclude each other: one target per output", suffix=".jsonl"),
+    Case("match-input-not-a-bool", jsonl(edit(match_input="maybe")), ": row 1, field 'match_input': 'maybe' is "
+         "not true or false", suffix=".jsonl"),
+    Case("loudness-of-a-short-input", jsonl(edit(id="a", input_audio="{W}/short.wav", match_input=True)),
+         "task a failed: LoudnessError: match_input: the input audio: 0.25 s is too short to measure loudness "
+         "(BS.1770 needs 0.4 s)", code=1, suffix=".jsonl"),
     # -- options
     Case("report-is-the-manifest", csv("edit,a,{W}/in.wav,vad,,,"), "error: --report: {W}/m.csv would overwrite the "
          "manifest", args=("--report", "{W}/m.json")),
@@ -263,6 +310,11 @@ CASES = [
     Case("an-input-that-is-a-symlink", csv("edit,a,{W}/link.wav,vad,,,"), "", code=0, writes=("a.wav",)),
     Case("an-output-in-a-new-subfolder", csv("edit,a,{W}/in.wav,vad,,,deep/er/a.wav"), "", code=0,
          writes=("deep/er/a.wav",)),
+    Case("a-bitrate-default-skips-lossless-rows",
+         csv("edit,a,{W}/in.wav,vad,,,a.wav", "edit,b,{W}/in.wav,vad,,,b.mp3"), "", code=0,
+         args=("--bitrate", "64"), writes=("a.wav", "b.mp3")),
+    Case("match-input-as-text", csv("edit,a,{W}/in.wav,vad,,,").replace("output\n", "output,match_input\n")
+         .replace(",,,\n", ",,,,Yes\n"), "", code=0, writes=("a.wav",)),
 ]
 
 
@@ -297,6 +349,7 @@ def _work(earlier: Path, tmp_path: Path) -> Path:
     (work / "empty.wav").write_bytes(b"")
     (work / "trunc.wav").write_bytes(NARRATION.read_bytes()[:30])
     sf.write(work / "click.wav", np.full(800, 0.1, np.float32), 16000)
+    sf.write(work / "short.wav", 0.1 * np.sin(np.arange(4000, dtype=np.float32) / 5), 16000)
     (work / "mine.wav").write_bytes(b"a user's file")
     (work / "dir.wav").mkdir()
     (work / "dir.json").mkdir()
@@ -340,7 +393,11 @@ def test_hostile_input(case: Case, earlier, tmp_path, monkeypatch):
         for name in case.writes:
             assert (work / "out" / name).is_file()
         tasks = json.loads((work / "out" / "report.json").read_text())["tasks"]
-        assert [t["status"] for t in tasks] == ["done"] * len(case.writes)
+        if case.code == 1:  # the run goes ahead; the task fails with its reason
+            assert message in r.stderr, r.stderr
+            assert [t["status"] for t in tasks] == ["failed"]
+        else:
+            assert [t["status"] for t in tasks] == ["done"] * len(case.writes)
 
 
 def test_the_table_is_large_and_every_name_unique():

@@ -47,7 +47,7 @@ CSV_CASES = [
     ("duplicate output", csv("a,edit,N,vad,,,,,x.wav", "b,edit,N,denoise,,,,,x.wav"),
      ["row 2", "field 'output'", "same output as row 1"]),
     ("output overwrites input", csv("a,edit,N,vad,,,,,N"), ["row 1", "field 'output'", "overwrite its own input"]),
-    ("output format", csv("a,edit,N,vad,,,,,a.mp3"), ["field 'output'", "unsupported format"]),
+    ("output format", csv("a,edit,N,vad,,,,,a.m4a"), ["field 'output'", "unsupported format"]),
     ("chain to unknown id", csv("a,edit,@ghost,vad,,,,,"), ["row 1", "field 'input_audio'", "@ghost: no task"]),
     ("chain cycle", csv("a,edit,@b,vad,,,,,", "b,edit,@a,denoise,,,,,"), ["field 'input_audio'", "cycle"]),
     ("self chain", csv("a,edit,@a,vad,,,,,"), ["row 1", "field 'input_audio'", "cycle"]),
