@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean conformance tiny
+.PHONY: setup browser demo test lint bench clean conformance tiny
 
 setup: $(STAMP)
 
@@ -20,7 +20,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/editx batch manifests/demo.csv --engine dsp --out-dir demo-out --cache-dir demo-out/.cache
 
-test: $(STAMP)
+# The browser tests drive Debian's Chromium (never a downloaded one); without it they are skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "make: no Chromium (as root: apt-get install chromium); the browser tests will be skipped"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -30,9 +36,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/delivery.py
 
 clean:
-	rm -rf demo-out .pytest_cache
+	rm -rf demo-out .pytest_cache test-artifacts
 
 # Needs the released checkpoints: EDITX_MODEL_DIR, EDITX_TOKENIZER_DIR, EDITX_SRC.
 conformance: $(STAMP)

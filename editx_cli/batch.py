@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from editx_cli import review
 from editx_cli.errors import InvalidInput, Problem, RunFailed
 from editx_cli.loop import RunOptions, check_transcription, duration_of, run
 from editx_cli.report import Outcome, is_report
-from editx_cli.resume import PlannedTask, plan, unwritable
+from editx_cli.resume import PlannedTask, plan, restore, unwritable
 from editx_cli.schedule import outcome_of
 from editx_cli.tasks import Task
 
@@ -35,6 +36,7 @@ class RunConfig:
     use_cache: bool = True
     cache_size: int | None = None
     report: Path | None = None
+    review: bool = False  # write review.html beside the report
     dry_run: bool = False
     options: RunOptions = field(default_factory=RunOptions)
     workers: int = 1  # worker processes on the CPU
@@ -69,6 +71,8 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
         planned = plan(tasks, engine.fingerprint(), config.options.overwrite, config.options.force)
         if config.report is not None:
             _check_report(config.report, tasks)
+            if config.review:
+                review.check_target(review.target(config.report))
         if config.dry_run:
             return None, planned
         try:
@@ -101,6 +105,12 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
             except OSError as e:
                 raise RunFailed(f"--report: {config.report}: the report could not be written "
                                 f"({e.strerror or e}); the outputs are in place and a rerun skips them") from None
+            if config.review:
+                try:
+                    review.build(report, config.report)
+                except OSError as e:
+                    raise RunFailed(f"--review: {review.target(config.report)}: the page could not be written "
+                                    f"({e.strerror or e}); `editx review` makes it from the report") from None
         return report, planned
     finally:
         cache.close()
@@ -198,6 +208,7 @@ def _run_parallel(planned: list[PlannedTask], config: RunConfig, cache) -> tuple
         o = by_id.get(p.task.id) or outcome_of(p.task)
         if p.skip:
             o.status, o.output_seconds = "skipped", duration_of(p.task.output)
+            restore(o, p.task.output)
         outcomes.append(o)
     devices = sorted({w.device for w in workers if w.device})
     info = {"workers": [{"name": w.name, "device": w.device, "load_seconds": round(w.load_seconds, 3),

@@ -20,7 +20,7 @@ from editx_cli import audio, deliver, loudness
 from editx_cli.engine import Engine, Request, Result
 from editx_cli.errors import InvalidInput, Problem
 from editx_cli.report import Outcome
-from editx_cli.resume import PlannedTask, commit, manifest_of
+from editx_cli.resume import PlannedTask, commit, manifest_of, restore
 from editx_cli.schedule import FAIL_FAST, Scheduler, group_size, outcome_of
 from editx_cli.tasks import Task
 
@@ -55,6 +55,7 @@ def run(
             o = outcomes[p.task.id]
             o.status = "skipped"
             o.output_seconds = duration_of(p.task.output)
+            restore(o, p.task.output)
     load_seconds = 0.0
     if todo:
         t0 = time.perf_counter()
@@ -195,19 +196,21 @@ class _Work:
             audio.remove_stale_parts(t.output)
             data, rate, measures = deliver.render(self.x, self.sr, t.output.suffix.lower(), t.delivery,
                                                   self.input_loudness)
+            o.stages["deliver"] = round(time.perf_counter() - t0, 4)  # resample, loudness, encode
+            t0 = time.perf_counter()
             tmp = audio.write_atomic(t.output, data)
-            try:
-                commit(tmp, t.output, self.p.fingerprint, t.id, manifest_of(t))
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-            o.stages["write"] = round(time.perf_counter() - t0, 4)
             o.output_seconds = round(len(self.x) / self.sr, 3)
             o.sample_rate = rate
             o.loudness_before, o.loudness_after = measures.get("loudness_before"), measures.get("loudness_after")
             o.true_peak = measures["true_peak"]
             if "loudness_target" in measures:
                 o.info["loudness_target"] = measures["loudness_target"]
+            o.stages["write"] = round(time.perf_counter() - t0, 4)
+            try:
+                commit(tmp, t.output, self.p.fingerprint, t.id, manifest_of(t), o)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
             return ""
         except Exception as e:  # one task's failure must not stop the others
             log.debug("task %s failed", t.id, exc_info=True)

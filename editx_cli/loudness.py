@@ -34,7 +34,7 @@ def _peak_envelope(x: np.ndarray, sr: int) -> np.ndarray:
     from scipy.signal import resample_poly
 
     factor = max(2, -(-TRUE_PEAK_RATE // sr))
-    up = np.abs(resample_poly(np.asarray(x, dtype=np.float64), factor, 1))
+    up = np.abs(resample_poly(np.asarray(x, dtype=np.float32), factor, 1))
     return np.maximum(np.abs(x), up[: len(x) * factor].reshape(len(x), factor).max(axis=1))
 
 
@@ -45,7 +45,8 @@ def true_peak(x: np.ndarray, sr: int) -> float:
 
 
 def limit(x: np.ndarray, sr: int, ceiling_db: float) -> np.ndarray:
-    """Hold the true peak at `ceiling_db` with a look-ahead limiter.
+    """Hold the true peak at `ceiling_db` with a look-ahead limiter (`x` itself when no peak
+    is over).
 
     The gain each sample needs is min-filtered, then box-averaged, over the same window:
     every value the average takes was at most the sample's own need, so no peak escapes,
@@ -72,14 +73,15 @@ def normalise(x: np.ndarray, sr: int, target: float, ceiling_db: float | None) -
     reaches the target. The ceiling always wins over the target.
     """
     y = np.asarray(x, dtype=np.float64) * 10 ** ((target - integrated(x, sr)) / 20)
+    if ceiling_db is None:
+        return y.astype(np.float32)
     for _ in range(4):
-        if ceiling_db is None or true_peak(y, sr) <= ceiling_db:
-            break
-        y = limit(y, sr, ceiling_db)
-        short = target - integrated(y, sr)
+        limited = limit(y, sr, ceiling_db)
+        short = target - integrated(limited, sr) if limited is not y else 0.0
+        y = limited
         if short < 0.05:
             break
         y = y * 10 ** (short / 20)
-    if ceiling_db is not None:
+    else:  # the last make-up gain may have crossed the ceiling again
         y = limit(y, sr, ceiling_db)
     return y.astype(np.float32)

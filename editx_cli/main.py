@@ -160,9 +160,11 @@ def cli() -> None:
 @click.option("--ray", "ray_address", envvar="EDITX_RAY", is_flag=False, flag_value="local", default=None,
               help="Run on Ray: alone, a local instance (or RAY_ADDRESS); or a cluster ADDRESS. "
                    "One actor per GPU. Needs editx[ray].")
+@click.option("--review", is_flag=True, envvar="EDITX_REVIEW",
+              help="Also write review.html beside the report: every input and output to hear and see.")
 @_common
 def batch(manifest: str, out_dir: str, fail_fast: bool, force: bool, batch_size: int, gpus: str | None,
-          workers: int, ray_address: str | None, **common) -> None:
+          workers: int, ray_address: str | None, review: bool, **common) -> None:
     """Run every task of a CSV or JSONL MANIFEST.
 
     Relative audio paths resolve against the manifest's folder. Tasks already done
@@ -191,7 +193,7 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, force: bool, batch_size:
         if common["gpu"] is not None:
             raise UsageError("--gpu and --gpus exclude each other")
     _run(build, common, report_path, fail_fast=fail_fast, batch_size=batch_size, force=force,
-         parallel={"workers": workers, "gpus": gpu_list, "ray": ray_address})
+         parallel={"workers": workers, "gpus": gpu_list, "ray": ray_address}, review=review)
 
 
 @cli.command()
@@ -285,7 +287,7 @@ def _interrupt(signum, frame) -> None:
 
 
 def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False, single: bool = False,
-         batch_size: int = 1, force: bool = False, parallel: dict | None = None) -> None:
+         batch_size: int = 1, force: bool = False, parallel: dict | None = None, review: bool = False) -> None:
     from editx_cli import batch as runner
     from editx_cli import report as reports
 
@@ -295,6 +297,7 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
         cache_dir=common["cache_dir"],
         use_cache=not common["no_cache"],
         report=report_path,
+        review=review,
         dry_run=common["dry_run"],
         options=runner.RunOptions(
             overwrite=common["overwrite"], force=force, fail_fast=fail_fast,
@@ -333,7 +336,30 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
                 click.echo(t["output"])
     if report_path is not None:
         click.echo(str(report_path))
+        if review:
+            click.echo(str(report_path.parent / "review.html"))
     sys.exit(runner.exit_code(report))
+
+
+@cli.command("review")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="The run's report [default: OUT_DIR/report.json].")
+def review_page(out_dir: str, report_path: str | None) -> None:
+    """Write review.html for an earlier run: beside its report, every input and output to hear and
+    see, with parameters, timings, cache use, loudness and failures; opens from file://."""
+    from editx_cli import report as reports
+    from editx_cli import review
+
+    path = Path(report_path) if report_path else Path(out_dir) / "report.json"
+    if not reports.is_report(path) or path.suffix.lower() != ".json":
+        raise UsageError(f"{path}: no editx report here (run `editx batch` first, or name it with --report)")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        page = review.build(data, path)
+    except OSError as e:
+        raise UsageError(f"{review.target(path)}: the page could not be written ({e.strerror or e})") from None
+    click.echo(str(page))
 
 
 @cli.group(invoke_without_command=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 from editx_cli import audio
 from editx_cli.errors import InvalidInput, Problem
 from editx_cli.manifest import order
+from editx_cli.report import Outcome
 from editx_cli.tasks import Task
 
 STATE_DIR = ".editx"
@@ -124,7 +125,25 @@ def read_state(output: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def commit(tmp: str, output: Path, fingerprint: str, task_id: str, manifest: str | None = None) -> None:
+# What a skipped task's row keeps from the run that made its output: a rerun's report and review
+# page still show how long it took, what the cache did and how loud it came out.
+KEPT = {"input_seconds": (int, float), "stages": dict, "cache_hits": int, "cache_misses": int, "info": dict,
+        "sample_rate": int, "loudness_before": (int, float), "loudness_after": (int, float), "true_peak": (int, float)}
+
+
+def restore(o: Outcome, output: Path) -> None:
+    """Fill a skipped task's outcome from its output's record (values of the wrong type are
+    left out: a record is data on disk, not trusted)."""
+    kept = (read_state(output) or {}).get("outcome")
+    if isinstance(kept, dict):
+        for k, kind in KEPT.items():
+            v = kept.get(k)
+            if isinstance(v, kind) and not isinstance(v, bool):
+                setattr(o, k, v)
+
+
+def commit(tmp: str, output: Path, fingerprint: str, task_id: str, manifest: str | None = None,
+           outcome: Outcome | None = None) -> None:
     """Record, then rename: after a crash either the record or the file is stale,
     and a stale record never matches the file's hash."""
     earlier = read_state(output)
@@ -136,6 +155,8 @@ def commit(tmp: str, output: Path, fingerprint: str, task_id: str, manifest: str
     record = {"task": task_id, "manifest": manifest, "fingerprint": fingerprint, "sha256": audio.file_digest(tmp),
               "replaces": replaces,
               "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if outcome is not None:
+        record["outcome"] = {k: getattr(outcome, k) for k in KEPT}
     path = state_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + f".{os.getpid()}.part")

@@ -1,0 +1,200 @@
+"""The review page: built from a real run (done, skipped, chained and failed tasks), its links
+and pictures checked on disk, then opened from file:// in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import CLIPS, ROOT, invoke
+
+from editx_cli import review
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class _Page(HTMLParser):
+    """Rows of the task table with their media sources, links and text."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows: list[dict] = []
+        self.urls: list[str] = []
+        self._row = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tr" and "data-status" in a:
+            self._row = {"status": a["data-status"], "audio": [], "img": [], "text": ""}
+            self.rows.append(self._row)
+        for key in ("src", "href", "data-src"):
+            if key in a:
+                self.urls.append(a[key])
+        if self._row is not None and tag == "img":
+            self._row["img"].append(a["src"])
+        if self._row is not None and "player" in a.get("class", "").split():  # made into <audio> when shown
+            self._row["audio"].append(a["data-src"])
+
+    def handle_endtag(self, tag):
+        if tag == "tr":
+            self._row = None
+
+    def handle_data(self, data):
+        if self._row is not None:
+            self._row["text"] += data
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """An out-dir after two runs: the second skips what the first did and adds a failing task."""
+    work = tmp_path_factory.mktemp("review")
+    sf.write(work / "short clip.wav", 0.1 * np.sin(np.arange(4000, dtype=np.float32) / 5), 16000)
+    rows = [
+        {"id": "calm", "task": "edit", "input_audio": str(CLIPS / "narration.wav"), "edit_type": "vad"},
+        {"id": "fast", "task": "edit", "input_audio": "@calm", "edit_type": "speed", "edit_info": "faster",
+         "intensity": 1.5, "output": "fast <b>&.mp3"},
+        {"id": "clean", "task": "edit", "input_audio": str(CLIPS / "noisy.wav"), "edit_type": "denoise",
+         "iterations": 2, "loudness": -16},
+    ]
+    m = work / "m.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = work / "out"
+    assert invoke("batch", m, "--engine", "dsp", "-o", out, "-q").exit_code == 0
+    rows.append({"id": "<script>bad</script>", "task": "edit", "input_audio": str(work / "short clip.wav"),
+                 "edit_type": "vad", "match_input": True, "output": "bad.wav"})
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return work
+
+
+def test_ids_with_markup_are_refused_before_a_page_could_show_them(run_dir):
+    r = invoke("batch", run_dir / "m.jsonl", "--engine", "dsp", "-o", run_dir / "out", "-q", "--review")
+    assert r.exit_code == 2 and "is not a usable id" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def page(run_dir) -> Path:
+    m = run_dir / "m.jsonl"
+    rows = [json.loads(line) for line in m.read_text().splitlines()]
+    rows[-1]["id"] = "short"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = invoke("batch", m, "--engine", "dsp", "-o", run_dir / "out", "-q", "--review")
+    assert r.exit_code == 1, r.stderr  # the short clip cannot be measured for match_input
+    page = run_dir / "out" / "review.html"
+    assert str(page) in r.stdout
+    return page
+
+
+def test_every_task_has_its_players_pictures_and_message(page):
+    parsed = _Page()
+    text = page.read_text()
+    parsed.feed(text)
+    by_status = {}
+    for row in parsed.rows:
+        by_status.setdefault(row["status"], []).append(row)
+    assert {k: len(v) for k, v in by_status.items()} == {"skipped": 3, "failed": 1}
+    for row in by_status["skipped"]:  # done by the first run: input and output, both heard and seen
+        assert len(row["audio"]) == 2 and len(row["img"]) == 2
+    failed = by_status["failed"][0]
+    assert len(failed["audio"]) == 1  # the input only
+    assert "LoudnessError: match_input: the input audio: 0.25 s is too short to measure loudness" in failed["text"]
+    assert "fast <b>&.mp3" in "".join(r["text"] for r in parsed.rows)  # shown as text, not markup
+    for url in parsed.urls:  # relative links to files that exist: no server, no network
+        assert not re.match(r"^[a-z]+:", url), url
+        assert (page.parent / unquote(url)).is_file(), url
+    assert "http://" not in text and "https://" not in text
+
+
+def test_spectrograms_are_made_once(page, run_dir):
+    pictures = {p: p.stat().st_mtime_ns for p in (page.parent / review.FILES).glob("*.png")}
+    assert len(pictures) == 6  # narration, calm, fast, noisy, clean, the short clip
+    r = invoke("review", run_dir / "out")
+    assert r.exit_code == 0, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in (page.parent / review.FILES).glob("*.png")} == pictures
+
+
+def test_review_refuses_what_is_not_its_own(tmp_path, run_dir):
+    out = tmp_path / "out"
+    shutil.copytree(run_dir / "out", out)
+    (out / "review.html").write_text("<html>my notes</html>")
+    r = invoke("review", out)
+    assert r.exit_code == 2
+    assert f"error: --review: {out}/review.html exists and is not an editx review page" in r.stderr
+    assert (out / "review.html").read_text() == "<html>my notes</html>"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = invoke("review", empty)
+    assert r.exit_code == 2 and f"error: {empty}/report.json: no editx report here" in r.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")
+def test_the_page_in_a_real_browser(page):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            tab = browser.new_page(viewport={"width": 1500, "height": 900})
+            tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            tab.on("pageerror", lambda exc: errors.append(str(exc)))
+            tab.on("request", lambda req: errors.append(f"network: {req.url}")
+                   if not req.url.startswith("file://") else None)
+            tab.goto(page.as_uri())
+            rows = tab.locator("#tasks tbody tr")
+            assert rows.count() == 4
+            assert tab.locator("#shown").inner_text() == "4 of 4 shown"
+            tab.wait_for_function("document.querySelectorAll('span.player').length === 0")
+            assert tab.locator("audio.out").count() == 3  # a player for every output, made as rows show
+            # the output of a chained edit plays: the browser loads it through its relative link
+            seconds = tab.evaluate("""() => new Promise((ok, fail) => {
+                const row = Array.from(document.querySelectorAll("#tasks tbody tr"))
+                    .find(r => r.cells[0].textContent === "fast");
+                const a = row.querySelector("audio.out");  // "fast <b>&.mp3": an odd name, an mp3
+                a.addEventListener("loadedmetadata", () => ok(a.duration));
+                a.addEventListener("error", () => fail("cannot load " + a.src));
+                a.preload = "metadata"; a.load();
+            })""")
+            assert seconds > 1.0
+            pictures = tab.evaluate("""() => Promise.all(Array.from(document.images).map(i => {
+                i.loading = "eager";
+                return i.decode().then(() => i.naturalWidth, () => 0); }))""")
+            assert len(pictures) == 7 and all(0 < w <= review.SPEC_WIDTH for w in pictures)  # all decode
+            tab.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
+            tab.check("#f-failed")
+            assert tab.locator("#tasks tbody tr:visible").count() == 1
+            assert "0.25 s is too short" in tab.locator("#tasks tbody tr:visible").inner_text()
+            tab.screenshot(path=str(ARTIFACTS / "review-failed.png"))
+            tab.uncheck("#f-failed")
+            tab.fill("#f-text", "speed")
+            assert tab.locator("#tasks tbody tr:visible td").first.inner_text() == "fast"
+            tab.fill("#f-text", "")
+            header = tab.locator("th", has_text="id")
+            header.click()
+            ids = tab.locator("#tasks tbody tr td:first-child").all_inner_texts()
+            assert ids == sorted(ids, key=str.lower)
+            header.click()
+            assert tab.locator("#tasks tbody tr td:first-child").all_inner_texts() == ids[::-1]
+        finally:
+            browser.close()
+    assert errors == []
+    assert (ARTIFACTS / "review.png").stat().st_size > 10_000
+    assert os.access(ARTIFACTS / "review-failed.png", os.R_OK)
+
+
+def test_a_skipped_task_keeps_what_its_run_measured(run_dir):
+    tasks = {t["id"]: t for t in json.loads((run_dir / "out" / "report.json").read_text())["tasks"]}
+    clean = tasks["clean"]
+    assert clean["status"] == "skipped"
+    assert clean["loudness_after"] == pytest.approx(-16, abs=0.5) and clean["input_seconds"] > 3
+    assert {"read", "deliver", "write"} <= set(clean["stages"])
