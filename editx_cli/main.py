@@ -461,6 +461,74 @@ def list_tags() -> None:
     click.echo("a polyphone's reading: pinyin with a tone digit after it, e.g. 好(hao3)")
 
 
+@cli.command()
+@click.option("--engine", envvar="EDITX_ENGINE", default=DEFAULT_ENGINE, show_default=True,
+              help="Engine behind the API.")
+@click.option("--gpu", envvar="EDITX_GPU", type=click.IntRange(0), default=None, help="GPU index to run on.")
+@click.option("--host", envvar="EDITX_HOST", default="127.0.0.1", show_default=True,
+              help="Address to bind; anything but loopback needs --api-key (or --insecure).")
+@click.option("--port", envvar="EDITX_PORT", type=click.IntRange(0, 65535), default=7860, show_default=True)
+@click.option("--api-key", envvar="EDITX_API_KEY", default=None,
+              help="Require `Authorization: Bearer KEY` on every endpoint but /healthz.")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without an API key.")
+@click.option("--idle-unload", envvar="EDITX_IDLE_UNLOAD", type=click.FloatRange(0.1), default=300.0,
+              show_default=True, help="Release the model (and its device memory) after this many idle seconds.")
+@click.option("--max-batch", envvar="EDITX_MAX_BATCH", type=click.IntRange(1, 256), default=16, show_default=True,
+              help="Concurrent requests decoded together.")
+@click.option("--max-queue", envvar="EDITX_MAX_QUEUE", type=click.IntRange(1), default=64, show_default=True,
+              help="Requests that may wait; past it, 503 with Retry-After.")
+@click.option("--voices-dir", envvar="EDITX_VOICES_DIR", type=click.Path(file_okay=False), default=None,
+              help="Registered voices (default: the user data folder).")
+@click.option("--max-upload-mb", type=click.FloatRange(0.01), default=50.0, show_default=True)
+@click.option("--max-audio-seconds", type=click.FloatRange(0.5), default=60.0, show_default=True)
+@click.option("--max-text-chars", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--cache-dir", envvar="EDITX_CACHE_DIR", type=click.Path(file_okay=False), default=None,
+              help="Feature cache folder: the same one batch runs use by default.")
+@click.option("--no-cache", is_flag=True, envvar="EDITX_NO_CACHE", help="Neither read nor write the cache.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@_with_model_options
+def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | None, insecure: bool,
+          idle_unload: float, max_batch: int, max_queue: int, voices_dir: str | None, max_upload_mb: float,
+          max_audio_seconds: float, max_text_chars: int, cache_dir: str | None, no_cache: bool, verbose: bool,
+          **model) -> None:
+    """Serve the model over HTTP: an OpenAI-compatible API (/v1/audio/speech, /v1/audio/edits,
+    /v1/voices, /v1/models), /healthz and docs at /docs. One engine, loaded on the first
+    request that needs it and released when idle. Needs editx[serve]."""
+    import ipaddress
+
+    _setup({"verbose": verbose, "quiet": False, "gpu": gpu})
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not api_key and not insecure:
+        raise UsageError(f"--host {host}: serving beyond this machine needs --api-key (or EDITX_API_KEY); "
+                         "--insecure to serve without one")
+    try:
+        import uvicorn
+
+        from editx_cli import server
+    except ImportError as e:
+        raise UsageError(f"editx serve needs the serve extra ({e.name} is missing): "
+                         "pip install 'editx[serve]'") from None
+    engine_cls = _engine_class(engine)
+    config = {"gpu": gpu, "batch_size": max_batch, **{k: model[k] for k in MODEL_KEYS if k in model}}
+    problems = engine_cls.check_config(config)
+    if problems:
+        raise UsageError(f"--engine {engine}: " + "; ".join(problems))
+    if voices_dir is None:
+        import platformdirs
+
+        voices_dir = platformdirs.user_data_dir("editx") + "/voices"
+    options = server.ServeOptions(engine=engine, engine_config=config, cache_dir=cache_dir, use_cache=not no_cache,
+                                  voices_dir=Path(voices_dir), api_key=api_key or None, idle_unload=idle_unload,
+                                  max_batch=max_batch, max_queue=max_queue,
+                                  max_upload_bytes=int(max_upload_mb * 2**20), max_audio_seconds=max_audio_seconds,
+                                  max_text_chars=max_text_chars)
+    app = server.create_app(options)
+    uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning")
+
+
 def main() -> None:
     cli(prog_name="editx")
 
