@@ -485,12 +485,15 @@ def list_tags() -> None:
 @click.option("--cache-dir", envvar="EDITX_CACHE_DIR", type=click.Path(file_okay=False), default=None,
               help="Feature cache folder: the same one batch runs use by default.")
 @click.option("--no-cache", is_flag=True, envvar="EDITX_NO_CACHE", help="Neither read nor write the cache.")
+@click.option("--whisper-model", envvar="EDITX_WHISPER_MODEL", default=None,
+              help="Transcribe edits sent without audio_text with this Whisper checkpoint file or cached "
+                   "model name (default: such edits are refused).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @_with_model_options
 def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | None, insecure: bool,
           idle_unload: float, max_batch: int, max_queue: int, voices_dir: str | None, max_upload_mb: float,
-          max_audio_seconds: float, max_text_chars: int, cache_dir: str | None, no_cache: bool, verbose: bool,
-          **model) -> None:
+          max_audio_seconds: float, max_text_chars: int, cache_dir: str | None, no_cache: bool,
+          whisper_model: str | None, verbose: bool, **model) -> None:
     """Serve the model over HTTP: an OpenAI-compatible API (/v1/audio/speech, /v1/audio/edits,
     /v1/voices, /v1/models), /healthz and docs at /docs. One engine, loaded on the first
     request that needs it and released when idle. Needs editx[serve]."""
@@ -516,6 +519,13 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
     problems = engine_cls.check_config(config)
     if problems:
         raise UsageError(f"--engine {engine}: " + "; ".join(problems))
+    if whisper_model:
+        from editx_cli.transcribe import TranscriptionError, resolve
+
+        try:
+            whisper_model = resolve(whisper_model, allow_download=False)
+        except TranscriptionError as e:
+            raise UsageError(str(e)) from None
     if voices_dir is None:
         import platformdirs
 
@@ -524,7 +534,7 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
                                   voices_dir=Path(voices_dir), api_key=api_key or None, idle_unload=idle_unload,
                                   max_batch=max_batch, max_queue=max_queue,
                                   max_upload_bytes=int(max_upload_mb * 2**20), max_audio_seconds=max_audio_seconds,
-                                  max_text_chars=max_text_chars)
+                                  max_text_chars=max_text_chars, whisper_model=whisper_model)
     app = server.create_app(options)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning")
 

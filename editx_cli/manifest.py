@@ -297,14 +297,15 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
                 err("edit_info", f"{edit_type} takes no edit_info, got {edit_info!r}")
             if edit_type == "paralinguistic" and not fields["text"].strip():
                 err("text", "missing (a paralinguistic edit needs the new text with tags such as [laugh])")
-            elif edit_type != "paralinguistic" and fields["text"].strip():
-                err("text", f"does not apply to a {edit_type} edit")
+            a = "an" if edit_type[0] in "aeiou" else "a"
+            if edit_type != "paralinguistic" and fields["text"].strip():
+                err("text", f"does not apply to {a} {edit_type} edit")
             guided = intensity is not None and intensity != 1.0 and edit_type not in engine.needs_transcript
             if (engine.wants_transcript(edit_type, intensity if intensity is not None else 1.0)
                     and not fields["audio_text"].strip() and not transcribe):
-                why = (f"intensity {intensity:g} on a {edit_type} edit needs the transcript of input_audio "
+                why = (f"intensity {intensity:g} on {a} {edit_type} edit needs the transcript of input_audio "
                        "(the guidance reference re-speaks it)" if guided
-                       else f"a {edit_type} edit needs the transcript of input_audio")
+                       else f"{a} {edit_type} edit needs the transcript of input_audio")
                 err("audio_text", f"missing ({why}; or pass --transcribe)")
 
     if kind == "clone" or fields["edit_type"].strip() == "paralinguistic":  # a text the model speaks

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 from editx_cli import audio, deliver
 from editx_cli.engine import Engine, Request
@@ -59,6 +60,7 @@ class ServeOptions:
     max_upload_bytes: int = 50 * 2**20
     max_audio_seconds: float = 60.0
     max_text_chars: int = 2000
+    whisper_model: str | None = None  # transcribe edits sent without audio_text (a resolved checkpoint or name)
 
 
 class ApiError(Exception):
@@ -80,8 +82,11 @@ def create_app(options: ServeOptions):
     engine_cls: type[Engine] = engines.get(options.engine)
     cache = FeatureCache(options.cache_dir) if options.use_cache else NullCache()
     cache.open()
-    service = Service(lambda: engine_cls(dict(options.engine_config or {}), cache), max_batch=options.max_batch,
-                      max_queue=options.max_queue, idle_unload=options.idle_unload)
+    # --max-batch is the decoder's slots; an engine that refills its slots from a queue of its own
+    # as rows end (continuous batching) is handed several slots' worth of requests at once.
+    per_call = options.max_batch * (engine_cls.wave_factor if engine_cls.batches else 1)
+    service = Service(lambda: engine_cls(dict(options.engine_config or {}), cache), max_batch=per_call,
+                      max_queue=max(options.max_queue, per_call), idle_unload=options.idle_unload)
     voices = Path(options.voices_dir)
     scratch = Path(tempfile.mkdtemp(prefix="editx-serve-"))
     @contextlib.asynccontextmanager
@@ -146,6 +151,16 @@ def create_app(options: ServeOptions):
                           text=task.text, edit_type=task.edit_type, edit_info=task.edit_info,
                           intensity=task.intensity, seed=task.seed, audio_digest=audio.samples_digest(x, sr),
                           path=str(src), task_id="request")
+        transcript = ""
+        if (options.whisper_model and task.task == "edit" and not task.audio_text.strip()
+                and engine_cls.wants_transcript(task.edit_type, task.intensity)):
+            try:
+                transcript = await asyncio.wrap_future(service.call(
+                    lambda e: transcriber(e)(x, sr, request.audio_digest)[0]))
+            except Exception as e:
+                raise ApiError(422, f"audio_text: missing, and the upload could not be transcribed "
+                                    f"({_one_line(e)})", "audio_text") from None
+            request.audio_text = transcript
         level = None
         if task.delivery.match_input:
             from editx_cli import loudness
@@ -186,7 +201,19 @@ def create_app(options: ServeOptions):
                    "X-Editx-Seconds": f"{time.perf_counter() - t0:.3f}", "X-Editx-Sample-Rate": str(rate)}
         if "loudness_after" in measures:
             headers["X-Editx-Loudness"] = f"{measures['loudness_after']:.2f}"
+        if transcript:
+            headers["X-Editx-Transcript"] = quote(transcript)  # headers are Latin-1: percent-encoded UTF-8
         return Response(data, media_type=MEDIA[fmt], headers=headers)
+
+    whisper: dict[str, Any] = {}
+
+    def transcriber(engine: Engine):
+        """One Whisper model for the server's life, on the engine's device (engine thread only)."""
+        if "t" not in whisper:
+            from editx_cli.transcribe import Transcriber
+
+            whisper["t"] = Transcriber(options.whisper_model, engine.device, cache)
+        return whisper["t"]
 
     def private(message: str) -> str:
         """A message with the server's own upload paths taken out: a client sees "upload"."""
@@ -195,10 +222,12 @@ def create_app(options: ServeOptions):
     def checked(row: dict[str, Any], labels: dict[str, str]) -> Task:
         try:
             return validate([row], source="request", base_dir=scratch, out_dir=scratch, engine=engine_cls,
-                            field_labels=labels)[0]
+                            field_labels=labels, transcribe=bool(options.whisper_model))[0]
         except InvalidInput as e:
             p = e.problems[0]
             message = "; ".join(f"{q.field}: {q.message}" if q.field else q.message for q in e.problems)
+            message = (message.replace("or pass --transcribe", "or start the server with --whisper-model")
+                       .replace("transcript of input_audio", "transcript of the upload"))
             raise ApiError(400, private(message), p.field) from None
 
     async def save_upload(upload: UploadFile, field: str) -> Path:
@@ -237,6 +266,8 @@ def create_app(options: ServeOptions):
         seed: int = Field(default=0, ge=0, lt=2**32)
         loudness: float | None = None
         peak: float | None = None
+        sample_rate: int | None = None
+        bitrate: int | None = None
 
     @app.post("/v1/audio/speech", dependencies=guarded, response_class=Response,
               responses={200: {"content": {m: {} for m in MEDIA.values()}}})
@@ -248,7 +279,8 @@ def create_app(options: ServeOptions):
                "prompt_text": voice["text"], "text": body.input, "seed": body.seed,
                "output": "out." + ("wav" if body.response_format == "pcm" else body.response_format),
                "loudness": body.loudness, "peak": body.peak,
-               "sample_rate": PCM_RATE if body.response_format == "pcm" else None}
+               "sample_rate": PCM_RATE if body.response_format == "pcm" else body.sample_rate,
+               "bitrate": body.bitrate}
         task = checked({k: v for k, v in row.items() if v is not None},
                        {"prompt_audio": "voice", "prompt_text": "voice", "text": "input", "output": "response_format",
                         "task": "model"})
@@ -260,7 +292,8 @@ def create_app(options: ServeOptions):
                     intensity: float = Form(1.0), iterations: int = Form(1), seed: int = Form(0),
                     audio_text: str = Form(""), text: str = Form(""), response_format: str = Form("wav"),
                     loudness: float | None = Form(None), peak: float | None = Form(None),
-                    match_input: bool = Form(False)):
+                    match_input: bool = Form(False), sample_rate: int | None = Form(None),
+                    bitrate: int | None = Form(None)):
         """Edit an uploaded clip; post the result back for a chain of edits."""
         if response_format not in RESPONSE_FORMATS:
             raise ApiError(400, f"unknown format {response_format!r} (one of: {', '.join(RESPONSE_FORMATS)})",
@@ -272,7 +305,8 @@ def create_app(options: ServeOptions):
             row = {"id": "request", "task": "edit", "input_audio": str(path), "edit_type": edit_type,
                    "edit_info": edit_info, "intensity": intensity, "iterations": iterations, "seed": seed,
                    "audio_text": audio_text, "text": text, "loudness": loudness, "peak": peak,
-                   "match_input": match_input or None, "sample_rate": PCM_RATE if response_format == "pcm" else None,
+                   "match_input": match_input or None, "bitrate": bitrate,
+                   "sample_rate": PCM_RATE if response_format == "pcm" else sample_rate,
                    "output": "out." + ("wav" if response_format == "pcm" else response_format)}
             task = checked({k: v for k, v in row.items() if v is not None},
                            {"input_audio": "file", "output": "response_format", "task": "edit_type"})

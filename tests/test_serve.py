@@ -197,7 +197,8 @@ def test_a_public_bind_needs_a_key():
 
 @pytest.fixture(scope="module")
 def model_server(tiny, tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("serve-model"), *model_args(tiny), "--max-batch", "4")
+    server = Server(tmp_path_factory.mktemp("serve-model"), *model_args(tiny), "--max-batch", "4",
+                    "--whisper-model", str(tiny / "whisper-tiny.pt"))
     yield server
     server.stop()
 
@@ -314,3 +315,35 @@ def test_the_compose_file_restarts_and_needs_a_key():
     assert "editx-cache:/cache" in service["volumes"]
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'CMD ["serve"]' in dockerfile and "EDITX_HOST=0.0.0.0" in dockerfile
+
+
+def test_an_edit_without_its_transcript_is_transcribed(model_server):
+    from urllib.parse import unquote
+
+    r = model_server.edit(edit_type="emotion", edit_info="sad", response_format="flac")
+    assert r.status_code == 200, r.text
+    assert unquote(r.headers["x-editx-transcript"]).strip()  # what the server heard, as the edit used it
+    assert sf.info(io.BytesIO(r.content)).subtype == "PCM_16"
+
+
+def test_without_whisper_an_edit_needs_its_transcript(tiny, tmp_path):
+    server = Server(tmp_path, *model_args(tiny))
+    try:
+        r = server.edit(edit_type="emotion", edit_info="sad")
+        assert r.status_code == 400
+        assert r.json()["error"]["message"] == ("audio_text: missing (an emotion edit needs the transcript of "
+                                                "the upload; or start the server with --whisper-model)")
+        assert server.health()["loaded"] is False  # refused before the model was needed
+    finally:
+        server.stop()
+
+
+def test_bitrate_and_rate_of_a_response(dsp):
+    r = dsp.edit(response_format="mp3", bitrate="32", sample_rate="24000")
+    assert r.status_code == 200, r.text
+    info = sf.info(io.BytesIO(r.content))
+    assert info.samplerate == 24000
+    assert len(r.content) * 8 / info.duration / 1000 == pytest.approx(32, rel=0.05)
+    bad = dsp.edit(response_format="opus", sample_rate="44100")
+    assert bad.json()["error"]["message"] == ("sample_rate: 44100 Hz cannot be written as .opus (its rates: 8000, "
+                                              "12000, 16000, 24000, 48000)")
