@@ -167,9 +167,9 @@ class Service:
         if self.engine is None:
             return
         self.engine.close()
-        self.engine = None
         self.stats["unloads"] += 1
-        gc.collect()
+        self.engine = None
+        gc.collect()  # the model's reference cycles go now, not at some later collection
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -347,3 +347,69 @@ def test_bitrate_and_rate_of_a_response(dsp):
     bad = dsp.edit(response_format="opus", sample_rate="44100")
     assert bad.json()["error"]["message"] == ("sample_rate: 44100 Hz cannot be written as .opus (its rates: 8000, "
                                               "12000, 16000, 24000, 48000)")
+
+
+def _tiny_service(tiny, device_config: dict):
+    from editx_cli import engine as engines
+    from editx_cli.cache import NullCache
+    from editx_cli.service import Service
+
+    cls = engines.get("stepaudio")
+    config = {"model_dir": str(tiny / "Step-Audio-EditX"), "tokenizer_dir": str(tiny / "Step-Audio-Tokenizer"),
+              "editx_src": str(tiny / "editx-src"), "batch_size": 2, **device_config}
+    made = []
+
+    def make():
+        made.append(cls(config, NullCache()))
+        return made[-1]
+
+    return Service(make, max_batch=2, idle_unload=0.5), made
+
+
+def _request():
+    from editx_cli import audio
+    from editx_cli.engine import Request
+
+    x, sr = audio.load(NARRATION)
+    return Request(kind="edit", audio=x, sr=sr, audio_text="The quick brown fox.", edit_type="emotion",
+                   edit_info="happy", audio_digest=audio.samples_digest(x, sr))
+
+
+def test_idle_release_drops_every_reference_to_the_model(tiny):
+    """Nothing keeps a released model alive: the engine object itself is collected."""
+    import weakref
+
+    service, made = _tiny_service(tiny, {})
+    try:
+        service.submit(_request()).result(timeout=300)
+        engine = weakref.ref(made.pop())
+        assert engine() is not None
+        deadline = time.monotonic() + 10
+        while service.loaded and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not service.loaded and service.stats["unloads"] == 1
+        while engine() is not None and time.monotonic() < deadline:  # collected right after the release
+            time.sleep(0.1)
+        assert engine() is None
+    finally:
+        service.close()
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_idle_release_gives_the_device_memory_back(tiny):
+    import torch
+
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    service, made = _tiny_service(tiny, {"gpu": 0})
+    try:
+        service.submit(_request()).result(timeout=300)
+        made.clear()
+        assert torch.cuda.memory_allocated() > before
+        deadline = time.monotonic() + 10
+        while service.loaded and time.monotonic() < deadline:
+            time.sleep(0.1)
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() == before
+    finally:
+        service.close()

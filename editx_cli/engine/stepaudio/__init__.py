@@ -17,7 +17,6 @@ input's transcript for that reference prompt.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -57,6 +56,7 @@ class StepAudioEngine(Engine):
 
     def __init__(self, config: dict[str, Any], cache: Any) -> None:
         super().__init__(config, cache)
+        self._feature_fingerprint: str | None = None
         self.model_dir = _path(config.get("model_dir"))
         self.tokenizer_dir = _path(config.get("tokenizer_dir"))
         self.editx_src = _path(config.get("editx_src"))
@@ -144,13 +144,16 @@ class StepAudioEngine(Engine):
         vocoder_dir = self.llm_dir / layout.VOCODER_SUBDIR
         return tok.files() + [vocoder_dir / "campplus.onnx", vocoder_dir / "cosyvoice.yaml"]
 
-    @functools.cache  # noqa: B019 (one engine per run: the cache lives as long as it)
     def feature_fingerprint(self) -> str:
-        """Tokenizer and vocoder-feature checkpoints plus code versions; read once per run."""
-        from editx_cli.engine.stepaudio import features, vocoder, wav2token
+        """Tokenizer and vocoder-feature checkpoints plus code versions; read once per engine.
+        Kept on the instance, not in a functools cache, which would keep a released model
+        alive for the life of a server."""
+        if self._feature_fingerprint is None:
+            from editx_cli.engine.stepaudio import features, vocoder, wav2token
 
-        versions = ";".join([CODE_VERSION, wav2token.CODE_VERSION, features.CODE_VERSION, vocoder.CODE_VERSION])
-        return fingerprint_files(self._feature_files(), versions)
+            versions = ";".join([CODE_VERSION, wav2token.CODE_VERSION, features.CODE_VERSION, vocoder.CODE_VERSION])
+            self._feature_fingerprint = fingerprint_files(self._feature_files(), versions)
+        return self._feature_fingerprint
 
     def fingerprint(self) -> str:
         vocoder_dir = self.llm_dir / layout.VOCODER_SUBDIR
