@@ -143,7 +143,8 @@ def create_app(options: ServeOptions):
     async def run(task: Task, fmt: str, speed: float = 1.0) -> Response:
         t0 = time.perf_counter()
         src = task.prompt_audio or task.input_audio
-        x, sr = audio.load(src)
+        # decoding, measuring and encoding run off the event loop: other requests keep flowing
+        x, sr = await asyncio.to_thread(audio.load, src)
         if len(x) / sr > options.max_audio_seconds:
             field = "voice" if task.task == "clone" else "file"
             raise ApiError(400, f"the audio is {len(x) / sr:.1f} s; at most {options.max_audio_seconds:g} s", field)
@@ -165,7 +166,7 @@ def create_app(options: ServeOptions):
         if task.delivery.match_input:
             from editx_cli import loudness
 
-            level = loudness.integrated(x, sr)
+            level = await asyncio.to_thread(loudness.integrated, x, sr)
         load_seconds, batch = 0.0, 0
         for n in range(task.iterations):
             try:
@@ -185,10 +186,11 @@ def create_app(options: ServeOptions):
         if speed != 1.0:
             import librosa
 
-            y = librosa.effects.time_stretch(y, rate=speed)
+            y = await asyncio.to_thread(librosa.effects.time_stretch, y, rate=speed)
         suffix = ".wav" if fmt == "pcm" else f".{fmt}"
         try:
-            data, rate, measures = deliver.render(y, result.sr, suffix, task.delivery, level)
+            data, rate, measures = await asyncio.to_thread(deliver.render, y, result.sr, suffix, task.delivery,
+                                                           level)
         except ValueError as e:  # too short or silent to normalise, NaN from the engine
             raise ApiError(422, _one_line(e), "loudness" if task.delivery.loudness is not None else None) from None
         if fmt == "pcm":
@@ -328,7 +330,7 @@ def create_app(options: ServeOptions):
             raise ApiError(409, f"voice {name!r} exists (send replace=true to replace it)", "name")
         path = await save_upload(file, "file")
         try:
-            x, sr = audio.load(path)
+            x, sr = await asyncio.to_thread(audio.load, path)
         except audio.AudioError as e:
             raise ApiError(400, f"not usable audio: {e}", "file") from None
         finally:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,29 @@ from editx_cli.main import cli
 ROOT = Path(__file__).resolve().parent.parent
 CLIPS = ROOT / "manifests" / "clips"
 EDITX = str(Path(sys.executable).with_name("editx"))
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots of the browser tests
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")
+
+
+@contextlib.contextmanager
+def chromium_page(width: int, height: int):
+    """A tab of Debian's headless Chromium (never a downloaded browser) and the list of errors
+    its pages log, for a test to assert on."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            tab = browser.new_page(viewport={"width": width, "height": height})
+            tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+            tab.on("pageerror", lambda exc: errors.append(str(exc)))
+            yield tab, errors
+        finally:
+            browser.close()
 
 
 @pytest.fixture(autouse=True)

@@ -14,12 +14,9 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import CLIPS, ROOT, invoke
+from conftest import ARTIFACTS, CLIPS, chromium_page, invoke, needs_chromium
 
 from editx_cli import review
-
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 class _Page(HTMLParser):
@@ -135,58 +132,46 @@ def test_review_refuses_what_is_not_its_own(tmp_path, run_dir):
     assert r.exit_code == 2 and f"error: {empty}/report.json: no editx report here" in r.stderr
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")
+@needs_chromium
 def test_the_page_in_a_real_browser(page):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    ARTIFACTS.mkdir(exist_ok=True)
-    errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            tab = browser.new_page(viewport={"width": 1500, "height": 900})
-            tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            tab.on("pageerror", lambda exc: errors.append(str(exc)))
-            tab.on("request", lambda req: errors.append(f"network: {req.url}")
-                   if not req.url.startswith("file://") else None)
-            tab.goto(page.as_uri())
-            rows = tab.locator("#tasks tbody tr")
-            assert rows.count() == 4
-            assert tab.locator("#shown").inner_text() == "4 of 4 shown"
-            tab.wait_for_function("document.querySelectorAll('span.player').length === 0")
-            assert tab.locator("audio.out").count() == 3  # a player for every output, made as rows show
-            # the output of a chained edit plays: the browser loads it through its relative link
-            seconds = tab.evaluate("""() => new Promise((ok, fail) => {
-                const row = Array.from(document.querySelectorAll("#tasks tbody tr"))
-                    .find(r => r.cells[0].textContent === "fast");
-                const a = row.querySelector("audio.out");  // "fast <b>&.mp3": an odd name, an mp3
-                a.addEventListener("loadedmetadata", () => ok(a.duration));
-                a.addEventListener("error", () => fail("cannot load " + a.src));
-                a.preload = "metadata"; a.load();
-            })""")
-            assert seconds > 1.0
-            pictures = tab.evaluate("""() => Promise.all(Array.from(document.images).map(i => {
-                i.loading = "eager";
-                return i.decode().then(() => i.naturalWidth, () => 0); }))""")
-            assert len(pictures) == 7 and all(0 < w <= review.SPEC_WIDTH for w in pictures)  # all decode
-            tab.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
-            tab.check("#f-failed")
-            assert tab.locator("#tasks tbody tr:visible").count() == 1
-            assert "0.25 s is too short" in tab.locator("#tasks tbody tr:visible").inner_text()
-            tab.screenshot(path=str(ARTIFACTS / "review-failed.png"))
-            tab.uncheck("#f-failed")
-            tab.fill("#f-text", "speed")
-            assert tab.locator("#tasks tbody tr:visible td").first.inner_text() == "fast"
-            tab.fill("#f-text", "")
-            header = tab.locator("th", has_text="id")
-            header.click()
-            ids = tab.locator("#tasks tbody tr td:first-child").all_inner_texts()
-            assert ids == sorted(ids, key=str.lower)
-            header.click()
-            assert tab.locator("#tasks tbody tr td:first-child").all_inner_texts() == ids[::-1]
-        finally:
-            browser.close()
+    with chromium_page(1500, 900) as (tab, errors):
+        tab.on("request", lambda req: errors.append(f"network: {req.url}")
+               if not req.url.startswith("file://") else None)
+        tab.goto(page.as_uri())
+        rows = tab.locator("#tasks tbody tr")
+        assert rows.count() == 4
+        assert tab.locator("#shown").inner_text() == "4 of 4 shown"
+        tab.wait_for_function("document.querySelectorAll('span.player').length === 0")
+        assert tab.locator("audio.out").count() == 3  # a player for every output, made as rows show
+        # the output of a chained edit plays: the browser loads it through its relative link
+        seconds = tab.evaluate("""() => new Promise((ok, fail) => {
+            const row = Array.from(document.querySelectorAll("#tasks tbody tr"))
+                .find(r => r.cells[0].textContent === "fast");
+            const a = row.querySelector("audio.out");  // "fast <b>&.mp3": an odd name, an mp3
+            a.addEventListener("loadedmetadata", () => ok(a.duration));
+            a.addEventListener("error", () => fail("cannot load " + a.src));
+            a.preload = "metadata"; a.load();
+        })""")
+        assert seconds > 1.0
+        pictures = tab.evaluate("""() => Promise.all(Array.from(document.images).map(i => {
+            i.loading = "eager";
+            return i.decode().then(() => i.naturalWidth, () => 0); }))""")
+        assert len(pictures) == 7 and all(0 < w <= review.SPEC_WIDTH for w in pictures)  # all decode
+        tab.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
+        tab.check("#f-failed")
+        assert tab.locator("#tasks tbody tr:visible").count() == 1
+        assert "0.25 s is too short" in tab.locator("#tasks tbody tr:visible").inner_text()
+        tab.screenshot(path=str(ARTIFACTS / "review-failed.png"))
+        tab.uncheck("#f-failed")
+        tab.fill("#f-text", "speed")
+        assert tab.locator("#tasks tbody tr:visible td").first.inner_text() == "fast"
+        tab.fill("#f-text", "")
+        header = tab.locator("th", has_text="id")
+        header.click()
+        ids = tab.locator("#tasks tbody tr td:first-child").all_inner_texts()
+        assert ids == sorted(ids, key=str.lower)
+        header.click()
+        assert tab.locator("#tasks tbody tr td:first-child").all_inner_texts() == ids[::-1]
     assert errors == []
     assert (ARTIFACTS / "review.png").stat().st_size > 10_000
     assert os.access(ARTIFACTS / "review-failed.png", os.R_OK)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -16,14 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import CLIPS, EDITX, ROOT, invoke, model_args
+from conftest import ARTIFACTS, CLIPS, EDITX, ROOT, chromium_page, invoke, model_args, needs_chromium
 
 httpx = pytest.importorskip("httpx", reason="needs editx[serve] and httpx")
 pytest.importorskip("fastapi", reason="needs editx[serve]")
 
 NARRATION = CLIPS / "narration.wav"
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _free_port() -> int:
@@ -231,62 +228,50 @@ def test_voices_and_speech_with_the_openai_client(model_server):
     assert server.health()["stats"]["loads"] == 1  # one engine for voices and speech
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")
+@needs_chromium
 def test_the_web_page_in_a_real_browser(model_server):
     """Register a voice, clone, then edit the result, all from the page, as a user would."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    expect = sync_api.expect
-    ARTIFACTS.mkdir(exist_ok=True)
-    errors: list[str] = []
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            tab = browser.new_page(viewport={"width": 1100, "height": 1000})
-            tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            tab.on("pageerror", lambda exc: errors.append(str(exc)))
-            tab.goto(model_server.url + "/")
-            tab.click("#new-voice summary")
-            tab.fill("#voice-name", "reader")
-            tab.set_input_files("#voice-file", str(NARRATION))
-            tab.fill("#voice-text", "The quick brown fox jumps over the lazy dog.")
-            tab.click("#voice-add")
-            expect(tab.locator("#status")).to_contain_text("voice reader registered", timeout=120_000)
-            assert tab.input_value("#voice") == "reader"
-            tab.fill("#clone-text", "Hello there, how are you?")
-            tab.select_option("#clone-format", "wav")
-            tab.click("#clone-go")
-            tab.wait_for_selector("#history li", timeout=120_000)
+    expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
+    with chromium_page(1100, 1000) as (tab, errors):
+        tab.goto(model_server.url + "/")
+        tab.click("#new-voice summary")
+        tab.fill("#voice-name", "reader")
+        tab.set_input_files("#voice-file", str(NARRATION))
+        tab.fill("#voice-text", "The quick brown fox jumps over the lazy dog.")
+        tab.click("#voice-add")
+        expect(tab.locator("#status")).to_contain_text("voice reader registered", timeout=120_000)
+        assert tab.input_value("#voice") == "reader"
+        tab.fill("#clone-text", "Hello there, how are you?")
+        tab.select_option("#clone-format", "wav")
+        tab.click("#clone-go")
+        tab.wait_for_selector("#history li", timeout=120_000)
 
-            def duration(n: int) -> float:
-                return tab.evaluate("""n => new Promise((ok, fail) => {
-                    const a = document.querySelectorAll("#history audio.result")[n];
-                    if (a.readyState >= 1) return ok(a.duration);
-                    a.addEventListener("loadedmetadata", () => ok(a.duration));
-                    a.addEventListener("error", () => fail("cannot play"));
-                })""", n)
+        def duration(n: int) -> float:
+            return tab.evaluate("""n => new Promise((ok, fail) => {
+                const a = document.querySelectorAll("#history audio.result")[n];
+                if (a.readyState >= 1) return ok(a.duration);
+                a.addEventListener("loadedmetadata", () => ok(a.duration));
+                a.addEventListener("error", () => fail("cannot play"));
+            })""", n)
 
-            assert duration(0) > 0
-            tab.click("#history li .edit-this")
-            assert tab.is_visible("#edit") and "current input: clone" in tab.inner_text("#current")
-            tab.select_option("#edit-type", "emotion")
-            tab.select_option("#edit-info", "happy")
-            tab.fill("#audio-text", "Hello there, how are you?")
-            tab.click("#edit-go")
-            expect(tab.locator("#history li")).to_have_count(2, timeout=120_000)
-            assert duration(0) > 0  # the newest first
-            assert "emotion happy of clone" in tab.inner_text("#history li >> nth=0")
-            tab.select_option("#edit-type", "speed")  # an error is shown as the server words it
-            tab.select_option("#edit-info", "faster")
-            tab.fill("#iterations", "11")
-            tab.click("#edit-go")
-            expect(tab.locator("#status")).to_have_class("err", timeout=60_000)
-            assert tab.inner_text("#status") == "iterations: 11 is outside 1–10"
-            expect(tab.locator("#health")).to_contain_text("loaded on", timeout=10_000)
-            tab.screenshot(path=str(ARTIFACTS / "serve-ui.png"), full_page=True)
-        finally:
-            browser.close()
+        assert duration(0) > 0
+        tab.click("#history li .edit-this")
+        assert tab.is_visible("#edit") and "current input: clone" in tab.inner_text("#current")
+        tab.select_option("#edit-type", "emotion")
+        tab.select_option("#edit-info", "happy")
+        tab.fill("#audio-text", "Hello there, how are you?")
+        tab.click("#edit-go")
+        expect(tab.locator("#history li")).to_have_count(2, timeout=120_000)
+        assert duration(0) > 0  # the newest first
+        assert "emotion happy of clone" in tab.inner_text("#history li >> nth=0")
+        tab.select_option("#edit-type", "speed")  # an error is shown as the server words it
+        tab.select_option("#edit-info", "faster")
+        tab.fill("#iterations", "11")
+        tab.click("#edit-go")
+        expect(tab.locator("#status")).to_have_class("err", timeout=60_000)
+        assert tab.inner_text("#status") == "iterations: 11 is outside 1–10"
+        expect(tab.locator("#health")).to_contain_text("loaded on", timeout=10_000)
+        tab.screenshot(path=str(ARTIFACTS / "serve-ui.png"), full_page=True)
     # the one refused request is logged by the browser itself; nothing else went wrong
     assert [e for e in errors if "status of 400 (Bad Request)" not in e] == [] and len(errors) == 1
 
