@@ -247,7 +247,7 @@ def _single(row: dict, common: dict, labels: dict) -> None:
     _setup(common)
     engine_cls = _engine_class(common["engine"])
     row = {**row, **_delivery(common)}
-    labels = {**labels, **{k: "--" + o.replace("out_", "").replace("_", "-") for k, o in DELIVERY_OPTIONS.items()}}
+    labels = {**labels, **manifests.OPTION_OF}
 
     def build():
         return manifests.validate([row], source="command line", base_dir=Path.cwd(), out_dir=Path.cwd(),

@@ -142,12 +142,15 @@ def validate(
     transcribe: bool = False,
     seed: int = 0,
     delivery: dict[str, Any] | None = None,
+    transcript_hint: tuple[str, str] = ("input_audio", "pass --transcribe"),
 ) -> list[Task]:
     """Turn raw rows into tasks, or raise InvalidInput listing every problem.
 
     `field_labels` renames fields in messages (the CLI shows its option names); `seed` is
     the seed of rows that set none, so every task carries a checked integer; `delivery`
-    holds the command line's output settings (format, loudness, ...) for rows that set none.
+    holds the command line's output settings (format, loudness, ...) for rows that set none;
+    `transcript_hint` says, in a missing-transcript message, what the input is called and how
+    else a transcript can be had (the server words both its own way).
     """
     if not 0 <= seed < 2**32:
         raise InvalidInput([Problem("--seed", None, None, f"{seed} is outside 0–{2**32 - 1}")])
@@ -175,7 +178,8 @@ def validate(
 
     tasks: list[Task] = []
     for n, raw in enumerate(rows, 1):
-        task = _validate_row(n, raw, base_dir, out_dir, engine, bad, transcribe, note, seed, delivery or {})
+        task = _validate_row(n, raw, base_dir, out_dir, engine, bad, transcribe, note, seed, delivery or {},
+                             transcript_hint)
         if task is not None:
             task.source = source
             if field_labels:
@@ -212,7 +216,8 @@ def _text(raw: dict, key: str) -> str:
 
 def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type, bad,
                   transcribe: bool = False, note=None, default_seed: int = 0,
-                  defaults: dict | None = None) -> Task | None:
+                  defaults: dict | None = None,
+                  transcript_hint: tuple[str, str] = ("input_audio", "pass --transcribe")) -> Task | None:
     ok = True
 
     def err(fld: str | None, msg: str) -> None:
@@ -303,10 +308,11 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
             guided = intensity is not None and intensity != 1.0 and edit_type not in engine.needs_transcript
             if (engine.wants_transcript(edit_type, intensity if intensity is not None else 1.0)
                     and not fields["audio_text"].strip() and not transcribe):
-                why = (f"intensity {intensity:g} on {a} {edit_type} edit needs the transcript of input_audio "
+                source, remedy = transcript_hint
+                why = (f"intensity {intensity:g} on {a} {edit_type} edit needs the transcript of {source} "
                        "(the guidance reference re-speaks it)" if guided
-                       else f"{a} {edit_type} edit needs the transcript of input_audio")
-                err("audio_text", f"missing ({why}; or pass --transcribe)")
+                       else f"{a} {edit_type} edit needs the transcript of {source}")
+                err("audio_text", f"missing ({why}; or {remedy})")
 
     if kind == "clone" or fields["edit_type"].strip() == "paralinguistic":  # a text the model speaks
         for is_error, msg in tags.check(fields["text"]):

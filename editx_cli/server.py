@@ -224,12 +224,11 @@ def create_app(options: ServeOptions):
     def checked(row: dict[str, Any], labels: dict[str, str]) -> Task:
         try:
             return validate([row], source="request", base_dir=scratch, out_dir=scratch, engine=engine_cls,
-                            field_labels=labels, transcribe=bool(options.whisper_model))[0]
+                            field_labels=labels, transcribe=bool(options.whisper_model),
+                            transcript_hint=("the upload", "start the server with --whisper-model"))[0]
         except InvalidInput as e:
             p = e.problems[0]
             message = "; ".join(f"{q.field}: {q.message}" if q.field else q.message for q in e.problems)
-            message = (message.replace("or pass --transcribe", "or start the server with --whisper-model")
-                       .replace("transcript of input_audio", "transcript of the upload"))
             raise ApiError(400, private(message), p.field) from None
 
     async def save_upload(upload: UploadFile, field: str) -> Path:
@@ -401,8 +400,8 @@ def _voice_names(voices: Path) -> list[str]:
 
 
 def _voice(voices: Path, name: str) -> dict:
-    known = _voice_names(voices)
-    if name not in known:
+    if not (ID_PATTERN.fullmatch(name) and (voices / f"{name}.json").is_file()):
+        known = _voice_names(voices)  # listed only for the message: a request looks up one file
         raise ApiError(404, f"voice {name!r} not found (registered: {', '.join(known) or 'none'}; "
                             "POST /v1/voices adds one)", "voice")
     try:
