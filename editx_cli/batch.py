@@ -68,7 +68,8 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
     try:
         engine = engine_cls(config.engine_config, cache)
         check_transcription(tasks, engine, config.options)
-        planned = plan(tasks, engine.fingerprint(), config.options.overwrite, config.options.force)
+        planned = plan(tasks, engine.fingerprint() + config.options.retry_key(), config.options.overwrite,
+                       config.options.force)
         if config.report is not None:
             _check_report(config.report, tasks)
             if config.review:

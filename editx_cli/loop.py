@@ -19,6 +19,7 @@ from typing import Any
 from editx_cli import audio, deliver, loudness
 from editx_cli.engine import Engine, Request, Result
 from editx_cli.errors import InvalidInput, Problem
+from editx_cli.qa import DEFAULT_THRESHOLDS, Check, Checker, Thresholds, rank
 from editx_cli.report import Outcome
 from editx_cli.resume import PlannedTask, commit, manifest_of, restore
 from editx_cli.schedule import FAIL_FAST, Scheduler, group_size, outcome_of
@@ -37,6 +38,15 @@ class RunOptions:
     transcribe: bool = False  # fill empty audio_text with Whisper where the edit uses it
     whisper_model: str = "large-v3"
     allow_download: bool = False
+    qa: bool = False  # score every output (words, voice, duration, level) in the report
+    thresholds: str = DEFAULT_THRESHOLDS  # what a passing output scores at least (--retry-below)
+    max_retries: int = 0  # regenerate an output below the thresholds this many times, next seed each
+
+    def retry_key(self) -> str:
+        """What retrying adds to a task's identity: the kept attempt depends on it."""
+        if not (self.qa and self.max_retries):
+            return ""
+        return f";retry={self.thresholds};max={self.max_retries};whisper={self.whisper_model}"
 
 
 def run(
@@ -94,6 +104,7 @@ def run(
     # length (little padding).
     sched = Scheduler(planned, options.fail_fast, finished, key=seconds_of if size > 1 else None)
     transcriber = _transcriber(engine, options)
+    checker = _checker(engine, options, transcriber)
     active: list[_Work] = []
 
     def end(w: _Work, state: str, error: str = "") -> None:
@@ -124,14 +135,27 @@ def run(
             wave = (sorted(active, key=lambda w: len(w.x) / w.sr) if size > 1 else active)[:size]
             bar.set_postfix_str(",".join(w.p.task.id for w in wave)[:40], refresh=False)
             results = engine.run_batch([w.request() for w in wave])
+            last: list[_Work] = []  # works whose final pass this was
             for w, result in zip(wave, results, strict=True):
                 if isinstance(result, BaseException):
                     end(w, "failed", _one_line(result))
                     continue
                 w.absorb(result)
                 if w.passes == w.p.task.iterations:
-                    error = w.commit()
-                    end(w, "failed" if error else "done", error)
+                    last.append(w)
+            if checker is not None and last:
+                try:
+                    _judge(last, checker, options.max_retries)
+                except Exception as e:  # Whisper or the speaker model failed: these tasks, not the run
+                    log.debug("quality checks failed", exc_info=True)
+                    for w in last:
+                        end(w, "failed", f"quality checks: {_one_line(e)}")
+                    last = []
+            for w in last:
+                if w.passes == 0:  # below the thresholds: back in the queue with the next seed
+                    continue
+                error = w.commit()
+                end(w, "failed" if error else "done", error)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
         for w in active:
             w.close()
@@ -141,6 +165,17 @@ def run(
     finally:
         bar.close()
     return [outcomes[p.task.id] for p in planned], load_seconds
+
+
+def _judge(works: list[_Work], checker: Checker, max_retries: int) -> None:
+    """Score the final pass of each work in one group; keep the best attempt of those that are
+    done, and send the others round again with the next seed."""
+    checks = [w.check() for w in works]
+    scores, seconds = checker(checks)
+    share = sum(seconds.values()) / len(works)
+    for w, s in zip(works, scores, strict=True):
+        w.o.stages["qa"] = round(w.o.stages.get("qa", 0.0) + share, 4)
+        w.judged(s, max_retries)
 
 
 def duration_of(path: Path) -> float | None:
@@ -163,18 +198,56 @@ class _Work:
     digest: str  # samples_digest of the current audio
     passes: int = 0
     input_loudness: float | None = None  # LUFS of the task's input, when the output is to match it
+    attempt: int = 0  # 0: the first; each retry regenerates from the input with the next seed
+    attempts: list | None = None  # every attempt's scores, with its seed
+    best: tuple | None = None  # (rank, audio, rate, engine info, scores) of the best attempt so far
+
+    def __post_init__(self) -> None:
+        # What a retry starts again from
+        self.start = (self.x, self.sr, self.path, self.audio_text, self.digest)
+        self.pass_info: dict[str, Any] = {}
+
+    @property
+    def seed(self) -> int:
+        return ((self.o.seed or 0) + self.attempt) % 2**32
 
     def request(self) -> Request:
         t = self.p.task
         return Request(kind=t.task, audio=self.x, sr=self.sr, audio_text=self.audio_text, text=t.text,
-                       edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity, seed=self.o.seed,
+                       edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity, seed=self.seed,
                        audio_digest=self.digest, path=self.path, task_id=t.id)
+
+    def check(self) -> Check:
+        """What the output so far is checked against: the task's input voice and text."""
+        t = self.p.task
+        x0, sr0, _, text0, digest0 = self.start
+        expected = t.text if t.task == "clone" or t.edit_type == "paralinguistic" else text0
+        return Check(self.x, self.sr, audio.samples_digest(self.x, self.sr), x0, sr0, digest0, expected,
+                     "clone" if t.task == "clone" else t.edit_type, len(x0) / sr0)
+
+    def judged(self, scores: dict[str, Any], max_retries: int) -> None:
+        """Record an attempt's scores; retry (passes back to 0) or settle on the best attempt."""
+        scores = {"attempt": self.attempt + 1, "seed": self.seed, **scores}
+        self.attempts = [*(self.attempts or []), scores]
+        if self.best is None or rank(scores) > self.best[0]:  # a later attempt must be better to replace
+            self.best = (rank(scores), self.x, self.sr, dict(self.pass_info), scores)
+        if not scores["passed"] and self.attempt < max_retries:
+            self.attempt += 1
+            self.x, self.sr, self.path, self.audio_text, self.digest = self.start
+            self.passes = 0
+            return
+        _, self.x, self.sr, info, kept = self.best
+        self.o.info.update(info)
+        self.o.info["qa"] = {k: v for k, v in kept.items() if k not in ("attempt", "seed") or len(self.attempts) > 1}
+        if len(self.attempts) > 1:
+            self.o.info["qa_attempts"] = self.attempts
 
     def absorb(self, result: Result) -> None:
         o = self.o
         for stage, seconds in result.stages.items():
             o.stages[stage] = round(o.stages.get(stage, 0.0) + seconds, 4)
         o.info.update(result.info)
+        self.pass_info = dict(result.info)
         o.cache_hits += result.cache_hits
         o.cache_misses += result.cache_misses
         self.x, self.sr, self.path = result.audio, result.sr, ""
@@ -207,7 +280,10 @@ class _Work:
                 o.info["loudness_target"] = measures["loudness_target"]
             o.stages["write"] = round(time.perf_counter() - t0, 4)
             try:
-                commit(tmp, t.output, self.p.fingerprint, t.id, manifest_of(t), o)
+                c = self.check()
+                commit(tmp, t.output, self.p.fingerprint, t.id, manifest_of(t), o,
+                       {"reference": os.path.abspath(self.p.source), "text": c.expected_text, "kind": c.kind,
+                        "input_seconds": round(c.input_seconds, 3)})
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
@@ -219,7 +295,7 @@ class _Work:
             self.close()
 
     def close(self) -> None:
-        self.x = None
+        self.x = self.start = self.best = None
 
 
 def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work:
@@ -253,7 +329,7 @@ def check_transcription(tasks: list[Task], engine: Engine, options: RunOptions) 
     """A Whisper model that cannot be opened is bad usage, found before anything runs."""
     needed = [t for t in tasks if t.task == "edit" and not t.audio_text.strip()
               and engine.wants_transcript(t.edit_type, t.intensity)]
-    if not (options.transcribe and needed):
+    if not ((options.transcribe and needed) or (options.qa and tasks)):
         return
     from editx_cli.transcribe import TranscriptionError, resolve
 
@@ -261,6 +337,16 @@ def check_transcription(tasks: list[Task], engine: Engine, options: RunOptions) 
         resolve(options.whisper_model, options.allow_download)
     except TranscriptionError as e:
         raise InvalidInput([Problem("--whisper-model", None, None, str(e))]) from None
+
+
+def _checker(engine: Engine, options: RunOptions, transcriber) -> Checker | None:
+    if not options.qa:
+        return None
+    if transcriber is None:
+        from editx_cli.transcribe import Transcriber
+
+        transcriber = Transcriber(options.whisper_model, engine.device, engine.cache, options.allow_download)
+    return Checker(transcriber, engine.speaker_embedding, Thresholds.parse(options.thresholds))
 
 
 def _transcriber(engine: Engine, options: RunOptions):

@@ -21,6 +21,7 @@ from editx_cli.errors import UsageError
 
 log = logging.getLogger("editx")
 DEFAULT_ENGINE = "stepaudio"
+DEFAULT_THRESHOLDS = "wer=0.15,sim=0.5"  # as editx_cli.qa's, which imports numpy: too slow for --help
 
 
 def _common(f):
@@ -64,10 +65,23 @@ def _common(f):
         click.option("--match-input", is_flag=True, default=None, envvar="EDITX_MATCH_INPUT",
                      help="Give each output the loudness of its input (an edit's input audio, a clone's "
                           "prompt)."),
+        click.option("--qa", is_flag=True, envvar="EDITX_QA",
+                     help="Check every output: Whisper's transcript against the text it should say (WER; CER "
+                          "for Chinese and Japanese), speaker similarity to the prompt or input, duration and "
+                          "level. Scores go in the report; uses --whisper-model."),
+        click.option("--retry-below", envvar="EDITX_RETRY_BELOW", default=None, metavar="wer=N,sim=N",
+                     help="With --qa implied: regenerate an output that scores worse than this with the next "
+                          f"seed, keeping the best attempt [thresholds of --qa alone: {DEFAULT_THRESHOLDS}]."),
+        click.option("--max-retries", envvar="EDITX_MAX_RETRIES", type=click.IntRange(0, 20), default=None,
+                     help="Retries per output under --retry-below [default: 2]."),
         click.option("-q", "--quiet", is_flag=True, envvar="EDITX_QUIET", help="No progress bar, warnings only."),
         click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
     ]
     return functools.reduce(lambda g, opt: opt(g), reversed(options + _model_options()), f)
+
+
+def _with_model_options(f):
+    return functools.reduce(lambda g, opt: opt(g), reversed(_model_options()), f)
 
 
 def _model_options() -> list:
@@ -237,6 +251,21 @@ def edit(input_audio: str, edit_type: str, edit_info: str, intensity: str, itera
                           "task": "--engine", "seed": "--seed"})
 
 
+def _quality(common: dict) -> dict:
+    """--qa, --retry-below and --max-retries as run options; thresholds checked once, here."""
+    from editx_cli.qa import ThresholdError, Thresholds
+
+    spec, retries = common["retry_below"], common["max_retries"]
+    if retries is not None and spec is None:
+        raise UsageError("--max-retries needs --retry-below (the scores an output must reach)")
+    try:
+        thresholds = Thresholds.parse(spec or DEFAULT_THRESHOLDS).key()
+    except ThresholdError as e:
+        raise UsageError(f"--retry-below: {e}") from None
+    return {"qa": common["qa"] or spec is not None, "thresholds": thresholds,
+            "max_retries": (2 if retries is None else retries) if spec is not None else 0}
+
+
 def _suffix(common: dict) -> str:
     return str(common["out_format"] or "wav").strip().lower().lstrip(".") or "wav"
 
@@ -303,7 +332,7 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
             overwrite=common["overwrite"], force=force, fail_fast=fail_fast,
             batch_size=batch_size,
             transcribe=common["transcribe"], whisper_model=common["whisper_model"],
-            allow_download=common["allow_download"],
+            allow_download=common["allow_download"], **_quality(common),
             progress=not common["quiet"] and sys.stderr.isatty(),
         ),
         log_level=log.level,
@@ -360,6 +389,93 @@ def review_page(out_dir: str, report_path: str | None) -> None:
     except OSError as e:
         raise UsageError(f"{review.target(path)}: the page could not be written ({e.strerror or e})") from None
     click.echo(str(page))
+
+
+@cli.command("qa")
+@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--thresholds", default=DEFAULT_THRESHOLDS, show_default=True, metavar="wer=N,sim=N",
+              help="What a passing output scores at least (wer; cer for Chinese and Japanese; sim).")
+@click.option("--engine", envvar="EDITX_ENGINE", default=DEFAULT_ENGINE, show_default=True,
+              help="Whose speaker model measures similarity (dsp has none).")
+@click.option("--gpu", envvar="EDITX_GPU", type=click.IntRange(0), default=None, help="GPU index to run on.")
+@click.option("--cache-dir", envvar="EDITX_CACHE_DIR", type=click.Path(file_okay=False), default=None,
+              help="Feature cache folder (transcripts are cached by audio content).")
+@click.option("--no-cache", is_flag=True, envvar="EDITX_NO_CACHE", help="Neither read nor write the cache.")
+@click.option("--whisper-model", envvar="EDITX_WHISPER_MODEL", default="large-v3", show_default=True,
+              help="A local Whisper checkpoint file, or a model name already in Whisper's cache.")
+@click.option("--allow-download", is_flag=True, envvar="EDITX_ALLOW_DOWNLOAD",
+              help="Let Whisper download a named model that is not cached yet.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the file written.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@_with_model_options
+def qa_outputs(out_dir: str, thresholds: str, engine: str, gpu: int | None, cache_dir: str | None, no_cache: bool,
+               whisper_model: str, allow_download: bool, quiet: bool, verbose: bool, **model) -> None:
+    """Check the outputs an earlier run wrote in OUT_DIR (nothing is regenerated): Whisper's
+    transcript against the text each should say, speaker similarity to its prompt or input,
+    duration and level. Writes OUT_DIR/qa.json and qa.csv, and the scores into OUT_DIR's
+    report (and review page) when there is one. Exit 1 when an output is below the thresholds."""
+    from editx_cli import qa_folder, review
+    from editx_cli.cache import DEFAULT_SIZE_LIMIT, CacheError, FeatureCache, NullCache
+    from editx_cli.qa import Checker, ThresholdError, Thresholds
+    from editx_cli.transcribe import Transcriber, TranscriptionError, resolve
+
+    _setup({"verbose": verbose, "quiet": quiet, "gpu": gpu})
+    try:
+        limits = Thresholds.parse(thresholds)
+    except ThresholdError as e:
+        raise UsageError(f"--thresholds: {e}") from None
+    try:
+        resolve(whisper_model, allow_download)
+    except TranscriptionError as e:
+        raise UsageError(f"--whisper-model: {e}") from None
+    engine_cls = _engine_class(engine)
+    config = {"gpu": gpu, **{k: model[k] for k in MODEL_KEYS}}
+    problems = engine_cls.check_config(config)
+    if problems:
+        raise UsageError(f"--engine {engine}: {problems[0]}")
+    folder = Path(out_dir)
+    found, skipped = qa_folder.outputs(folder)
+    for line in skipped:
+        log.warning("%s", line)
+    if not found:
+        raise UsageError(f"{folder}: no output of an editx run to check here")
+    cache = NullCache() if no_cache else FeatureCache(cache_dir, DEFAULT_SIZE_LIMIT)
+    try:
+        cache.open()
+    except CacheError as e:
+        raise UsageError(f"--cache-dir: {e}") from None
+    try:
+        eng = engine_cls(config, cache)
+        device = "cuda:0" if _cuda() else "cpu"
+        eng.device = device
+        checker = Checker(Transcriber(whisper_model, device, cache, allow_download), eng.speaker_embedding, limits)
+        rows = qa_folder.check(found, checker)
+    finally:
+        cache.close()
+    path = qa_folder.write(rows, folder, limits.key(), skipped)
+    report = qa_folder.into_report(rows, folder / "report.json")
+    page = review.target(folder / "report.json")
+    if report is not None and page.is_file():
+        review.build(report, folder / "report.json")
+    below = [r for r in rows if "qa" in r and not r["qa"]["passed"]]
+    if not quiet:
+        for r in rows:
+            if "error" in r:
+                click.echo(f"editx: {r['output']}: {r['error']}", err=True)
+        for r in below:
+            click.echo(f"editx: low quality {r['output']}: {r['qa']['problems']}", err=True)
+        passed = sum(r.get("qa", {}).get("passed") is True for r in rows)
+        click.echo(f"editx: {len(rows)} outputs: {passed} passed, {len(below)} below the thresholds"
+                   + (f", {len(rows) - passed - len(below)} unreadable" if len(rows) - passed - len(below) else ""),
+                   err=True)
+    click.echo(str(path))
+    sys.exit(1 if below or any("error" in r for r in rows) else 0)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @cli.group(invoke_without_command=True)

@@ -98,6 +98,10 @@ def build(
         },
         "versions": versions,
     }
+    checked = [o.info for o in outcomes if o.status in ("done", "skipped") and isinstance(o.info.get("qa"), dict)]
+    if checked:
+        run["qa"] = {"checked": len(checked), "passed": sum(i["qa"].get("passed") is True for i in checked),
+                     "retries": sum(max(0, len(i.get("qa_attempts") or [None]) - 1) for i in checked)}
     return {"run": run, "tasks": [asdict(o) for o in outcomes]}
 
 
@@ -160,7 +164,13 @@ def summary(report: dict[str, Any]) -> str:
             if cache["hit_rate"] is not None else "not used"
         ),
     ]
+    if r.get("qa"):
+        qa = r["qa"]
+        lines.append(f"  qa: {qa['checked']} checked, {qa['passed']} passed, {qa['checked'] - qa['passed']} "
+                     f"below thresholds, {qa['retries']} retries")
     for t in report["tasks"]:
         if t["status"] in ("failed", "cancelled"):
             lines.append(f"  {t['status']} {t['id']}: {t['error']}")
+        elif (t.get("info") or {}).get("qa", {}).get("passed") is False:
+            lines.append(f"  low quality {t['id']}: {t['info']['qa'].get('problems')}")
     return "\n".join(lines)

@@ -143,7 +143,7 @@ def restore(o: Outcome, output: Path) -> None:
 
 
 def commit(tmp: str, output: Path, fingerprint: str, task_id: str, manifest: str | None = None,
-           outcome: Outcome | None = None) -> None:
+           outcome: Outcome | None = None, checks: dict | None = None) -> None:
     """Record, then rename: after a crash either the record or the file is stale,
     and a stale record never matches the file's hash."""
     earlier = read_state(output)
@@ -157,6 +157,8 @@ def commit(tmp: str, output: Path, fingerprint: str, task_id: str, manifest: str
               "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if outcome is not None:
         record["outcome"] = {k: getattr(outcome, k) for k in KEPT}
+    if checks is not None:  # what `editx qa` checks the output against later
+        record["checks"] = checks
     path = state_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     part = path.with_name(path.name + f".{os.getpid()}.part")

@@ -103,6 +103,11 @@ class Engine:
                 results.append(e)
         return results
 
+    def speaker_embedding(self, x: np.ndarray, sr: int) -> np.ndarray | None:
+        """A vector of who speaks in `x` (cosine-comparable), or None when the engine has no
+        speaker model."""
+        return None
+
     def versions(self) -> dict[str, str]:
         return {}
 

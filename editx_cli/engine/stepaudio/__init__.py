@@ -34,6 +34,7 @@ import numpy as np
 from editx_cli.cache import fingerprint_files
 from editx_cli.engine import Engine, Request, Result
 from editx_cli.engine.stepaudio import layout, prompts
+from editx_cli.speech_text import speech_seconds
 
 log = logging.getLogger("editx")
 
@@ -249,12 +250,18 @@ class StepAudioEngine(Engine):
         key = self.cache.key("stepaudio", digest, self.features_key)
         return self.cache.get_or_compute(key, lambda: self._compute_features(x, sr))
 
-    def _compute_features(self, x: np.ndarray, sr: int) -> dict[str, Any]:
-        from editx_cli.engine.stepaudio.features import SpeakerEncoder, prompt_mel
-        from editx_cli.engine.stepaudio.wav2token import preprocess
+    def speaker_embedding(self, x: np.ndarray, sr: int) -> np.ndarray:
+        """The CAM++ embedding the vocoder is conditioned on (campplus.onnx of the model folder)."""
+        from editx_cli.engine.stepaudio.features import SpeakerEncoder
 
         if self.speaker_encoder is None:
             self.speaker_encoder = SpeakerEncoder(self.llm_dir / layout.VOCODER_SUBDIR / "campplus.onnx", self.device)
+        return self.speaker_encoder(x, sr)
+
+    def _compute_features(self, x: np.ndarray, sr: int) -> dict[str, Any]:
+        from editx_cli.engine.stepaudio.features import prompt_mel
+        from editx_cli.engine.stepaudio.wav2token import preprocess
+
         # Tokens come from the trimmed 16 kHz audio, mel and embedding from the untrimmed
         # audio: the reference's mismatch, kept (the vocoder stretches the mel to fit).
         vq02, vq06 = self.audio_tokenizer(preprocess(x, sr))
@@ -263,7 +270,7 @@ class StepAudioEngine(Engine):
             "vq06": vq06,
             "mixed": prompts.interleave(vq02, vq06),
             "mel": prompt_mel(x, sr, self.vocoder.mel_conf),
-            "embedding": self.speaker_encoder(x, sr),
+            "embedding": self.speaker_embedding(x, sr),
         }
 
     def run(self, request: Request) -> Result:
@@ -522,20 +529,6 @@ def _edit_budget(mixed: list[int]) -> int:
     # An edit re-speaks its input: twice the input's length covers "more slower" (x1.44)
     # and added paralinguistic sounds; beyond that the decode is a runaway.
     return 2 * len(mixed) + 50
-
-
-# Speaking time of a text, by script, on the slow side: a CJK character (or kana, hangul
-# syllable) is a syllable (~4 a second), a digit is read as a word, other letters ~12 a
-# second. Used only to bound a clone's decode, so erring long costs nothing.
-_SYLLABLE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
-_LETTER = re.compile(r"[^\W\d_]")
-
-
-def speech_seconds(text: str) -> float:
-    syllables = len(_SYLLABLE.findall(text))
-    letters = len(_LETTER.findall(text)) - syllables
-    digits = sum(c.isdigit() for c in text)
-    return syllables * 0.25 + letters / 12 + digits * 0.35
 
 
 def _clone_budget(prompt_mixed: list[int], prompt_text: str, text: str) -> int:
