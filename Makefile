@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/decode.py
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/delivery.py
+	$(BIN)/python benchmarks/longform_qa.py
 
 clean:
 	rm -rf demo-out .pytest_cache test-artifacts

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from editx_cli import audio, deliver, loudness
+from editx_cli import audio, deliver, longform, loudness
 from editx_cli.engine import Engine, Request, Result
 from editx_cli.errors import InvalidInput, Problem
 from editx_cli.qa import DEFAULT_THRESHOLDS, Check, Checker, Thresholds, rank
 from editx_cli.report import Outcome
 from editx_cli.resume import PlannedTask, commit, manifest_of, restore
 from editx_cli.schedule import FAIL_FAST, Scheduler, group_size, outcome_of
+from editx_cli.speech_text import speech_seconds
 from editx_cli.tasks import Task
 
 log = logging.getLogger("editx")
@@ -41,12 +42,15 @@ class RunOptions:
     qa: bool = False  # score every output (words, voice, duration, level) in the report
     thresholds: str = DEFAULT_THRESHOLDS  # what a passing output scores at least (--retry-below)
     max_retries: int = 0  # regenerate an output below the thresholds this many times, next seed each
+    chunk_seconds: float | None = None  # cut longer inputs and texts (None: the engine's window decides)
 
     def retry_key(self) -> str:
-        """What retrying adds to a task's identity: the kept attempt depends on it."""
+        """What retrying and a chosen chunk length add to a task's identity: the output depends on
+        them (nothing when unset, so that earlier outputs stay done)."""
+        key = f";chunk={self.chunk_seconds:g}" if self.chunk_seconds else ""
         if not (self.qa and self.max_retries):
-            return ""
-        return f";retry={self.thresholds};max={self.max_retries};whisper={self.whisper_model}"
+            return key
+        return f"{key};retry={self.thresholds};max={self.max_retries};whisper={self.whisper_model}"
 
 
 def run(
@@ -106,12 +110,34 @@ def run(
     transcriber = _transcriber(engine, options)
     checker = _checker(engine, options, transcriber)
     active: list[_Work] = []
+    longs: dict[int, _Long] = {}  # id of a chunk's work -> the long task it is part of
 
     def end(w: _Work, state: str, error: str = "") -> None:
+        if w not in active:  # a chunk whose task another chunk's failure has ended
+            return
         active.remove(w)
-        w.close()
-        w.o.status, w.o.error = state, error
-        sched.complete([w.o])
+        whole = longs.pop(id(w), None)
+        if whole is None:
+            w.close()
+            w.o.status, w.o.error = state, error
+            sched.complete([w.o])
+            return
+        if state == "done":  # a chunk is ready: the task is done when all are
+            whole.take(w)
+            if whole.left:
+                return
+            error = whole.commit()
+            state = "failed" if error else "done"
+        else:  # one chunk failed or was cancelled: so is its task, and its other chunks go
+            error = f"chunk {whole.chunks.index(w) + 1} ({whole.span(w)}): {error}"
+            for other in whole.chunks:
+                if id(other) in longs:
+                    longs.pop(id(other))
+                    active.remove(other)
+                    other.close()
+        whole.w.close()
+        whole.w.o.status, whole.w.o.error = state, error
+        sched.complete([whole.w.o])
 
     try:
         while True:
@@ -122,10 +148,21 @@ def run(
                     end(w, "cancelled", FAIL_FAST)
                 break
             for p in starting:
-                w = _start(p, outcomes[p.task.id], engine, transcriber)
+                w = _start(p, outcomes[p.task.id], engine, transcriber, options)
                 active.append(w)
                 if w.x is None:
                     end(w, "failed", w.o.error)
+                    continue
+                try:
+                    whole = _split(w, engine, options, transcriber)
+                except Exception as e:
+                    log.debug("task %s could not be cut", p.task.id, exc_info=True)
+                    end(w, "failed", f"cutting the long input: {_one_line(e)}")
+                    continue
+                if whole is not None:  # its chunks run in its place, as tasks of their own
+                    active.remove(w)
+                    active.extend(whole.chunks)
+                    longs.update((id(c), whole) for c in whole.chunks)
             if not active:
                 if starting:  # all failed to start: others may be ready now
                     continue
@@ -154,7 +191,7 @@ def run(
             for w in last:
                 if w.passes == 0:  # below the thresholds: back in the queue with the next seed
                     continue
-                error = w.commit()
+                error = "" if id(w) in longs else w.commit()  # a chunk is joined, not written
                 end(w, "failed" if error else "done", error)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
         for w in active:
@@ -185,7 +222,7 @@ def duration_of(path: Path) -> float | None:
         return None
 
 
-@dataclass
+@dataclass(eq=False)  # works are told apart by identity
 class _Work:
     """A task in progress: its current audio and how many passes it has had."""
 
@@ -196,6 +233,7 @@ class _Work:
     path: str
     audio_text: str
     digest: str  # samples_digest of the current audio
+    text: str | None = None  # what to say (a clone, a paralinguistic edit), when not the task's own
     passes: int = 0
     input_loudness: float | None = None  # LUFS of the task's input, when the output is to match it
     attempt: int = 0  # 0: the first; each retry regenerates from the input with the next seed
@@ -208,21 +246,30 @@ class _Work:
         self.pass_info: dict[str, Any] = {}
 
     @property
+    def say(self) -> str:
+        return self.p.task.text if self.text is None else self.text
+
+    @property
     def seed(self) -> int:
         return ((self.o.seed or 0) + self.attempt) % 2**32
 
     def request(self) -> Request:
         t = self.p.task
-        return Request(kind=t.task, audio=self.x, sr=self.sr, audio_text=self.audio_text, text=t.text,
+        return Request(kind=t.task, audio=self.x, sr=self.sr, audio_text=self.audio_text, text=self.say,
                        edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity, seed=self.seed,
                        audio_digest=self.digest, path=self.path, task_id=t.id)
+
+    @property
+    def expected(self) -> str:
+        """What the output should say."""
+        t = self.p.task
+        return self.say if t.task == "clone" or t.edit_type == "paralinguistic" else self.start[3]
 
     def check(self) -> Check:
         """What the output so far is checked against: the task's input voice and text."""
         t = self.p.task
-        x0, sr0, _, text0, digest0 = self.start
-        expected = t.text if t.task == "clone" or t.edit_type == "paralinguistic" else text0
-        return Check(self.x, self.sr, audio.samples_digest(self.x, self.sr), x0, sr0, digest0, expected,
+        x0, sr0, _, _, digest0 = self.start
+        return Check(self.x, self.sr, audio.samples_digest(self.x, self.sr), x0, sr0, digest0, self.expected,
                      "clone" if t.task == "clone" else t.edit_type, len(x0) / sr0)
 
     def judged(self, scores: dict[str, Any], max_retries: int) -> None:
@@ -256,7 +303,7 @@ class _Work:
             self.digest = audio.samples_digest(self.x, self.sr)
         # The next pass edits this output; its transcript is what was just spoken.
         if self.p.task.edit_type == "paralinguistic":
-            self.audio_text = self.p.task.text
+            self.audio_text = self.say
 
     def commit(self) -> str:
         """Write the output atomically; return an error message, or "" on success."""
@@ -298,7 +345,7 @@ class _Work:
         self.x = self.start = self.best = None
 
 
-def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work:
+def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: RunOptions) -> _Work:
     """Read a task's input (and transcribe it when asked to); on failure, a work item with no
     audio and the error in its outcome."""
     t = p.task
@@ -312,8 +359,9 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work:
             level = loudness.integrated(x, sr) if t.delivery.match_input else None
         except loudness.LoudnessError as e:
             raise loudness.LoudnessError(f"match_input: the input audio: {e}") from None
-        if transcriber and t.task == "edit" and not text.strip() and engine.wants_transcript(t.edit_type,
-                                                                                              t.intensity):
+        long = _window(engine, options) is not None and len(x) / sr > _window(engine, options)
+        if transcriber and t.task == "edit" and not text.strip() and not long and \
+                engine.wants_transcript(t.edit_type, t.intensity):  # a long input: each chunk, later
             text, hit, seconds = transcriber(x, sr, digest)
             o.stages["transcribe"] = round(seconds, 4)
             o.cache_hits, o.cache_misses = o.cache_hits + hit, o.cache_misses + (not hit)
@@ -323,6 +371,150 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber) -> _Work:
         return _Work(p, o, None, 0, str(p.source), text, "")
     o.input_seconds = round(len(x) / sr, 3)
     return _Work(p, o, x, sr, str(p.source), text, digest, input_loudness=level)
+
+
+def _window(engine: Engine, options: RunOptions) -> float | None:
+    """Inputs longer than this many seconds are cut (None: none is)."""
+    return options.chunk_seconds or engine.window_seconds
+
+
+class _Long:
+    """A task cut into chunks that run as works of their own; joined and written when all are done."""
+
+    def __init__(self, w: _Work, chunks: list[_Work], starts: list[int], ends: list[int], pauses: list[float],
+                 split_seconds: float) -> None:
+        self.w, self.chunks, self.starts, self.ends, self.pauses = w, chunks, starts, ends, pauses
+        self.done: dict[int, tuple[Any, int, Outcome, str, str]] = {}  # audio, rate, outcome, transcript, expected
+        self.w.o.stages["split"] = round(split_seconds, 4)
+
+    @property
+    def left(self) -> int:
+        return len(self.chunks) - len(self.done)
+
+    def span(self, c: _Work) -> str:
+        i = self.chunks.index(c)
+        if self.w.p.task.task == "clone":
+            return f"text {c.say[:40]!r}"
+        return f"{self.starts[i] / self.w.sr:.1f}-{self.ends[i] / self.w.sr:.1f} s"
+
+    def take(self, c: _Work) -> None:
+        self.done[self.chunks.index(c)] = (c.x, c.sr, c.o, c.start[3], c.expected)
+        c.close()
+
+    def commit(self) -> str:
+        """Join the chunks in order, with the task's report of them, and write the output."""
+        w, o = self.w, self.w.o
+        sr = self.done[0][1]
+        pieces = [x if r == sr else audio.resample(x, r, sr)
+                  for x, r, *_ in (self.done[i] for i in range(len(self.chunks)))]
+        t0 = time.perf_counter()
+        y, spans = longform.join(pieces, self.pauses, sr)
+        o.stages["join"] = round(time.perf_counter() - t0, 4)
+        rows, scores, texts = [], [], []
+        for i, c in enumerate(self.chunks):
+            _, _, co, transcript, expected = self.done[i]
+            for stage, seconds in co.stages.items():
+                o.stages[stage] = round(o.stages.get(stage, 0.0) + seconds, 4)
+            o.cache_hits += co.cache_hits
+            o.cache_misses += co.cache_misses
+            row = {"index": i + 1, "text": c.say if w.p.task.task == "clone" else transcript,
+                   "seed": co.seed, "output_start": longform.seconds(spans[i][0], sr),
+                   "output_end": longform.seconds(spans[i][1], sr),
+                   "seconds": round(sum(co.stages.values()), 4), "cache_hits": co.cache_hits,
+                   "cache_misses": co.cache_misses,
+                   **{k: v for k, v in co.info.items() if k in ("generated_tokens", "stopped", "decoded_with",
+                                                               "transcript", "qa", "qa_attempts")}}
+            if w.p.task.task == "edit":
+                row = {"index": i + 1, "start": longform.seconds(self.starts[i], w.sr),
+                       "end": longform.seconds(self.ends[i], w.sr), **row}
+            if c.text is not None and w.p.task.task == "edit":
+                row["new_text"] = c.text
+            rows.append(row)
+            texts.append(row["text"])
+            if isinstance(co.info.get("qa"), dict):
+                scores.append((co.info["qa"], expected))
+        o.info["chunks"] = rows
+        if scores:
+            from editx_cli.qa import combine
+
+            o.info["qa"] = combine(scores, len(y) / sr, len(w.x) / w.sr)
+        w.start = (w.start[0], w.start[1], w.start[2], " ".join(texts), w.start[4])  # what `editx qa` compares with
+        w.x, w.sr = y, sr
+        return w.commit()
+
+
+def _split(w: _Work, engine: Engine, options: RunOptions, transcriber) -> _Long | None:
+    """The task's chunks, when its input or text is longer than the engine's window; else None."""
+    window = _window(engine, options)
+    t = w.p.task
+    if window is None:
+        return None
+    size = options.chunk_seconds or engine.chunk_seconds
+    t0 = time.perf_counter()
+    if t.task == "clone":
+        if speech_seconds(t.text) <= window:
+            return None
+        pieces = longform.split_text(t.text, size)
+        if len(pieces) < 2:
+            return None
+        chunks = [_chunk(w, i, w.x, w.digest, w.audio_text, text) for i, (text, _) in enumerate(pieces)]
+        return _Long(w, chunks, [0] * len(chunks), [0] * len(chunks), [p for _, p in pieces[:-1]],
+                     time.perf_counter() - t0)
+    x, sr = w.x, w.sr
+    if len(x) / sr <= window:
+        return None
+    key = engine.cache.key("speech", w.digest, f"{longform.CODE_VERSION}")
+    spans, hit = engine.cache.get_or_compute(key, lambda: longform.speech_spans(x, sr))
+    spans = [(int(a), int(b)) for a, b in spans]
+    w.o.cache_hits, w.o.cache_misses = w.o.cache_hits + hit, w.o.cache_misses + (not hit)
+    cuts = longform.cut_points(spans, len(x), sr, size, x)
+    edges = [0, *cuts, len(x)]
+    texts = _chunk_texts(w, engine, transcriber, spans, edges)
+    new_texts = longform.split_like(t.text, texts) if t.edit_type == "paralinguistic" else [None] * len(texts)
+    chunks = []
+    for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False)):
+        piece = x[a:b]
+        chunks.append(_chunk(w, i, piece, audio.samples_digest(piece, sr), texts[i], new_texts[i]))
+    # the pause at each cut as the join will measure it: from the edge of one chunk's sound to the next's
+    bounds = [longform.speech_bounds(c.x, sr) for c in chunks]
+    pauses = [engine.seam_pause(t.edit_type, t.edit_info, t.intensity,
+                                (len(a.x) - bounds[i][1] + bounds[i + 1][0]) / sr)
+              for i, a in enumerate(chunks[:-1])]
+    return _Long(w, chunks, edges[:-1], edges[1:], pauses, time.perf_counter() - t0)
+
+
+def _chunk(w: _Work, i: int, x: Any, digest: str, audio_text: str, text: str | None) -> _Work:
+    o = outcome_of(w.p.task)
+    o.seed = longform.chunk_seed(w.o.seed or 0, i)
+    return _Work(w.p, o, x, w.sr, w.path if w.p.task.task == "clone" else "", audio_text, digest, text=text)
+
+
+def _chunk_texts(w: _Work, engine: Engine, transcriber, spans: list[tuple[int, int]], edges: list[int]) -> list[str]:
+    """Each chunk's part of the transcript: the given one cut where Whisper's word timestamps put
+    the cuts (in proportion to each chunk's speech without Whisper); else each chunk transcribed."""
+    t, x, sr = w.p.task, w.x, w.sr
+    pieces = list(zip(edges, edges[1:], strict=False))
+    if w.audio_text.strip():
+        if transcriber is not None:
+            words, hit = transcriber.words(x, sr, w.digest)
+            w.o.cache_hits, w.o.cache_misses = w.o.cache_hits + hit, w.o.cache_misses + (not hit)
+            split = longform.split_by_times(w.audio_text, words, [e / sr for e in edges[1:-1]])
+            if split is not None:
+                w.o.info["transcript_split"] = "whisper"
+                return split
+        speech = [sum(max(0, min(b, e) - max(a, s)) for s, e in spans) + 1 for a, b in pieces]
+        w.o.info["transcript_split"] = "speech time"
+        return longform.split_words(w.audio_text, speech)
+    if transcriber is not None and engine.wants_transcript(t.edit_type, t.intensity):
+        out = []
+        for a, b in pieces:
+            text, hit, seconds = transcriber(x[a:b], sr, audio.samples_digest(x[a:b], sr))
+            w.o.stages["transcribe"] = round(w.o.stages.get("transcribe", 0.0) + seconds, 4)
+            w.o.cache_hits, w.o.cache_misses = w.o.cache_hits + hit, w.o.cache_misses + (not hit)
+            out.append(text)
+        w.o.info["transcript_split"] = "transcribed by chunk"
+        return out
+    return [""] * len(pieces)
 
 
 def check_transcription(tasks: list[Task], engine: Engine, options: RunOptions) -> None:

@@ -74,6 +74,10 @@ def _common(f):
                           f"seed, keeping the best attempt [thresholds of --qa alone: {DEFAULT_THRESHOLDS}]."),
         click.option("--max-retries", envvar="EDITX_MAX_RETRIES", type=click.IntRange(0, 20), default=None,
                      help="Retries per output under --retry-below [default: 2]."),
+        click.option("--chunk-seconds", envvar="EDITX_CHUNK_SECONDS", type=click.FloatRange(5, 600), default=None,
+                     help="Cut inputs (and clone texts) longer than this into chunks at pauses, edit them "
+                          "together and join them [default: the engine's window: stepaudio cuts above 30 s "
+                          "into chunks of 25 s, dsp above 600 s into 300 s]."),
         click.option("-q", "--quiet", is_flag=True, envvar="EDITX_QUIET", help="No progress bar, warnings only."),
         click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
     ]
@@ -332,7 +336,7 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
             overwrite=common["overwrite"], force=force, fail_fast=fail_fast,
             batch_size=batch_size,
             transcribe=common["transcribe"], whisper_model=common["whisper_model"],
-            allow_download=common["allow_download"], **_quality(common),
+            allow_download=common["allow_download"], chunk_seconds=common["chunk_seconds"], **_quality(common),
             progress=not common["quiet"] and sys.stderr.isatty(),
         ),
         log_level=log.level,

@@ -205,3 +205,24 @@ def rank(scores: dict[str, Any]) -> tuple:
     problems = scores.get("problems") or ""
     return (bool(scores.get("passed")), -(problems.count(";") + bool(problems)), -errors,
             scores.get("similarity") or -1.0)
+
+
+def combine(chunks: list[tuple[dict[str, Any], str]], seconds: float, input_seconds: float) -> dict[str, Any]:
+    """A long task's scores from its chunks' (scores, expected text): error rates weighted by
+    each chunk's words, the least similarity, every chunk's problems by number."""
+    out: dict[str, Any] = {}
+    for metric in ("wer", "cer"):
+        rated = [(s[metric], max(1, len(spoken(text).split()) if metric == "wer" else len(spoken(text))))
+                 for s, text in chunks if s.get(metric) is not None]
+        if rated:
+            out[metric] = round(sum(r * n for r, n in rated) / sum(n for _, n in rated), 4)
+    sims = [s["similarity"] for s, _ in chunks if s.get("similarity") is not None]
+    if sims:
+        out["similarity"] = min(sims)
+    out["seconds"] = round(seconds, 3)
+    if input_seconds:
+        out["duration_ratio"] = round(seconds / input_seconds, 3)
+    out["problems"] = "; ".join(f"chunk {i}: {s['problems']}" for i, (s, _) in enumerate(chunks, 1)
+                                if s.get("problems"))
+    out["passed"] = all(s.get("passed") for s, _ in chunks)
+    return out

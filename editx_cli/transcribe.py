@@ -71,6 +71,22 @@ class Transcriber:
         text, hit = self.cache.get_or_compute(key, lambda: self._transcribe(x, sr))
         return text, hit, time.perf_counter() - t0
 
+    def words(self, x: np.ndarray, sr: int, digest: str) -> tuple[list[tuple[str, float, float]], bool]:
+        """Every word heard with its start and end in seconds (Whisper's word timestamps), cached
+        by audio content; and whether the cache had them."""
+        key = self.cache.key("words", digest, self.fingerprint())
+
+        def compute() -> list[list]:
+            audio = resample(np.asarray(x, np.float32), sr, 16000)
+            result = self._model().transcribe(audio, temperature=0.0, condition_on_previous_text=False,
+                                              word_timestamps=True, fp16=self.device.startswith("cuda"),
+                                              verbose=None)
+            return [[w["word"].strip(), float(w["start"]), float(w["end"])]
+                    for seg in result["segments"] for w in seg.get("words", [])]
+
+        words, hit = self.cache.get_or_compute(key, compute)
+        return [(str(w), float(a), float(b)) for w, a, b in words], hit
+
     def many(self, clips: list[tuple[np.ndarray, int, str]]) -> tuple[list[str], int, float]:
         """Transcripts of several (audio, rate, digest) clips, "" where no speech was heard; the
         cache hits and seconds. Clips of one window (30 s) that the cache lacks are decoded

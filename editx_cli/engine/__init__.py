@@ -60,6 +60,10 @@ class Engine:
     # Requests per run_batch call, per unit of batch size: above 1 when the engine keeps a
     # queue of its own (continuous batching refills its rows from it as tasks end).
     wave_factor: ClassVar[int] = 1
+    # Inputs (and clone texts, by their speaking time) longer than this many seconds are cut in
+    # pauses into chunks of at most chunk_seconds, edited apart and joined; None: never.
+    window_seconds: ClassVar[float | None] = None
+    chunk_seconds: ClassVar[float] = 25.0
 
     def __init__(self, config: dict[str, Any], cache: Any) -> None:
         self.config = config
@@ -102,6 +106,10 @@ class Engine:
             except Exception as e:  # one request's failure is that request's alone
                 results.append(e)
         return results
+
+    def seam_pause(self, edit_type: str, edit_info: str, intensity: float, seconds: float) -> float:
+        """The pause the output keeps where the input was cut in a pause this long."""
+        return seconds
 
     def speaker_embedding(self, x: np.ndarray, sr: int) -> np.ndarray | None:
         """A vector of who speaks in `x` (cosine-comparable), or None when the engine has no

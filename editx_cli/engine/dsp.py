@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from editx_cli.audio import resample, samples_digest
+from editx_cli.audio import samples_digest
 from editx_cli.engine import Engine, Request, Result
 
 CODE_VERSION = "dsp-1"
 SPEED_BASE = {"faster": 1.2, "more faster": 1.2**2, "slower": 1 / 1.2, "more slower": 1 / 1.2**2}
-VAD_RATE = 16000
 VAD_PAD_S = 0.05
 VAD_MAX_PAUSE_S = 0.3
 
@@ -43,10 +42,12 @@ class DspEngine(Engine):
     name = "dsp"
     task_kinds = frozenset({"edit"})
     edit_types = frozenset({"speed", "vad", "denoise"})
+    # Hours of audio would take many times their size in the effects' buffers: cut them.
+    window_seconds = 600.0
+    chunk_seconds = 300.0
 
     def __init__(self, config: dict[str, Any], cache: Any) -> None:
         super().__init__(config, cache)
-        self._vad_model = None
 
     def fingerprint(self) -> str:
         parts = [CODE_VERSION] + [f"{k}={v}" for k, v in sorted(self.versions().items())]
@@ -105,6 +106,14 @@ class DspEngine(Engine):
         return Result(np.asarray(y, dtype=np.float32), sr, stages, info,
                       cache_hits=int(hit is True), cache_misses=int(hit is False))
 
+    def seam_pause(self, edit_type: str, edit_info: str, intensity: float, seconds: float) -> float:
+        # a cut pause is shortened as the pauses inside each chunk are, or stretched with the tempo
+        if edit_type == "vad":
+            return min(seconds, max(VAD_MAX_PAUSE_S / intensity, 2 * VAD_PAD_S))
+        if edit_type == "speed":
+            return seconds / tempo_factor(edit_info, intensity)
+        return seconds
+
     def _speech_segments(self, x: np.ndarray, sr: int, digest: str) -> tuple[list[tuple[int, int]], bool]:
         """Speech spans as (start, end) sample indices at the audio's own rate, and whether
         they came from the cache."""
@@ -117,23 +126,9 @@ class DspEngine(Engine):
         return f"{CODE_VERSION};silero-vad={self.versions()['silero-vad']};onnx"
 
     def _detect(self, x: np.ndarray, sr: int) -> list[tuple[int, int]]:
-        import torch
+        from editx_cli.longform import speech_spans
 
-        if self._vad_model is None:
-            threads = torch.get_num_threads()
-            from silero_vad import load_silero_vad
-
-            # importing silero_vad pins torch to one thread for the whole process
-            torch.set_num_threads(threads)
-            self._vad_model = load_silero_vad(onnx=True)
-        from silero_vad import get_speech_timestamps
-
-        x16 = resample(x, sr, VAD_RATE)
-        stamps = get_speech_timestamps(
-            torch.from_numpy(x16), self._vad_model, sampling_rate=VAD_RATE, speech_pad_ms=0
-        )
-        scale = sr / VAD_RATE
-        return [(round(s["start"] * scale), round(s["end"] * scale)) for s in stamps]
+        return speech_spans(x, sr)
 
 
 def _join_speech(x: np.ndarray, sr: int, segments: list[tuple[int, int]], max_pause_s: float) -> np.ndarray:

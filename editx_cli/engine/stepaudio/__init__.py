@@ -54,6 +54,8 @@ class StepAudioEngine(Engine):
     needs_transcript = frozenset({"emotion", "style", "speed", "paralinguistic"})
     batches = True
     wave_factor = 4  # tasks handed over per call, per decoder slot: queued work refills slots as rows end
+    window_seconds = 30.0  # the model edits and speaks ~30 s at a time (its README's advice)
+    chunk_seconds = 25.0
 
     def __init__(self, config: dict[str, Any], cache: Any) -> None:
         super().__init__(config, cache)

@@ -1,0 +1,186 @@
+"""Audio and text longer than the model's window: cut in pauses, every chunk edited in one
+batch, joined without clicks; long clone texts spoken piece by piece."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import CLIPS, invoke, model_args, read_audio, write_manifest
+
+from editx_cli import audio, longform
+
+SR = 24000
+GAP = 0.7  # seconds of room tone between the clips of the long file
+
+
+@pytest.fixture(scope="module")
+def long_file(tmp_path_factory) -> tuple:
+    """~75 s of speech: the shipped clips, in turn, with 0.7 s of quiet room tone between them;
+    and where each pause lies (seconds)."""
+    rng = np.random.default_rng(7)
+    clips = [audio.load(CLIPS / n, SR)[0] for n in ("narration.wav", "pauses.wav", "noisy.wav")]
+    pieces, pauses, at = [], [], 0.0
+    i = 0
+    while at < 75:
+        x = clips[i % 3]
+        pieces.append(x)
+        at += len(x) / SR
+        room = (rng.standard_normal(int(GAP * SR)) * 1e-3).astype(np.float32)
+        pieces.append(room)
+        pauses.append((at, at + GAP))
+        at += GAP
+        i += 1
+    y = np.concatenate(pieces)
+    path = tmp_path_factory.mktemp("long") / "long.wav"
+    sf.write(path, y, SR)
+    return path, pauses, len(y) / SR
+
+
+def _report(path):
+    return json.loads(path.read_text())["tasks"]
+
+
+def test_cut_points_fall_in_the_longest_late_pause():
+    sr = 100
+    spans = [(0, 500), (520, 1500), (1600, 1900), (1950, 3000)]  # pauses at 5.1, 15.5, 19.25 s
+    assert longform.cut_points(spans, 3000, sr, 20.0) == [1550]  # 15.5 s: longest in the second half
+    assert longform.cut_points(spans, 1800, sr, 20.0) == []
+    x = np.ones(4000, np.float32)
+    x[3300:3302] = 0
+    cuts = longform.cut_points([(0, 4000)], 4000, sr, 20.0, x)  # no pause: the quietest frame
+    assert len(cuts) == 2 and all(0 < b - a <= 2000 for a, b in zip([0, *cuts], [*cuts, 4000], strict=False))
+    assert longform.pause_around(spans, 1550, sr) == 1.0 and longform.pause_around(spans, 700, sr) == 0.0
+
+
+def test_text_is_split_at_sentences_then_commas():
+    sentence = "This sentence takes about two seconds to say aloud."
+    pieces = longform.split_text(" ".join([sentence] * 40), 25.0)
+    assert len(pieces) >= 3
+    assert all(longform.speech_seconds(p) <= 25.0 for p, _ in pieces)
+    assert " ".join(p for p, _ in pieces) == " ".join([sentence] * 40)  # nothing lost or doubled
+    assert all(p.endswith(".") and pause == longform.SENTENCE_PAUSE for p, pause in pieces)
+    long_clause = ", ".join(["and then we went on walking for a while"] * 20) + "."
+    pieces = longform.split_text(long_clause, 10.0)
+    assert all(longform.speech_seconds(p) <= 10.0 for p, _ in pieces) and len(pieces) > 2
+    assert pieces[0][0].endswith(",") and pieces[0][1] == longform.CLAUSE_PAUSE
+    tagged = longform.split_text("[Japanese] " + "今日はとても良い天気ですね。" * 20, 10.0)
+    assert len(tagged) > 1 and all(p.startswith("[Japanese] ") for p, _ in tagged)
+
+
+def test_transcripts_follow_the_cuts():
+    text = "One two three. Four five six, seven eight nine ten."
+    assert longform.split_words(text, [1, 1]) == ["One two three.", "Four five six, seven eight nine ten."]
+    heard = [(w, i * 1.0, i * 1.0 + 0.5) for i, w in enumerate("one two tree four five six seven ate nine ten".split())]
+    assert longform.split_by_times(text, heard, [5.9]) == ["One two three. Four five six,",
+                                                           "seven eight nine ten."]
+    assert longform.split_by_times(text, [("hmm", 0.0, 1.0)], [5.9]) is None  # nothing matches: no trust
+    assert longform.split_like("One [laugh] two three. Four [sigh] five six, seven eight nine ten.",
+                               ["One two three. Four", "five six, seven eight nine ten."]) == \
+        ["One [laugh] two three. Four [sigh]", "five six, seven eight nine ten."]
+
+
+def test_join_keeps_the_pauses_and_does_not_click():
+    sr = 16000
+    t = np.arange(sr) / sr
+    tone = (0.5 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+    lead, tail = np.zeros(800, np.float32), np.zeros(1600, np.float32)
+    pieces = [np.concatenate([lead, tone, tail]), np.concatenate([lead[:400], tone * 0.8, tail])]
+    y, spans = longform.join(pieces, [0.3], sr)
+    loud = np.flatnonzero(np.abs(y) > 1e-3)
+    gaps = np.flatnonzero(np.diff(loud) > 100)  # not the tone's zero crossings
+    assert len(gaps) == 1
+    assert (loud[gaps[0] + 1] - loud[gaps[0]]) / sr == pytest.approx(0.3, abs=0.002)
+    assert spans[1][1] == len(y) and spans[0][0] == 0
+
+
+def test_a_long_edit_is_cut_in_pauses_and_keeps_its_length(long_file, tmp_path):
+    """The dsp engine keeps a denoised file's length, so the joined output's length and seams
+    are exact to check."""
+    path, pauses, seconds = long_file
+    assert seconds >= 70
+    out = tmp_path / "out.wav"
+    r = invoke("edit", path, "--type", "denoise", "--engine", "dsp", "--chunk-seconds", "20", "-o", out,
+               "--report", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    (task,) = _report(tmp_path / "r.json")
+    chunks = task["info"]["chunks"]
+    # at most 20 s each; each but the last at least half that (cuts are in the window's second half)
+    assert math.ceil(seconds / 20) <= len(chunks) <= math.ceil(seconds / 10)
+    assert all(10 <= c["end"] - c["start"] <= 20 for c in chunks[:-1]) and chunks[-1]["end"] - chunks[-1]["start"] <= 20
+    x, sr = read_audio(path)
+    level = np.sqrt(np.mean(x**2))
+    for c in chunks[1:]:  # every cut inside a pause: 50 ms either side far quieter than the speech
+        cut = int(c["start"] * sr)
+        assert np.sqrt(np.mean(x[cut - sr // 20: cut + sr // 20] ** 2)) < 0.05 * level, c
+    y, _ = read_audio(out)
+    assert abs(len(y) - len(x)) / sr < 0.05  # the pauses kept their length
+    for c in chunks[1:]:  # no click: the sample step at each seam is like its neighbours'
+        seam = int(c["output_start"] * sr)
+        around = np.abs(np.diff(y[seam - sr // 20: seam + sr // 20]))
+        step = np.abs(np.diff(y[seam - 2: seam + 2])).max()
+        assert step <= 3 * np.percentile(around, 99) + 1e-6, (c, step)
+
+
+def test_long_edits_on_the_model_batch_all_chunks_and_rerun_identically(long_file, tiny, tmp_path):
+    path, pauses, seconds = long_file
+    transcript = " ".join(f"Sentence number {i} is spoken here." for i in range(24))
+    rows = [["a", "edit", str(path), transcript, "emotion", "happy", 3, "a.wav"],
+            ["b", "edit", str(CLIPS / "narration.wav"), "Hello there.", "emotion", "sad", 4, "b.wav"]]
+    manifest = write_manifest(tmp_path / "m.csv", ["id", "task", "input_audio", "audio_text", "edit_type",
+                                                  "edit_info", "seed", "output"], rows)
+    common = [*model_args(tiny), "--cache-dir", tmp_path / "cache", "--batch-size", "8"]
+    r = invoke("batch", manifest, "-o", tmp_path / "one", *common)
+    assert r.exit_code == 0, r.stderr
+    a, b = _report(tmp_path / "one" / "report.json")
+    chunks = a["info"]["chunks"]
+    assert len(chunks) == 4 and all(c["end"] - c["start"] <= 25.0 for c in chunks)
+    assert [c["seed"] for c in chunks] == [3, 1003, 2003, 3003]
+    assert " ".join(c["text"] for c in chunks) == transcript  # every word in exactly one chunk
+    assert all(c["decoded_with"] == 5 for c in chunks)  # four chunks and the short task, together
+    assert b["info"]["decoded_with"] == 5
+    assert a["cache_misses"] >= 4 and a["input_seconds"] == pytest.approx(seconds, abs=0.01)
+    y, sr = read_audio(tmp_path / "one" / "a.wav")
+    assert len(y) / sr == pytest.approx(chunks[-1]["output_end"], abs=0.01)
+    r = invoke("batch", manifest, "-o", tmp_path / "two", *common)
+    assert r.exit_code == 0, r.stderr
+    assert audio.file_digest(tmp_path / "one" / "a.wav") == audio.file_digest(tmp_path / "two" / "a.wav")
+
+
+def test_a_failed_chunk_fails_its_task_by_name(tiny, tmp_path):
+    """A guided edit re-speaks each chunk's transcript: a chunk of the 40 s of silence gets no
+    words of it, so it cannot run, and the task fails naming that chunk."""
+    x, _ = audio.load(CLIPS / "narration.wav", SR)
+    y = np.concatenate([x, x, np.zeros(40 * SR, np.float32), x, x])
+    path = tmp_path / "gap.wav"
+    sf.write(path, y, SR)
+    r = invoke("edit", path, "--type", "denoise", "--intensity", "1.5", "--audio-text",
+               "The quick brown fox. The quick brown fox. The quick brown fox. The quick brown fox.",
+               *model_args(tiny), "-o", tmp_path / "o.wav", "--cache-dir", tmp_path / "cache")
+    assert r.exit_code == 1
+    m = re.search(r"failed: chunk \d+ \((\d+\.\d)-(\d+\.\d) s\): ValueError: .* needs audio_text", r.stderr)
+    assert m, r.stderr
+    assert float(m[1]) < 51 and float(m[2]) > 12  # the chunk named is in the silence
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_a_long_clone_text_is_spoken_in_pieces(tiny, tmp_path):
+    text = " ".join(f"This is sentence number {i}, and it goes on a little." for i in range(30))
+    out = tmp_path / "c.wav"
+    r = invoke("clone", CLIPS / "narration.wav", "--prompt-text", "The quick brown fox.", "--text", text, "-o", out,
+               *model_args(tiny), "--cache-dir", tmp_path / "cache", "--report", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    (task,) = _report(tmp_path / "r.json")
+    chunks = task["info"]["chunks"]
+    assert len(chunks) >= 3
+    assert " ".join(c["text"] for c in chunks) == text
+    assert all(longform.speech_seconds(c["text"]) <= 25 for c in chunks)
+    assert task["cache_hits"] >= len(chunks) - 1  # one prompt: its features computed once
+    y, sr = read_audio(out)
+    assert len(y) / sr == pytest.approx(chunks[-1]["output_end"], abs=0.01)
+    for c, d in zip(chunks, chunks[1:], strict=False):  # a sentence pause between pieces, from the pieces' own edges
+        assert d["output_start"] < c["output_end"] + 0.5
