@@ -5,8 +5,10 @@ side by side in one run.
    batch on the device; CAM++ on each output): seconds per task and the ratio; the report's
    own `qa` stage per task.
 2. A ~75 s recording edited whole (cut into chunks at pauses, all chunks decoded together)
-   vs. the same audio as separate ~25 s tasks in one batch: audio seconds edited per wall
-   second, and the ratio.
+   vs. its chunks as separate tasks in one batch (same audio, transcripts and seeds, so the
+   same decoding): audio seconds edited per wall second, and the ratio, which is what
+   cutting, aligning and joining cost.
+3. The dsp engine's denoise of a ~10 min file whole vs. in 60 s chunks: peak memory.
 
 Without model folders it builds the tiny checkpoints (CPU figures of the pipeline's shape,
 not of the real model):
@@ -92,35 +94,65 @@ def main() -> None:
     print(f"  the report's qa stage: {qa_stage:.3f} s per task (Whisper batch + CAM++)")
 
     # 2. long-form throughput
-    clips = [sf.read(CLIPS / n, dtype="float32")[0] for n in ("narration.wav", "pauses.wav", "noisy.wav")]
-    rates = [sf.info(CLIPS / n).samplerate for n in ("narration.wav", "pauses.wav", "noisy.wav")]
     sys.path.insert(0, str(ROOT))
-    from editx_cli.audio import resample
+    from editx_cli.audio import load
 
+    clips = [load(CLIPS / n, SR)[0] for n in ("narration.wav", "pauses.wav", "noisy.wav")]
     pieces, i = [], 0
     while sum(len(p) for p in pieces) < 75 * SR:
-        pieces += [resample(clips[i % 3], rates[i % 3], SR), np.zeros(int(0.7 * SR), np.float32)]
+        pieces += [clips[i % 3], np.zeros(int(0.7 * SR), np.float32)]
         i += 1
     y = np.concatenate(pieces)
     sf.write(tmp / "long.wav", y, SR)
     seconds = len(y) / SR
-    parts = np.array_split(y, int(np.ceil(seconds / 25)))
-    for k, p in enumerate(parts):
-        sf.write(tmp / f"part{k}.wav", p, SR)
     text = "Batch editing keeps every voice clip consistent, from the first take to the last. " * 6
-    header = ["id", "task", "input_audio", "audio_text", "edit_type", "edit_info", "output"]
-    whole = manifest(tmp / "long.csv", header, [["long", "edit", tmp / "long.wav", text, "emotion", "happy", "l.wav"]])
-    split = manifest(tmp / "parts.csv", header, [[f"p{k}", "edit", tmp / f"part{k}.wav", text[:120], "emotion",
-                                                  "happy", f"p{k}.wav"] for k in range(len(parts))])
+    header = ["id", "task", "input_audio", "audio_text", "edit_type", "edit_info", "seed", "output"]
+    whole = manifest(tmp / "long.csv", header, [["long", "edit", tmp / "long.wav", text.strip(), "emotion", "happy",
+                                                 0, "l.wav"]])
     run(["batch", whole, "-o", tmp / "lw", *common])  # features cached
-    run(["batch", split, "-o", tmp / "pw", *common])
     t_whole, _ = run(["batch", whole, "-o", tmp / "l", *common])
+    task = json.loads((tmp / "l" / "report.json").read_text())["tasks"][0]
+    chunks = task["info"]["chunks"]
+    # The same chunks as tasks of their own (same audio, transcript and seed): the same decoding
+    # work, so the ratio is what cutting, aligning and joining cost
+    for c in chunks:
+        sf.write(tmp / f"part{c['index']}.wav", y[round(c["start"] * SR):round(c["end"] * SR)], SR)
+    split = manifest(tmp / "parts.csv", header, [[f"p{c['index']}", "edit", tmp / f"part{c['index']}.wav",
+                                                  c["text"], "emotion", "happy", c["seed"], f"p{c['index']}.wav"]
+                                                 for c in chunks])
+    run(["batch", split, "-o", tmp / "pw", *common])
     t_split, _ = run(["batch", split, "-o", tmp / "p", *common])
-    chunks = len(json.loads((tmp / "l" / "report.json").read_text())["tasks"][0]["info"]["chunks"])
-    print(f"\nlong-form: {seconds:.1f} s of speech, emotion edit")
+    tokens = sum(c["generated_tokens"] for c in chunks)
+    print(f"\nlong-form: {seconds:.1f} s of speech, emotion edit, {len(chunks)} chunks, {tokens} tokens generated")
     print("| run | wall s | audio s per s | ratio |\n|---|---|---|---|")
-    print(f"| {len(parts)} separate tasks, one batch | {t_split:.2f} | {seconds / t_split:.2f} | 1.00 |")
-    print(f"| one long task, {chunks} chunks | {t_whole:.2f} | {seconds / t_whole:.2f} | {t_split / t_whole:.2f} |")
+    print(f"| its chunks as {len(chunks)} separate tasks, one batch | {t_split:.2f} | {seconds / t_split:.2f} | 1.00 |")
+    print(f"| one long task (cut, aligned, joined) | {t_whole:.2f} | {seconds / t_whole:.2f} | "
+          f"{t_split / t_whole:.2f} |")
+    print(f"  the long task's split and join stages: {task['stages'].get('split', 0):.3f} s, "
+          f"{task['stages'].get('join', 0):.3f} s")
+
+    # 3. dsp denoise of a long file, whole vs. in chunks: the effect's buffers are a chunk's
+    n = int(570 * SR)  # under the dsp window (600 s), so that the first run is whole
+    sf.write(tmp / "ten.wav", np.resize(y, n), SR)
+    print(f"\ndsp denoise of {n / SR:.0f} s ({n * 4 / 2**20:.0f} MiB of float32 samples)")
+    print("| run | wall s | peak RSS MiB | ratio of RSS |\n|---|---|---|---|")
+    first = None
+    for label, extra in (("whole", []), ("--chunk-seconds 60", ["--chunk-seconds", "60"])):
+        wall, rss = peak(["edit", tmp / "ten.wav", "--type", "denoise", "--engine", "dsp", "-q", "--no-cache",
+                          "-o", tmp / f"ten-{len(extra)}.wav", *extra])
+        first = first or rss
+        print(f"| {label} | {wall:.1f} | {rss:.0f} | {rss / first:.2f} |")
+
+
+def peak(args: list) -> tuple[float, float]:
+    """Wall seconds and peak resident memory (MiB) of one editx command in a process of its own."""
+    code = ("import resource, sys\nfrom editx_cli.main import main\nsys.argv = ['editx'] + sys.argv[1:]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    return wall, int(r.stderr.strip().splitlines()[-1]) / 1024
 
 
 if __name__ == "__main__":

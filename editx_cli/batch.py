@@ -59,6 +59,10 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
     t_wall = time.perf_counter()
     engine_cls = engines.get(config.engine)
     problems = engine_cls.check_config(config.engine_config)
+    window, chunk = engine_cls.window_seconds, config.options.chunk_seconds
+    if chunk and window and chunk > window:
+        problems.append(f"--chunk-seconds {chunk:g}: longer than the {config.engine} engine's window of "
+                        f"{window:g} s (it edits and speaks at most that at a time)")
     if problems:
         raise InvalidInput([Problem(f"--engine {config.engine}", None, None, p) for p in problems])
     if config.use_cache:

@@ -23,6 +23,8 @@ from editx_cli.tags import LANGUAGES, TAG
 
 CODE_VERSION = "longform-1"
 VAD_RATE = 16000
+LONG_PAUSE = 5.0  # seconds: a pause this long is cut at both ends, near its sounds, to be a chunk apart
+LONG_PAUSE_MARGIN = 0.5
 FADE_SECONDS = 0.02  # the crossfade at each seam, inside a pause
 SILENCE_DB = -40.0  # below the piece's loudest 20 ms frame by this much: a pause
 SENTENCE_PAUSE = 0.45  # seconds between clone pieces cut after a sentence
@@ -70,20 +72,30 @@ def _vad_model(load):
 def cut_points(spans: list[tuple[int, int]], n: int, sr: int, chunk_seconds: float,
                x: np.ndarray | None = None) -> list[int]:
     """Sample indices where an input of n samples is cut, so that no chunk is longer than
-    chunk_seconds: pause midpoints where there are pauses, else the quietest frame."""
+    chunk_seconds: in pauses where there are some (the longest in the second half of the
+    window, or a long one anywhere), else at the quietest frame."""
     limit = int(chunk_seconds * sr)
-    pauses = [((a_end + b_start) // 2, b_start - a_end)
-              for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False) if b_start > a_end]
+    margin = int(LONG_PAUSE_MARGIN * sr)
+    candidates = []  # (position, pause length, where the pause's silence ends for a long one's opening cut)
+    for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False):
+        length = b_start - a_end
+        if length >= LONG_PAUSE * sr:  # silence long enough to be a chunk of its own
+            candidates += [(a_end + margin, length, b_start - margin), (b_start - margin, length, None)]
+        elif length > 0:
+            candidates.append(((a_end + b_start) // 2, length, None))
     cuts, start = [], 0
     while n - start > limit:
-        window = [(mid, length) for mid, length in pauses if start < mid <= start + limit]
-        late = [p for p in window if p[0] >= start + limit // 2]
-        if late or window:
-            cut = max(late or window, key=lambda p: (p[1], p[0]))[0]
+        window = [c for c in candidates if start < c[0] <= start + limit]
+        good = [c for c in window if c[0] >= start + limit // 2 or c[1] >= LONG_PAUSE * sr]
+        if good or window:
+            # the longest pause; of a long one, its opening, so that its silence is a chunk apart
+            cut, _, then = max(good or window, key=lambda c: (c[1], -c[0] if c[1] >= LONG_PAUSE * sr else c[0]))
         else:
-            cut = _quietest(x, start + limit // 2, start + limit, sr) if x is not None else start + limit
+            cut, then = (_quietest(x, start + limit // 2, start + limit, sr) if x is not None else start + limit), None
         cuts.append(cut)
-        start = cut
+        if then is not None and then - cut <= limit:
+            cuts.append(then)
+        start = cuts[-1]
     return cuts
 
 
@@ -91,15 +103,6 @@ def _quietest(x: np.ndarray, a: int, b: int, sr: int) -> int:
     frame = max(1, int(0.02 * sr))
     energy = [float(np.mean(x[i:i + frame] ** 2)) for i in range(a, max(a + 1, b - frame), frame)]
     return a + frame * int(np.argmin(energy)) + frame // 2
-
-
-def pause_around(spans: list[tuple[int, int]], cut: int, sr: int) -> float:
-    """Seconds of the pause a cut falls in (0 when it falls inside speech)."""
-    before = max((e for s, e in spans if e <= cut), default=None)
-    after = min((s for s, e in spans if s >= cut), default=None)
-    if before is None or after is None or any(s < cut < e for s, e in spans):
-        return 0.0
-    return (after - before) / sr
 
 
 def split_words(text: str, weights: list[float]) -> list[str]:

@@ -161,8 +161,9 @@ def run(
                     continue
                 if whole is not None:  # its chunks run in its place, as tasks of their own
                     active.remove(w)
-                    active.extend(whole.chunks)
-                    longs.update((id(c), whole) for c in whole.chunks)
+                    running = [c for i, c in enumerate(whole.chunks) if i not in whole.done]
+                    active.extend(running)
+                    longs.update((id(c), whole) for c in running)
             if not active:
                 if starting:  # all failed to start: others may be ready now
                     continue
@@ -401,10 +402,16 @@ class _Long:
         self.done[self.chunks.index(c)] = (c.x, c.sr, c.o, c.start[3], c.expected)
         c.close()
 
+    def keep(self, i: int) -> None:
+        """A chunk with no speech in it: the model would only make something up, so it stays as it was."""
+        c = self.chunks[i]
+        c.o.info["kept"] = "no speech: passed through unedited"
+        self.done[i] = (c.x, c.sr, c.o, "", "")
+
     def commit(self) -> str:
         """Join the chunks in order, with the task's report of them, and write the output."""
         w, o = self.w, self.w.o
-        sr = self.done[0][1]
+        sr = next(self.done[i][1] for i, c in enumerate(self.chunks) if "kept" not in self.done[i][2].info)
         pieces = [x if r == sr else audio.resample(x, r, sr)
                   for x, r, *_ in (self.done[i] for i in range(len(self.chunks)))]
         t0 = time.perf_counter()
@@ -423,7 +430,7 @@ class _Long:
                    "seconds": round(sum(co.stages.values()), 4), "cache_hits": co.cache_hits,
                    "cache_misses": co.cache_misses,
                    **{k: v for k, v in co.info.items() if k in ("generated_tokens", "stopped", "decoded_with",
-                                                               "transcript", "qa", "qa_attempts")}}
+                                                               "transcript", "qa", "qa_attempts", "kept")}}
             if w.p.task.task == "edit":
                 row = {"index": i + 1, "start": longform.seconds(self.starts[i], w.sr),
                        "end": longform.seconds(self.ends[i], w.sr), **row}
@@ -480,7 +487,14 @@ def _split(w: _Work, engine: Engine, options: RunOptions, transcriber) -> _Long 
     pauses = [engine.seam_pause(t.edit_type, t.edit_info, t.intensity,
                                 (len(a.x) - bounds[i][1] + bounds[i + 1][0]) / sr)
               for i, a in enumerate(chunks[:-1])]
-    return _Long(w, chunks, edges[:-1], edges[1:], pauses, time.perf_counter() - t0)
+    whole = _Long(w, chunks, edges[:-1], edges[1:], pauses, time.perf_counter() - t0)
+    if t.edit_type != "vad":  # (removing silence is what a vad edit is for)
+        silent = [i for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False))
+                  if not any(s < b and e > a for s, e in spans)]
+        if len(silent) < len(chunks):
+            for i in silent:
+                whole.keep(i)
+    return whole
 
 
 def _chunk(w: _Work, i: int, x: Any, digest: str, audio_text: str, text: str | None) -> _Work:

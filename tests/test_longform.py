@@ -54,7 +54,8 @@ def test_cut_points_fall_in_the_longest_late_pause():
     x[3300:3302] = 0
     cuts = longform.cut_points([(0, 4000)], 4000, sr, 20.0, x)  # no pause: the quietest frame
     assert len(cuts) == 2 and all(0 < b - a <= 2000 for a, b in zip([0, *cuts], [*cuts, 4000], strict=False))
-    assert longform.pause_around(spans, 1550, sr) == 1.0 and longform.pause_around(spans, 700, sr) == 0.0
+    long = [(0, 1100), (1900, 3000)]  # an 8 s pause is a chunk apart, cut 0.5 s from its sounds
+    assert longform.cut_points(long, 3000, sr, 20.0) == [1150, 1850]
 
 
 def test_text_is_split_at_sentences_then_commas():
@@ -151,20 +152,32 @@ def test_long_edits_on_the_model_batch_all_chunks_and_rerun_identically(long_fil
     assert audio.file_digest(tmp_path / "one" / "a.wav") == audio.file_digest(tmp_path / "two" / "a.wav")
 
 
-def test_a_failed_chunk_fails_its_task_by_name(tiny, tmp_path):
-    """A guided edit re-speaks each chunk's transcript: a chunk of the 40 s of silence gets no
-    words of it, so it cannot run, and the task fails naming that chunk."""
+def test_silence_passes_through_and_a_failed_chunk_fails_its_task_by_name(tiny, tmp_path):
+    """40 s of silence is not sent to the model (it would make something up); and a guided edit
+    re-speaks each chunk's transcript, so with one word for two chunks of speech, one of them
+    cannot run: the task fails, naming that chunk, and writes nothing."""
     x, _ = audio.load(CLIPS / "narration.wav", SR)
     y = np.concatenate([x, x, np.zeros(40 * SR, np.float32), x, x])
     path = tmp_path / "gap.wav"
     sf.write(path, y, SR)
-    r = invoke("edit", path, "--type", "denoise", "--intensity", "1.5", "--audio-text",
-               "The quick brown fox. The quick brown fox. The quick brown fox. The quick brown fox.",
-               *model_args(tiny), "-o", tmp_path / "o.wav", "--cache-dir", tmp_path / "cache")
+    common = [*model_args(tiny), "--cache-dir", tmp_path / "cache"]
+    r = invoke("edit", path, "--type", "denoise", "-o", tmp_path / "d.wav", "--report", tmp_path / "r.json", *common)
+    assert r.exit_code == 0, r.stderr
+    chunks = _report(tmp_path / "r.json")[0]["info"]["chunks"]
+    kept = [c for c in chunks if c.get("kept")]
+    assert kept and all(c["start"] >= 11 and c["end"] <= 52 for c in kept)  # inside the silence
+    assert all("generated_tokens" not in c for c in kept) and all("generated_tokens" in c for c in chunks
+                                                                   if c not in kept)
+    out, sr = read_audio(tmp_path / "d.wav")
+    for c in kept:
+        a, b = int(c["output_start"] * sr) + sr // 10, int(c["output_end"] * sr) - sr // 10
+        assert np.abs(out[a:b]).max() < 1e-3  # still silence
+    r = invoke("edit", path, "--type", "denoise", "--intensity", "1.5", "--audio-text", "Hello.",
+               "-o", tmp_path / "o.wav", *common)
     assert r.exit_code == 1
-    m = re.search(r"failed: chunk \d+ \((\d+\.\d)-(\d+\.\d) s\): ValueError: .* needs audio_text", r.stderr)
+    m = re.search(r"failed: chunk (\d+) \((\d+\.\d)-(\d+\.\d) s\): ValueError: .* needs audio_text", r.stderr)
     assert m, r.stderr
-    assert float(m[1]) < 51 and float(m[2]) > 12  # the chunk named is in the silence
+    assert not (11 <= float(m[2]) and float(m[3]) <= 52)  # a chunk of speech, not of the silence
     assert not (tmp_path / "o.wav").exists()
 
 
@@ -172,7 +185,8 @@ def test_a_long_clone_text_is_spoken_in_pieces(tiny, tmp_path):
     text = " ".join(f"This is sentence number {i}, and it goes on a little." for i in range(30))
     out = tmp_path / "c.wav"
     r = invoke("clone", CLIPS / "narration.wav", "--prompt-text", "The quick brown fox.", "--text", text, "-o", out,
-               *model_args(tiny), "--cache-dir", tmp_path / "cache", "--report", tmp_path / "r.json")
+               *model_args(tiny), "--cache-dir", tmp_path / "cache", "--report", tmp_path / "r.json",
+               "--qa", "--whisper-model", tiny / "whisper-tiny.pt")
     assert r.exit_code == 0, r.stderr
     (task,) = _report(tmp_path / "r.json")
     chunks = task["info"]["chunks"]
@@ -182,5 +196,48 @@ def test_a_long_clone_text_is_spoken_in_pieces(tiny, tmp_path):
     assert task["cache_hits"] >= len(chunks) - 1  # one prompt: its features computed once
     y, sr = read_audio(out)
     assert len(y) / sr == pytest.approx(chunks[-1]["output_end"], abs=0.01)
-    for c, d in zip(chunks, chunks[1:], strict=False):  # a sentence pause between pieces, from the pieces' own edges
-        assert d["output_start"] < c["output_end"] + 0.5
+    for c, d in zip(chunks, chunks[1:], strict=False):  # pieces follow each other, overlapping by the fade
+        assert d["output_start"] == pytest.approx(c["output_end"] - longform.FADE_SECONDS, abs=0.002)
+    # each piece checked against its own text; the task's scores combine them
+    qa = task["info"]["qa"]
+    assert all(c["qa"]["wer"] is not None and "similarity" in c["qa"] for c in chunks)
+    assert qa["similarity"] == min(c["qa"]["similarity"] for c in chunks)
+    assert min(c["qa"]["wer"] for c in chunks) <= qa["wer"] <= max(c["qa"]["wer"] for c in chunks)
+    assert qa["passed"] == all(c["qa"]["passed"] for c in chunks)
+
+
+def test_chunks_longer_than_the_window_are_refused(tiny, tmp_path):
+    r = invoke("edit", CLIPS / "narration.wav", "--type", "denoise", *model_args(tiny), "--chunk-seconds", "40",
+               "-o", tmp_path / "o.wav")
+    assert r.exit_code == 2
+    assert r.stderr.strip() == ("error: --engine stepaudio: --chunk-seconds 40: longer than the stepaudio engine's "
+                                "window of 30 s (it edits and speaks at most that at a time)")
+
+
+def test_without_a_transcript_each_chunk_is_transcribed_and_tags_follow_their_words(long_file, tiny, tmp_path):
+    path, _, _ = long_file
+    common = [*model_args(tiny), "--cache-dir", tmp_path / "cache", "--whisper-model", tiny / "whisper-tiny.pt"]
+    r = invoke("edit", path, "--type", "emotion", "--info", "sad", "--transcribe", "-o", tmp_path / "e.wav",
+               "--report", tmp_path / "e.json", *common)
+    assert r.exit_code == 0, r.stderr
+    (task,) = _report(tmp_path / "e.json")
+    assert task["info"]["transcript_split"] == "transcribed by chunk"
+    chunks = task["info"]["chunks"]
+    assert len(chunks) >= 3 and all(c["text"] for c in chunks)
+    misses = task["cache_misses"]
+    r = invoke("edit", path, "--type", "emotion", "--info", "sad", "--transcribe", "-o", tmp_path / "e2.wav",
+               "--report", tmp_path / "e2.json", *common)
+    (again,) = _report(tmp_path / "e2.json")
+    assert again["cache_misses"] == 0 and again["cache_hits"] == misses + task["cache_hits"]  # chunks' transcripts too
+    assert [c["text"] for c in again["info"]["chunks"]] == [c["text"] for c in chunks]
+
+    transcript = " ".join(f"Line {i} of the story goes here." for i in range(20))
+    tagged = transcript.replace("Line 3 of", "Line 3 [laugh] of").replace("Line 17 ", "Line 17 [sigh] ")
+    r = invoke("edit", path, "--type", "paralinguistic", "--audio-text", transcript, "--text", tagged,
+               "-o", tmp_path / "p.wav", "--report", tmp_path / "p.json", *common)
+    assert r.exit_code == 0, r.stderr
+    chunks = _report(tmp_path / "p.json")[0]["info"]["chunks"]
+    assert " ".join(c["text"] for c in chunks) == transcript
+    assert " ".join(c["new_text"] for c in chunks) == tagged
+    for c in chunks:  # each piece's tagged text is its transcript with its own tags
+        assert longform.spoken(c["new_text"]) == longform.spoken(c["text"])
