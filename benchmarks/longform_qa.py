@@ -8,7 +8,7 @@ side by side in one run.
    vs. its chunks as separate tasks in one batch (same audio, transcripts and seeds, so the
    same decoding): audio seconds edited per wall second, and the ratio, which is what
    cutting, aligning and joining cost.
-3. The dsp engine's denoise of a ~10 min file whole vs. in 60 s chunks: peak memory.
+3. Peak memory of the dsp engine's denoise of a 1 and a 10 min file: what a long file costs.
 
 Without model folders it builds the tiny checkpoints (CPU figures of the pipeline's shape,
 not of the real model):
@@ -131,17 +131,15 @@ def main() -> None:
     print(f"  the long task's split and join stages: {task['stages'].get('split', 0):.3f} s, "
           f"{task['stages'].get('join', 0):.3f} s")
 
-    # 3. dsp denoise of a long file, whole vs. in chunks: the effect's buffers are a chunk's
-    n = int(570 * SR)  # under the dsp window (600 s), so that the first run is whole
-    sf.write(tmp / "ten.wav", np.resize(y, n), SR)
-    print(f"\ndsp denoise of {n / SR:.0f} s ({n * 4 / 2**20:.0f} MiB of float32 samples)")
-    print("| run | wall s | peak RSS MiB | ratio of RSS |\n|---|---|---|---|")
-    first = None
-    for label, extra in (("whole", []), ("--chunk-seconds 60", ["--chunk-seconds", "60"])):
-        wall, rss = peak(["edit", tmp / "ten.wav", "--type", "denoise", "--engine", "dsp", "-q", "--no-cache",
-                          "-o", tmp / f"ten-{len(extra)}.wav", *extra])
-        first = first or rss
-        print(f"| {label} | {wall:.1f} | {rss:.0f} | {rss / first:.2f} |")
+    # 3. memory against length: the dsp engine's denoise of a short and a long file
+    print("\ndsp denoise, peak memory against length")
+    print("| input | float32 samples MiB | wall s | peak RSS MiB |\n|---|---|---|---|")
+    for minutes in (1, 10):
+        n = int(minutes * 57 * SR)
+        sf.write(tmp / f"m{minutes}.wav", np.resize(y, n), SR)
+        wall, rss = peak(["edit", tmp / f"m{minutes}.wav", "--type", "denoise", "--engine", "dsp", "-q",
+                          "--no-cache", "-o", tmp / f"m{minutes}-out.wav"])
+        print(f"| {n / SR:.0f} s | {n * 4 / 2**20:.0f} | {wall:.1f} | {rss:.0f} |")
 
 
 def peak(args: list) -> tuple[float, float]:

@@ -11,9 +11,8 @@ pauses, which keep their original length (an edit) or a natural one (a clone).
 from __future__ import annotations
 
 import difflib
-import math
+import functools
 import re
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,40 +32,28 @@ WORD_PAUSE = 0.12  # between words (a clause too long to say in one window)
 CHUNK_SEED_STRIDE = 1000  # chunk k's seed is the task's + 1000 k; retries take the seeds between
 
 
-@dataclass
-class Chunk:
-    """One piece of a long task."""
-
-    index: int
-    start: int  # samples of the input (an edit); 0 for a clone piece
-    end: int
-    text: str  # the transcript of this piece (an edit), or what it is to say (a clone)
-    pause_after: float  # seconds of pause between this piece and the next in the output
-    new_text: str = ""  # a paralinguistic edit's tagged text for this piece
-
-
 def speech_spans(x: np.ndarray, sr: int) -> list[tuple[int, int]]:
     """Speech as (start, end) sample indices at the audio's own rate (Silero VAD, ONNX)."""
     import torch
 
-    threads = torch.get_num_threads()
-    from silero_vad import get_speech_timestamps, load_silero_vad
+    model = _vad_model()  # first: it imports silero_vad, restoring torch's threads
+    from silero_vad import get_speech_timestamps
 
-    torch.set_num_threads(threads)  # importing silero_vad pins torch to one thread for the whole process
-    model = _vad_model(load_silero_vad)
     x16 = resample(np.asarray(x, np.float32), sr, VAD_RATE)
     stamps = get_speech_timestamps(torch.from_numpy(x16), model, sampling_rate=VAD_RATE, speech_pad_ms=0)
     scale = sr / VAD_RATE
     return [(round(s["start"] * scale), round(s["end"] * scale)) for s in stamps]
 
 
-_VAD = []
+@functools.cache  # one per process: get_speech_timestamps resets its state on every call
+def _vad_model():
+    import torch
 
+    threads = torch.get_num_threads()
+    from silero_vad import load_silero_vad
 
-def _vad_model(load):
-    if not _VAD:  # one per process: it is stateless between calls to get_speech_timestamps
-        _VAD.append(load(onnx=True))
-    return _VAD[0]
+    torch.set_num_threads(threads)  # importing silero_vad pins torch to one thread for the whole process
+    return load_silero_vad(onnx=True)
 
 
 def cut_points(spans: list[tuple[int, int]], n: int, sr: int, chunk_seconds: float,
@@ -292,4 +279,4 @@ def chunk_seed(seed: int, index: int) -> int:
 
 
 def seconds(samples: int, sr: int) -> float:
-    return round(samples / sr, 3) if sr else math.nan
+    return round(samples / sr, 3)

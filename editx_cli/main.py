@@ -76,8 +76,8 @@ def _common(f):
                      help="Retries per output under --retry-below [default: 2]."),
         click.option("--chunk-seconds", envvar="EDITX_CHUNK_SECONDS", type=click.FloatRange(5, 600), default=None,
                      help="Cut inputs (and clone texts) longer than this into chunks at pauses, edit them "
-                          "together and join them [default: the engine's window: stepaudio cuts above 30 s "
-                          "into chunks of 25 s, dsp above 600 s into 300 s]."),
+                          "together and join them [default: stepaudio cuts above its 30 s window into chunks "
+                          "of 25 s; dsp takes any length whole]."),
         click.option("-q", "--quiet", is_flag=True, envvar="EDITX_QUIET", help="No progress bar, warnings only."),
         click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
     ]

@@ -209,3 +209,15 @@ def test_the_limiter_moves_its_gain_smoothly_and_only_near_peaks():
     assert np.abs(np.diff(gain)).max() < 0.02  # no step: a clipper's gain jumps by up to 0.5 here
     far = np.r_[0:6500, 8000:sr]
     np.testing.assert_allclose(y[far], x[far], rtol=1e-4)  # away from the burst, untouched
+
+
+def test_the_true_peak_is_measured_in_blocks_as_over_the_whole_signal():
+    """Long outputs are oversampled a block at a time (an hour at once would take gigabytes):
+    the envelope is the whole signal's, blocks, seams and ends alike."""
+    sr = 24000
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal(3 * loudness.PEAK_BLOCK + 123) * 0.2).astype(np.float32)
+    x[loudness.PEAK_BLOCK - 1: loudness.PEAK_BLOCK + 1] = [0.95, -0.95]  # an intersample peak on a seam
+    factor = loudness.TRUE_PEAK_RATE // sr
+    whole = np.abs(resample_poly(x, factor, 1)).reshape(len(x), factor).max(axis=1)
+    np.testing.assert_allclose(loudness._peak_envelope(x, sr), np.maximum(np.abs(x), whole), rtol=1e-6, atol=1e-7)

@@ -186,7 +186,7 @@ def test_a_long_clone_text_is_spoken_in_pieces(tiny, tmp_path):
     out = tmp_path / "c.wav"
     r = invoke("clone", CLIPS / "narration.wav", "--prompt-text", "The quick brown fox.", "--text", text, "-o", out,
                *model_args(tiny), "--cache-dir", tmp_path / "cache", "--report", tmp_path / "r.json",
-               "--qa", "--whisper-model", tiny / "whisper-tiny.pt")
+               "--retry-below", "sim=1", "--max-retries", "1", "--whisper-model", tiny / "whisper-tiny.pt")
     assert r.exit_code == 0, r.stderr
     (task,) = _report(tmp_path / "r.json")
     chunks = task["info"]["chunks"]
@@ -198,8 +198,13 @@ def test_a_long_clone_text_is_spoken_in_pieces(tiny, tmp_path):
     assert len(y) / sr == pytest.approx(chunks[-1]["output_end"], abs=0.01)
     for c, d in zip(chunks, chunks[1:], strict=False):  # pieces follow each other, overlapping by the fade
         assert d["output_start"] == pytest.approx(c["output_end"] - longform.FADE_SECONDS, abs=0.002)
-    # each piece checked against its own text; the task's scores combine them
+    # each piece checked against its own text, and retried on its own with its next seed (a
+    # similarity of 1 is never reached); the task's scores combine the pieces' kept attempts
+    for c in chunks:
+        assert [a["seed"] for a in c["qa_attempts"]] == [c["seed"] - 1 + a["attempt"] for a in c["qa_attempts"]]
+        assert len(c["qa_attempts"]) == 2
     qa = task["info"]["qa"]
+    assert qa["passed"] is False and "chunk 1: similarity" in qa["problems"]
     assert all(c["qa"]["wer"] is not None and "similarity" in c["qa"] for c in chunks)
     assert qa["similarity"] == min(c["qa"]["similarity"] for c in chunks)
     assert min(c["qa"]["wer"] for c in chunks) <= qa["wer"] <= max(c["qa"]["wer"] for c in chunks)

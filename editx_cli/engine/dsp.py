@@ -42,9 +42,6 @@ class DspEngine(Engine):
     name = "dsp"
     task_kinds = frozenset({"edit"})
     edit_types = frozenset({"speed", "vad", "denoise"})
-    # Hours of audio would take many times their size in the effects' buffers: cut them.
-    window_seconds = 600.0
-    chunk_seconds = 300.0
 
     def __init__(self, config: dict[str, Any], cache: Any) -> None:
         super().__init__(config, cache)
