@@ -20,7 +20,6 @@ not of the real model):
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import soundfile as sf
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,10 +47,7 @@ def run(args: list[str]) -> tuple[float, dict]:
 
 
 def manifest(path: Path, header: list[str], rows: list[list]) -> Path:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
+    pd.DataFrame(rows, columns=header).to_csv(path, index=False)
     return path
 
 
