@@ -16,6 +16,7 @@ from conftest import CLIPS, invoke, model_args, read_audio, write_manifest
 from editx_cli import audio
 from editx_cli.cache import FeatureCache
 from editx_cli.qa import Check, Checker, ThresholdError, Thresholds, error_rate, rank
+from editx_cli.speech_text import spoken
 from editx_cli.transcribe import Transcriber
 
 PROMPT = CLIPS / "narration.wav"
@@ -84,9 +85,12 @@ def _check(x, sr, expected: str, reference=None, kind="emotion") -> Check:
 
 def test_known_scores(checker):
     check, transcriber = checker
-    x, sr = audio.load(PROMPT)
-    other, _ = audio.load(CLIPS / "noisy.wav", sr)
-    (heard,), _, _ = transcriber.many([(x, sr, audio.samples_digest(x, sr))])
+    # a clip in which the random-weight Whisper hears words (on some, only punctuation)
+    clips = [audio.load(CLIPS / n, 16000)[0] for n in ("narration.wav", "pauses.wav", "noisy.wav")]
+    sr = 16000
+    texts, _, _ = transcriber.many([(c, sr, audio.samples_digest(c, sr)) for c in clips])
+    i = next(i for i, t in enumerate(texts) if spoken(t))
+    x, heard, other = clips[i], texts[i], clips[(i + 1) % 3]
     cases = [
         _check(x, sr, heard),  # the output is its reference and says what it should
         _check(x, sr, "a sentence that nobody said at all"),  # wrong words
@@ -100,7 +104,7 @@ def test_known_scores(checker):
     assert wrong["wer"] >= 0.9 and not wrong["passed"] and wrong["problems"].startswith("wer ")
     assert wrong["similarity"] == pytest.approx(1.0, abs=1e-5)  # the voice is right, the words are not
     assert another["similarity"] < same["similarity"]
-    assert "nearly silent" in silent["problems"] and "duration 0.18x the input's" in silent["problems"]
+    assert "nearly silent" in silent["problems"] and f"duration {sr / len(x):.2f}x the input's" in silent["problems"]
     assert "wer" not in silent  # nothing to compare with
     assert clipped["problems"].startswith("clipped (")
     assert seconds["transcribe"] > 0 and seconds["embed"] > 0
@@ -193,6 +197,20 @@ def test_editx_qa_rechecks_a_folder(failing_run, tiny):
     assert "c0.wav: changed since editx wrote it; not checked" in r.stderr
     assert "low quality" in r.stderr
     assert len(json.loads((out / "qa.json").read_text())["outputs"]) == 3
+    # records are data: one that says nothing usable is named and passed over; a reference that is
+    # gone leaves the output checked without a similarity
+    record = out / ".editx" / "c10.wav.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "checks": {"reference": 5, "text": ["x"]}}))
+    record = out / ".editx" / "c20.wav.json"
+    data = json.loads(record.read_text())
+    record.write_text(json.dumps({**data, "checks": {**data["checks"], "reference": str(tmp / "gone.wav")}}))
+    r = invoke("qa", out, *common, "--thresholds", "sim=0.01")
+    assert "c10.wav: its record says nothing to check it against" in r.stderr
+    rows = {row["id"]: row for row in json.loads((out / "qa.json").read_text())["outputs"]}
+    assert sorted(rows) == ["c20", "c30"]
+    assert "similarity" not in rows["c20"]["qa"] and "is gone" in rows["c20"]["note"]
+    assert "similarity" in rows["c30"]["qa"] and r.exit_code == 0
     empty = tmp / "empty"
     empty.mkdir()
     r = invoke("qa", empty, *common)
