@@ -154,7 +154,7 @@ def run(
                     end(w, "failed", w.o.error)
                     continue
                 try:
-                    whole = _split(w, engine, options, transcriber)
+                    whole = _split(w, engine, options, transcriber or (checker and checker.transcriber))
                 except Exception as e:
                     log.debug("task %s could not be cut", p.task.id, exc_info=True)
                     end(w, "failed", f"cutting the long input: {_one_line(e)}")

@@ -94,6 +94,9 @@ def _row(t: dict, src: str, folder: Path, slow_from: float) -> dict:
     seconds = _seconds(t)
     qa = _qa(t)
     what = t["task"] if t["task"] == "clone" else " ".join(x for x in (t["edit_type"], t.get("edit_info", "")) if x)
+    chunks = (t.get("info") or {}).get("chunks")
+    if isinstance(chunks, list) and chunks:  # a long task: edited in pieces
+        what += f", {len(chunks)} chunks"
     return {
         "t": t, "what": what, "seconds": seconds, "qa": qa,
         "slow": t["status"] == "done" and seconds >= slow_from and seconds > 0,

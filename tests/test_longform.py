@@ -150,6 +150,8 @@ def test_long_edits_on_the_model_batch_all_chunks_and_rerun_identically(long_fil
     r = invoke("batch", manifest, "-o", tmp_path / "two", *common)
     assert r.exit_code == 0, r.stderr
     assert audio.file_digest(tmp_path / "one" / "a.wav") == audio.file_digest(tmp_path / "two" / "a.wav")
+    r = invoke("review", tmp_path / "one")  # the page says which task was edited in pieces
+    assert r.exit_code == 0 and "emotion happy, 4 chunks" in (tmp_path / "one" / "review.html").read_text()
 
 
 def test_silence_passes_through_and_a_failed_chunk_fails_its_task_by_name(tiny, tmp_path):
