@@ -130,8 +130,21 @@ def load(path: str | os.PathLike, sr: int | None = None) -> tuple[np.ndarray, in
     import soundfile as sf
 
     probe(path)
+    return _mono(sf, str(path), sr)
+
+
+def decode(data: bytes) -> tuple[np.ndarray, int]:
+    """Encoded audio (what `encode` made) as mono float32, as `load` would read it from a file."""
+    import io
+
+    import soundfile as sf
+
+    return _mono(sf, io.BytesIO(data), None)
+
+
+def _mono(sf, source, sr: int | None) -> tuple[np.ndarray, int]:
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        data, rate = sf.read(source, dtype="float32", always_2d=True)
     except Exception as e:
         raise AudioError(f"cannot decode audio ({_first_line(e)})") from None
     if data.shape[0] == 0:

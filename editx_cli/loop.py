@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ def run(
                     last.append(w)
             if checker is not None and last:
                 try:
-                    _judge(last, checker, options.max_retries)
+                    _judge(last, checker, options.max_retries, lambda w: id(w) in longs)
                 except Exception as e:  # Whisper or the speaker model failed: these tasks, not the run
                     log.debug("quality checks failed", exc_info=True)
                     for w in last:
@@ -205,10 +206,11 @@ def run(
     return [outcomes[p.task.id] for p in planned], load_seconds
 
 
-def _judge(works: list[_Work], checker: Checker, max_retries: int) -> None:
+def _judge(works: list[_Work], checker: Checker, max_retries: int, chunk: Callable[[_Work], bool]) -> None:
     """Score the final pass of each work in one group; keep the best attempt of those that are
-    done, and send the others round again with the next seed."""
-    checks = [w.check() for w in works]
+    done, and send the others round again with the next seed. An output is scored as it will
+    be written (levelled, encoded, decoded again); a chunk as the engine made it."""
+    checks = [w.check(delivered=not chunk(w)) for w in works]
     scores, seconds = checker(checks)
     share = sum(seconds.values()) / len(works)
     for w, s in zip(works, scores, strict=True):
@@ -239,6 +241,7 @@ class _Work:
     input_loudness: float | None = None  # LUFS of the task's input, when the output is to match it
     attempt: int = 0  # 0: the first; each retry regenerates from the input with the next seed
     attempts: list | None = None  # every attempt's scores, with its seed
+    rendered: tuple | None = None  # the output as it will be written, once made (see render)
     best: tuple | None = None  # (rank, audio, rate, engine info, scores) of the best attempt so far
 
     def __post_init__(self) -> None:
@@ -266,25 +269,43 @@ class _Work:
         t = self.p.task
         return self.say if t.task == "clone" or t.edit_type == "paralinguistic" else self.start[3]
 
-    def check(self) -> Check:
-        """What the output so far is checked against: the task's input voice and text."""
+    def check(self, delivered: bool = False) -> Check:
+        """The output so far (as it will be written, when `delivered`) and what it is checked
+        against: the task's input voice and text."""
         t = self.p.task
         x0, sr0, _, _, digest0 = self.start
-        return Check(self.x, self.sr, audio.samples_digest(self.x, self.sr), x0, sr0, digest0, self.expected,
+        y, sr = self.x, self.sr
+        if delivered:
+            try:
+                y, sr = audio.decode(self.render()[0])
+            except Exception:  # cannot be delivered: committing it fails the task with the reason
+                pass
+        return Check(y, sr, audio.samples_digest(y, sr), x0, sr0, digest0, self.expected,
                      "clone" if t.task == "clone" else t.edit_type, len(x0) / sr0)
+
+    def render(self) -> tuple[bytes, int, dict, float]:
+        """The output as it will be written (resampled, levelled, encoded), made once: bytes,
+        rate, loudness measures, seconds taken."""
+        if self.rendered is None:
+            t0 = time.perf_counter()
+            t = self.p.task
+            data, rate, measures = deliver.render(self.x, self.sr, t.output.suffix.lower(), t.delivery,
+                                                  self.input_loudness)
+            self.rendered = (data, rate, measures, time.perf_counter() - t0)
+        return self.rendered
 
     def judged(self, scores: dict[str, Any], max_retries: int) -> None:
         """Record an attempt's scores; retry (passes back to 0) or settle on the best attempt."""
         scores = {"attempt": self.attempt + 1, "seed": self.seed, **scores}
         self.attempts = [*(self.attempts or []), scores]
         if self.best is None or rank(scores) > self.best[0]:  # a later attempt must be better to replace
-            self.best = (rank(scores), self.x, self.sr, dict(self.pass_info), scores)
+            self.best = (rank(scores), self.x, self.sr, dict(self.pass_info), scores, self.rendered)
         if not scores["passed"] and self.attempt < max_retries:
             self.attempt += 1
             self.x, self.sr, self.path, self.audio_text, self.digest = self.start
-            self.passes = 0
+            self.passes, self.rendered = 0, None
             return
-        _, self.x, self.sr, info, kept = self.best
+        _, self.x, self.sr, info, kept, self.rendered = self.best
         self.o.info.update(info)
         self.o.info["qa"] = {k: v for k, v in kept.items() if k not in ("attempt", "seed") or len(self.attempts) > 1}
         if len(self.attempts) > 1:
@@ -312,12 +333,10 @@ class _Work:
         try:
             if self.x.size == 0:
                 raise RuntimeError("the engine produced no audio")
-            t0 = time.perf_counter()
             # Temporary files of this output left by a killed run go; another live run's stay.
             audio.remove_stale_parts(t.output)
-            data, rate, measures = deliver.render(self.x, self.sr, t.output.suffix.lower(), t.delivery,
-                                                  self.input_loudness)
-            o.stages["deliver"] = round(time.perf_counter() - t0, 4)  # resample, loudness, encode
+            data, rate, measures, seconds = self.render()
+            o.stages["deliver"] = round(seconds, 4)  # resample, loudness, encode
             t0 = time.perf_counter()
             tmp = audio.write_atomic(t.output, data)
             o.output_seconds = round(len(self.x) / self.sr, 3)
@@ -328,10 +347,10 @@ class _Work:
                 o.info["loudness_target"] = measures["loudness_target"]
             o.stages["write"] = round(time.perf_counter() - t0, 4)
             try:
-                c = self.check()
                 commit(tmp, t.output, self.p.fingerprint, t.id, manifest_of(t), o,
-                       {"reference": os.path.abspath(self.p.source), "text": c.expected_text, "kind": c.kind,
-                        "input_seconds": round(c.input_seconds, 3)})
+                       {"reference": os.path.abspath(self.p.source), "text": self.expected,
+                        "kind": "clone" if t.task == "clone" else t.edit_type,
+                        "input_seconds": round(len(self.start[0]) / self.start[1], 3)})
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
@@ -343,7 +362,7 @@ class _Work:
             self.close()
 
     def close(self) -> None:
-        self.x = self.start = self.best = None
+        self.x = self.start = self.best = self.rendered = None
 
 
 def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: RunOptions) -> _Work:
