@@ -248,3 +248,36 @@ def test_without_a_transcript_each_chunk_is_transcribed_and_tags_follow_their_wo
     assert " ".join(c["new_text"] for c in chunks) == tagged
     for c in chunks:  # each piece's tagged text is its transcript with its own tags
         assert longform.spoken(c["new_text"]) == longform.spoken(c["text"])
+
+
+@pytest.mark.parametrize("edit, check", [
+    (["--type", "speed", "--info", "faster"], "tempo"),
+    (["--type", "vad"], "pauses"),
+])
+def test_dsp_seams_follow_the_edit(long_file, tmp_path, edit, check):
+    """A cut pause is treated as the pauses inside the chunks are: scaled by the tempo of a speed
+    edit, shortened by a vad edit."""
+    path, pauses, seconds = long_file
+    out = tmp_path / "o.wav"
+    r = invoke("edit", path, *edit, "--engine", "dsp", "--chunk-seconds", "20", "-o", out,
+               "--report", tmp_path / "r.json")
+    assert r.exit_code == 0, r.stderr
+    assert len(_report(tmp_path / "r.json")[0]["info"]["chunks"]) >= 4
+    y, sr = read_audio(out)
+    if check == "tempo":
+        assert len(y) / sr == pytest.approx(seconds / 1.2, rel=0.01)
+    else:  # the longest pause left is no longer than when the file is edited whole
+        r = invoke("edit", path, *edit, "--engine", "dsp", "-o", tmp_path / "whole.wav")
+        assert r.exit_code == 0, r.stderr
+        whole, _ = read_audio(tmp_path / "whole.wav")
+        assert _longest_pause(y, sr) <= _longest_pause(whole, sr) + 0.04
+        assert len(y) / sr == pytest.approx(len(whole) / sr, abs=0.5)
+
+
+def _longest_pause(y: np.ndarray, sr: int) -> float:
+    """Seconds of the longest run of 20 ms frames 40 dB under the loudest."""
+    frame = sr // 50
+    rms = np.sqrt(np.mean(y[: len(y) // frame * frame].reshape(-1, frame) ** 2, axis=1))
+    quiet = np.concatenate([[0], (rms < rms.max() * 10 ** (-40 / 20)).astype(int), [0]])
+    edges = np.flatnonzero(np.diff(quiet))
+    return float((edges[1::2] - edges[::2]).max() * 0.02)
