@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+from typing import Any
 
 import numpy as np
 
@@ -32,8 +33,26 @@ WORD_PAUSE = 0.12  # between words (a clause too long to say in one window)
 CHUNK_SEED_STRIDE = 1000  # chunk k's seed is the task's + 1000 k; retries take the seeds between
 
 
-def speech_spans(x: np.ndarray, sr: int) -> list[tuple[int, int]]:
-    """Speech as (start, end) sample indices at the audio's own rate (Silero VAD, ONNX)."""
+def speech_spans(x: np.ndarray, sr: int, cache: Any, digest: str) -> tuple[list[tuple[int, int]], bool]:
+    """Speech as (start, end) sample indices at the audio's own rate (Silero VAD, ONNX), through
+    the feature cache; and whether the cache had them."""
+    key = cache.key("vad", digest, _vad_fingerprint())
+    spans, hit = cache.get_or_compute(key, lambda: _detect(x, sr))
+    return [(int(a), int(b)) for a, b in spans], hit
+
+
+@functools.cache
+def _vad_fingerprint() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        silero = version("silero-vad")
+    except PackageNotFoundError:
+        silero = "missing"
+    return f"{CODE_VERSION};silero-vad={silero};onnx"
+
+
+def _detect(x: np.ndarray, sr: int) -> list[tuple[int, int]]:
     import torch
 
     model = _vad_model()  # first: it imports silero_vad, restoring torch's threads

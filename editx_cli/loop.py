@@ -264,6 +264,11 @@ class _Work:
                        audio_digest=self.digest, path=self.path, task_id=t.id)
 
     @property
+    def kind(self) -> str:
+        """What the QA bounds of its duration go by: "clone", or the edit type."""
+        return "clone" if self.p.task.task == "clone" else self.p.task.edit_type
+
+    @property
     def expected(self) -> str:
         """What the output should say."""
         t = self.p.task
@@ -272,7 +277,6 @@ class _Work:
     def check(self, delivered: bool = False) -> Check:
         """The output so far (as it will be written, when `delivered`) and what it is checked
         against: the task's input voice and text."""
-        t = self.p.task
         x0, sr0, _, _, digest0 = self.start
         y, sr = self.x, self.sr
         if delivered:
@@ -280,8 +284,7 @@ class _Work:
                 y, sr = audio.decode(self.render()[0])
             except Exception:  # cannot be delivered: committing it fails the task with the reason
                 pass
-        return Check(y, sr, audio.samples_digest(y, sr), x0, sr0, digest0, self.expected,
-                     "clone" if t.task == "clone" else t.edit_type, len(x0) / sr0)
+        return Check(y, sr, audio.samples_digest(y, sr), x0, sr0, digest0, self.expected, self.kind, len(x0) / sr0)
 
     def render(self) -> tuple[bytes, int, dict, float]:
         """The output as it will be written (resampled, levelled, encoded), made once: bytes,
@@ -348,8 +351,7 @@ class _Work:
             o.stages["write"] = round(time.perf_counter() - t0, 4)
             try:
                 commit(tmp, t.output, self.p.fingerprint, t.id, manifest_of(t), o,
-                       {"reference": os.path.abspath(self.p.source), "text": self.expected,
-                        "kind": "clone" if t.task == "clone" else t.edit_type,
+                       {"reference": os.path.abspath(self.p.source), "text": self.expected, "kind": self.kind,
                         "input_seconds": round(len(self.start[0]) / self.start[1], 3)})
             finally:
                 if os.path.exists(tmp):
@@ -489,9 +491,7 @@ def _split(w: _Work, engine: Engine, options: RunOptions, transcriber) -> _Long 
     x, sr = w.x, w.sr
     if len(x) / sr <= window:
         return None
-    key = engine.cache.key("speech", w.digest, f"{longform.CODE_VERSION}")
-    spans, hit = engine.cache.get_or_compute(key, lambda: longform.speech_spans(x, sr))
-    spans = [(int(a), int(b)) for a, b in spans]
+    spans, hit = longform.speech_spans(x, sr, engine.cache, w.digest)
     w.o.cache_hits, w.o.cache_misses = w.o.cache_hits + hit, w.o.cache_misses + (not hit)
     cuts = longform.cut_points(spans, len(x), sr, size, x)
     edges = [0, *cuts, len(x)]

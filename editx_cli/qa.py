@@ -204,7 +204,7 @@ def rank(scores: dict[str, Any]) -> tuple:
     """Orders attempts, best last: passed, fewer problems, fewer errors, more similar."""
     errors = next((scores[m] for m in ("wer", "cer") if scores.get(m) is not None), 0.0)
     problems = scores.get("problems") or ""
-    return (bool(scores.get("passed")), -(problems.count(";") + bool(problems)), -errors,
+    return (bool(scores.get("passed")), -len(problems.split("; ")) if problems else 0, -errors,
             scores.get("similarity") or -1.0)
 
 

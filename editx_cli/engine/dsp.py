@@ -14,7 +14,6 @@ Speech timestamps (the costly part of vad) go through the feature cache.
 
 from __future__ import annotations
 
-import functools
 import time
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 
 from editx_cli.audio import samples_digest
 from editx_cli.engine import Engine, Request, Result
+from editx_cli.longform import speech_spans
 
 CODE_VERSION = "dsp-1"
 SPEED_BASE = {"faster": 1.2, "more faster": 1.2**2, "slower": 1 / 1.2, "more slower": 1 / 1.2**2}
@@ -93,7 +93,7 @@ class DspEngine(Engine):
             info["prop_decrease"] = round(prop, 4)
         elif request.edit_type == "vad":
             t_feat = time.perf_counter()
-            segments, hit = self._speech_segments(x, sr, request.audio_digest)
+            segments, hit = speech_spans(x, sr, self.cache, request.audio_digest or samples_digest(x, sr))
             stages["features"] = time.perf_counter() - t_feat
             y = _join_speech(x, sr, segments, VAD_MAX_PAUSE_S / request.intensity)
             info["speech_segments"] = len(segments)
@@ -110,23 +110,6 @@ class DspEngine(Engine):
         if edit_type == "speed":
             return seconds / tempo_factor(edit_info, intensity)
         return seconds
-
-    def _speech_segments(self, x: np.ndarray, sr: int, digest: str) -> tuple[list[tuple[int, int]], bool]:
-        """Speech spans as (start, end) sample indices at the audio's own rate, and whether
-        they came from the cache."""
-        key = self.cache.key("vad", digest or samples_digest(x, sr), self._vad_fingerprint)
-        spans, hit = self.cache.get_or_compute(key, lambda: self._detect(x, sr))
-        return [(int(a), int(b)) for a, b in spans], hit
-
-    @functools.cached_property
-    def _vad_fingerprint(self) -> str:
-        return f"{CODE_VERSION};silero-vad={self.versions()['silero-vad']};onnx"
-
-    def _detect(self, x: np.ndarray, sr: int) -> list[tuple[int, int]]:
-        from editx_cli.longform import speech_spans
-
-        return speech_spans(x, sr)
-
 
 def _join_speech(x: np.ndarray, sr: int, segments: list[tuple[int, int]], max_pause_s: float) -> np.ndarray:
     """Keep speech with a little padding; shorten every pause to at most max_pause_s.
