@@ -297,6 +297,18 @@ CASES = [
          "error: --engine stepaudio: {W}/nope: folder not found",
          args=("--engine", "stepaudio", "--model-dir", "{W}/nope", "--tokenizer-dir", "{W}", "--editx-src", "{W}")),
     # -- what must go ahead: odd but valid
+    # -- quality checks and long audio
+    Case("retry-below-not-a-number", csv("edit,a,{W}/in.wav,vad,,,"), "error: --retry-below: 'wer=x': 'x' is not a "
+         "number\n", args=("--retry-below", "wer=x")),
+    Case("retry-below-unknown-score", csv("edit,a,{W}/in.wav,vad,,,"), "error: --retry-below: 'mos=3': expected "
+         "wer=N, cer=N or sim=N, comma-separated\n", args=("--retry-below", "mos=3")),
+    Case("max-retries-alone", csv("edit,a,{W}/in.wav,vad,,,"), "error: --max-retries needs --retry-below (the scores "
+         "an output must reach)\n", args=("--max-retries", "3")),
+    Case("qa-without-a-whisper-model", csv("edit,a,{W}/in.wav,vad,,,"), "error: --whisper-model: --whisper-model "
+         "'{W}/none.pt': no such file, and not a Whisper model name\n",
+         args=("--qa", "--whisper-model", "{W}/none.pt")),
+    Case("chunk-seconds-too-short", csv("edit,a,{W}/in.wav,vad,,,"), "Invalid value for '--chunk-seconds': 1.0 is not "
+         "in the range 5<=x<=600", args=("--chunk-seconds", "1")),
     Case("bom-and-crlf", "\ufeff" + csv("edit,a,{W}/in.wav,vad,,,").replace("\n", "\r\n"), "", code=0,
          writes=("a.wav",)),
     Case("unicode-id-and-text", jsonl(edit(id="naïve-名前", audio_text="a\u2028b")), "", code=0, suffix=".jsonl",
