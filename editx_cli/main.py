@@ -591,6 +591,15 @@ def list_tags() -> None:
 @click.option("--api-key", envvar="EDITX_API_KEY", default=None,
               help="Require `Authorization: Bearer KEY` on every endpoint but /healthz.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback bind without an API key.")
+@click.option("--allowed-hosts", envvar="EDITX_ALLOWED_HOSTS", default="",
+              help="More Host names to answer, comma-separated (a proxy's name; '*' for any). Besides these, "
+                   "only --host and the loopback names are answered (DNS rebinding).")
+@click.option("--cors-origin", "cors_origins", envvar="EDITX_CORS_ORIGIN", multiple=True,
+              help="A web origin (scheme://host[:port]) whose pages may call the API; repeat for more. Requests "
+                   "that change state from any other origin are refused.")
+@click.option("--body-timeout", envvar="EDITX_BODY_TIMEOUT", type=click.FloatRange(0.1), default=30.0,
+              show_default=True, help="Seconds a request's headers or body may stall before it is dropped.")
+@click.option("--no-docs", is_flag=True, envvar="EDITX_NO_DOCS", help="Serve no /docs or /openapi.json.")
 @click.option("--idle-unload", envvar="EDITX_IDLE_UNLOAD", type=click.FloatRange(0.1), default=300.0,
               show_default=True, help="Release the model (and its device memory) after this many idle seconds.")
 @click.option("--max-batch", envvar="EDITX_MAX_BATCH", type=click.IntRange(1, 256), default=16, show_default=True,
@@ -611,7 +620,8 @@ def list_tags() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @_with_model_options
 def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | None, insecure: bool,
-          idle_unload: float, max_batch: int, max_queue: int, voices_dir: str | None, max_upload_mb: float,
+          allowed_hosts: str, cors_origins: tuple[str, ...], body_timeout: float, no_docs: bool, idle_unload: float,
+          max_batch: int, max_queue: int, voices_dir: str | None, max_upload_mb: float,
           max_audio_seconds: float, max_text_chars: int, cache_dir: str | None, no_cache: bool,
           whisper_model: str | None, verbose: bool, **model) -> None:
     """Serve the model over HTTP: an OpenAI-compatible API (/v1/audio/speech, /v1/audio/edits,
@@ -630,7 +640,7 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
     try:
         import uvicorn
 
-        from editx_cli import server
+        from editx_cli import guard, server
     except ImportError as e:
         raise UsageError(f"editx serve needs the serve extra ({e.name} is missing): "
                          "pip install 'editx[serve]'") from None
@@ -654,9 +664,13 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
                                   voices_dir=Path(voices_dir), api_key=api_key or None, idle_unload=idle_unload,
                                   max_batch=max_batch, max_queue=max_queue,
                                   max_upload_bytes=int(max_upload_mb * 2**20), max_audio_seconds=max_audio_seconds,
-                                  max_text_chars=max_text_chars, whisper_model=whisper_model)
+                                  max_text_chars=max_text_chars, whisper_model=whisper_model, host=host,
+                                  allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
+                                  cors_origins=tuple(o.rstrip("/") for o in cors_origins), body_timeout=body_timeout,
+                                  docs=not no_docs)
     app = server.create_app(options)
-    uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning")
+    uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
+                http=guard.header_timeout_protocol(body_timeout))
 
 
 def main() -> None:

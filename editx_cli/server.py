@@ -16,8 +16,9 @@ a client never names a path.
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations, and
 # the request models are local to create_app.
 import asyncio
+import base64
 import contextlib
-import hmac
+import hashlib
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from urllib.parse import quote
 from editx_cli import audio, deliver
 from editx_cli.engine import Engine, Request
 from editx_cli.errors import InvalidInput
+from editx_cli.guard import SECURITY_HEADERS, Guard, GuardOptions
 from editx_cli.manifest import ID_PATTERN, validate
 from editx_cli.service import Busy, Service
 from editx_cli.tasks import Task
@@ -44,6 +46,12 @@ PCM_RATE = 24000  # OpenAI's "pcm": 16-bit little-endian mono at 24 kHz
 MEDIA = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg; codecs=opus",
          "ogg": "audio/ogg", "pcm": "audio/pcm"}
 UPLOAD_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
+RATES = (8000, 192000)  # sample rates an upload may have
+FORM_OVERHEAD = 2**20  # a request body may exceed the upload limit by its other form fields
+VOICE_RATE = 48000  # a registered voice is kept at most at this rate, mono
+# Swagger UI's page runs one inline script of FastAPI's; its files come from the installed package
+DOCS_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data:; frame-ancestors 'none'")
 
 
 @dataclass(frozen=True)
@@ -54,11 +62,17 @@ class ServeOptions:
     use_cache: bool = True
     voices_dir: Path = Path("voices")
     api_key: str | None = None
+    host: str = "127.0.0.1"  # the bound address: with the loopback names, the Host names answered
+    allowed_hosts: tuple[str, ...] = ()  # more names to answer (a proxy's), "*" for any
+    cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API from their pages
+    body_timeout: float = 30.0  # a request body that sends nothing for this long is dropped (408)
+    docs: bool = True  # /docs (Swagger UI, from the installed fastapi-offline package)
     idle_unload: float = 300.0
     max_batch: int = 16
     max_queue: int = 64
     max_upload_bytes: int = 50 * 2**20
     max_audio_seconds: float = 60.0
+    max_audio_channels: int = 2  # with max_audio_seconds and 96 kHz, the decoded size an upload may have
     max_text_chars: int = 2000
     whisper_model: str | None = None  # transcribe edits sent without audio_text (a resolved checkpoint or name)
 
@@ -71,10 +85,12 @@ class ApiError(Exception):
 
 
 def create_app(options: ServeOptions):
-    from fastapi import Depends, FastAPI, File, Form, Header, UploadFile
+    from fastapi import FastAPI, File, Form, UploadFile
+    from fastapi import Request as HttpRequest
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from pydantic import BaseModel, Field
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.exceptions import HTTPException
 
     from editx_cli import engine as engines
     from editx_cli.cache import FeatureCache, NullCache
@@ -86,7 +102,7 @@ def create_app(options: ServeOptions):
     # as rows end (continuous batching) is handed several slots' worth of requests at once.
     per_call = options.max_batch * (engine_cls.wave_factor if engine_cls.batches else 1)
     service = Service(lambda: engine_cls(dict(options.engine_config or {}), cache), max_batch=per_call,
-                      max_queue=max(options.max_queue, per_call), idle_unload=options.idle_unload)
+                      max_queue=options.max_queue, idle_unload=options.idle_unload)
     voices = Path(options.voices_dir)
     scratch = Path(tempfile.mkdtemp(prefix="editx-serve-"))
     @contextlib.asynccontextmanager
@@ -96,19 +112,41 @@ def create_app(options: ServeOptions):
         cache.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
-    app = FastAPI(title="editx", version=_version(), lifespan=lifespan,
-                  description="Step-Audio-EditX: voice cloning and audio edits, OpenAI-compatible.")
+    about = {"title": "editx", "version": _version(), "lifespan": lifespan,
+             "description": "Step-Audio-EditX: voice cloning and audio edits, OpenAI-compatible."}
+    if options.docs:
+        from fastapi_offline import FastAPIOffline  # Swagger UI's files from the package, no CDN
+
+        app = FastAPIOffline(redoc_url=None, **about)
+    else:
+        app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **about)
     app.state.service = service
+    if options.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["*"])
+    # added last, so it runs first: hosts, origins, the key and body limits before any route
+    app.add_middleware(Guard, options=GuardOptions(
+        bind=options.host, allowed_hosts=options.allowed_hosts, cors_origins=options.cors_origins,
+        api_key=options.api_key, max_body_bytes=options.max_upload_bytes + FORM_OVERHEAD,
+        body_timeout=options.body_timeout, policies=(("/docs", DOCS_POLICY),)))
 
     # -- errors: one JSON shape, OpenAI's, never a traceback
     def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
               headers: dict | None = None):
+        # the security headers here too: a 500 is answered outside the middleware that adds them
         return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
-                            status_code=status, headers=headers)
+                            status_code=status, headers={**SECURITY_HEADERS, **(headers or {})})
 
     @app.exception_handler(ApiError)
     async def _api_error(_, e: ApiError):
         return error(e.status, e.message, e.param, e.kind, e.headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_, e: HTTPException):  # 404, 405, a body too large or too slow
+        kind = "not_found_error" if e.status_code == 404 else "invalid_request_error"
+        return error(e.status_code, str(e.detail), kind=kind, headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_, e: RequestValidationError):
@@ -122,31 +160,37 @@ def create_app(options: ServeOptions):
         log.error("request failed: %s", e, exc_info=True)
         return error(500, "internal error (the server log has the details)", kind="server_error")
 
-    @app.middleware("http")
-    async def _limits(request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > options.max_upload_bytes:
-            return error(413, f"the request body is {int(size)} bytes; at most {options.max_upload_bytes}")
-        return await call_next(request)
+    async def settled(future, http: HttpRequest):
+        """The engine's answer, or ClientGone once the client has gone: work still queued for it
+        is dropped (a decode already under way finishes)."""
+        waiter = asyncio.wrap_future(future)
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=0.2)
+            if done:
+                return waiter.result()
+            if await http.is_disconnected():
+                service.withdraw(future)
+                raise ApiError(499, "the client closed the request", kind="client_closed")
 
-    def authorized(authorization: str | None = Header(default=None)) -> None:
-        if options.api_key is None:
-            return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), options.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
-                           kind="authentication_error")
-
-    guarded = [Depends(authorized)]
+    def queued(enqueue, work):
+        """Hand work to the engine thread; a full queue (one limit for every route) answers 503."""
+        try:
+            return enqueue(work)
+        except Busy as e:
+            raise ApiError(503, f"the server is busy ({e}); retry shortly", kind="server_busy",
+                           headers={"Retry-After": "2"}) from None
 
     # -- running one task
-    async def run(task: Task, fmt: str, speed: float = 1.0) -> Response:
+    async def run(task: Task, fmt: str, http: HttpRequest, speed: float = 1.0) -> Response:
         t0 = time.perf_counter()
         src = task.prompt_audio or task.input_audio
+        field = "voice" if task.task == "clone" else "file"
         # decoding, measuring and encoding run off the event loop: other requests keep flowing
-        x, sr = await asyncio.to_thread(audio.load, src)
+        try:
+            x, sr = await asyncio.to_thread(audio.load, src)
+        except audio.AudioError as e:
+            raise ApiError(400, private(f"not usable audio: {e}"), field) from None
         if len(x) / sr > options.max_audio_seconds:
-            field = "voice" if task.task == "clone" else "file"
             raise ApiError(400, f"the audio is {len(x) / sr:.1f} s; at most {options.max_audio_seconds:g} s", field)
         request = Request(kind=task.task, audio=x, sr=sr, audio_text=task.prompt_text or task.audio_text,
                           text=task.text, edit_type=task.edit_type, edit_info=task.edit_info,
@@ -155,9 +199,11 @@ def create_app(options: ServeOptions):
         transcript = ""
         if (options.whisper_model and task.task == "edit" and not task.audio_text.strip()
                 and engine_cls.wants_transcript(task.edit_type, task.intensity)):
+            future = queued(service.call, lambda e: transcriber(e)(x, sr, request.audio_digest)[0])
             try:
-                transcript = await asyncio.wrap_future(service.call(
-                    lambda e: transcriber(e)(x, sr, request.audio_digest)[0]))
+                transcript = await settled(future, http)
+            except ApiError:
+                raise
             except Exception as e:
                 raise ApiError(422, f"audio_text: missing, and the upload could not be transcribed "
                                     f"({_one_line(e)})", "audio_text") from None
@@ -169,11 +215,13 @@ def create_app(options: ServeOptions):
             level = await asyncio.to_thread(loudness.integrated, x, sr)
         load_seconds, batch = 0.0, 0
         for n in range(task.iterations):
+            future = queued(service.submit, request)
             try:
-                served = await asyncio.wrap_future(service.submit(request))
-            except Busy as e:
-                raise ApiError(503, f"the server is busy ({e}); retry shortly", kind="server_busy",
-                               headers={"Retry-After": "2"}) from None
+                served = await settled(future, http)
+            except ApiError:
+                raise
+            except ValueError as e:  # the engine's word on this input (silent, too short...)
+                raise ApiError(422, f"the engine cannot use this input: {_one_line(e)}", field) from None
             except Exception as e:
                 raise ApiError(500, f"the engine failed: {_one_line(e)}", kind="server_error") from None
             load_seconds, batch = load_seconds + served.load_seconds, max(batch, served.batch)
@@ -218,8 +266,10 @@ def create_app(options: ServeOptions):
         return whisper["t"]
 
     def private(message: str) -> str:
-        """A message with the server's own upload paths taken out: a client sees "upload"."""
-        return re.sub(re.escape(str(scratch)) + r"[^\s':)]*", "upload", message)
+        """A message with the server's own paths taken out: a client sees "upload" or "voice"."""
+        for folder, word in ((scratch, "upload"), (voices.resolve(), "voice"), (voices, "voice")):
+            message = re.sub(re.escape(str(folder)) + r"[^\s':)]*", word, message)
+        return message
 
     def checked(row: dict[str, Any], labels: dict[str, str]) -> Task:
         try:
@@ -245,13 +295,25 @@ def create_app(options: ServeOptions):
                 f.write(block)
         try:
             info = audio.probe(path)
+            problem = upload_problem(info)
         except audio.AudioError as e:
+            problem = private(f"not usable audio: {e}")
+        if problem:
             shutil.rmtree(folder, ignore_errors=True)
-            raise ApiError(400, private(f"not usable audio: {e}"), field) from None
-        if info.seconds > options.max_audio_seconds:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise ApiError(400, f"the audio is {info.seconds:.1f} s; at most {options.max_audio_seconds:g} s", field)
+            raise ApiError(400, problem, field)
         return path
+
+    def upload_problem(info: audio.AudioInfo) -> str | None:
+        """What is wrong with an upload's header, before a sample of it is decoded."""
+        if not RATES[0] <= info.samplerate <= RATES[1]:
+            return f"a sample rate of {info.samplerate} Hz; from {RATES[0]} to {RATES[1]} Hz are taken"
+        if info.seconds > options.max_audio_seconds:
+            return f"the audio is {info.seconds:.1f} s; at most {options.max_audio_seconds:g} s"
+        most = int(options.max_audio_seconds * 96000 * options.max_audio_channels)
+        if info.frames * info.channels > most:
+            return (f"the audio decodes to {info.frames * info.channels} samples ({info.channels} channels at "
+                    f"{info.samplerate} Hz); at most {most}")
+        return None
 
     def text_limit(value: str, field: str) -> None:
         if len(value) > options.max_text_chars:
@@ -259,6 +321,8 @@ def create_app(options: ServeOptions):
 
     # -- the endpoints
     class Speech(BaseModel):
+        model_config = ConfigDict(allow_inf_nan=False)  # NaN is no number, not "unset"
+
         model: str = MODEL_ID
         input: str = Field(min_length=1)
         voice: str
@@ -270,9 +334,9 @@ def create_app(options: ServeOptions):
         sample_rate: int | None = None
         bitrate: int | None = None
 
-    @app.post("/v1/audio/speech", dependencies=guarded, response_class=Response,
+    @app.post("/v1/audio/speech", response_class=Response,
               responses={200: {"content": {m: {} for m in MEDIA.values()}}})
-    async def speech(body: Speech):
+    async def speech(body: Speech, http: HttpRequest):
         """Speak `input` in a registered voice (OpenAI's request shape)."""
         text_limit(body.input, "input")
         voice = _voice(voices, body.voice)
@@ -285,16 +349,16 @@ def create_app(options: ServeOptions):
         task = checked({k: v for k, v in row.items() if v is not None},
                        {"prompt_audio": "voice", "prompt_text": "voice", "text": "input", "output": "response_format",
                         "task": "model"})
-        return await run(task, body.response_format, body.speed)
+        return await run(task, body.response_format, http, body.speed)
 
-    @app.post("/v1/audio/edits", dependencies=guarded, response_class=Response,
+    @app.post("/v1/audio/edits", response_class=Response,
               responses={200: {"content": {m: {} for m in MEDIA.values()}}})
-    async def edits(file: UploadFile = File(...), edit_type: str = Form(...), edit_info: str = Form(""),
-                    intensity: float = Form(1.0), iterations: int = Form(1), seed: int = Form(0),
-                    audio_text: str = Form(""), text: str = Form(""), response_format: str = Form("wav"),
-                    loudness: float | None = Form(None), peak: float | None = Form(None),
-                    match_input: bool = Form(False), sample_rate: int | None = Form(None),
-                    bitrate: int | None = Form(None)):
+    async def edits(http: HttpRequest, file: UploadFile = File(...), edit_type: str = Form(...),
+                    edit_info: str = Form(""), intensity: float = Form(1.0, allow_inf_nan=False),
+                    iterations: int = Form(1), seed: int = Form(0), audio_text: str = Form(""), text: str = Form(""),
+                    response_format: str = Form("wav"), loudness: float | None = Form(None, allow_inf_nan=False),
+                    peak: float | None = Form(None, allow_inf_nan=False), match_input: bool = Form(False),
+                    sample_rate: int | None = Form(None), bitrate: int | None = Form(None)):
         """Edit an uploaded clip; post the result back for a chain of edits."""
         if response_format not in RESPONSE_FORMATS:
             raise ApiError(400, f"unknown format {response_format!r} (one of: {', '.join(RESPONSE_FORMATS)})",
@@ -311,17 +375,18 @@ def create_app(options: ServeOptions):
                    "output": "out." + ("wav" if response_format == "pcm" else response_format)}
             task = checked({k: v for k, v in row.items() if v is not None},
                            {"input_audio": "file", "output": "response_format", "task": "edit_type"})
-            return await run(task, response_format)
+            return await run(task, response_format, http)
         finally:
             shutil.rmtree(path.parent, ignore_errors=True)
 
-    @app.post("/v1/voices", dependencies=guarded, status_code=201)
+    @app.post("/v1/voices", status_code=201)
     async def add_voice(name: str = Form(...), text: str = Form(...), file: UploadFile = File(...),
                         replace: bool = Form(False)):
         """Register a voice: a reference clip and its transcript. Its prompt features are
         made at once, so the first speech request in it does not pay for them."""
-        if not ID_PATTERN.fullmatch(name) or len(name) > 64:
-            raise ApiError(400, f"{name!r} is not a usable voice name (letters, digits, '.', '-', '_')", "name")
+        if not _voice_name(name):
+            raise ApiError(400, f"{name[:80]!r} is not a usable voice name (at most {VOICE_NAME_CHARS} letters, "
+                                "digits, '.', '-', '_')", "name")
         if not text.strip():
             raise ApiError(400, "missing: the transcript of the clip", "text")
         text_limit(text, "text")
@@ -331,9 +396,11 @@ def create_app(options: ServeOptions):
         try:
             x, sr = await asyncio.to_thread(audio.load, path)
         except audio.AudioError as e:
-            raise ApiError(400, f"not usable audio: {e}", "file") from None
+            raise ApiError(400, private(f"not usable audio: {e}"), "file") from None
         finally:
             shutil.rmtree(path.parent, ignore_errors=True)
+        if sr > VOICE_RATE:  # a voice is a prompt: more than 48 kHz only takes disk space
+            x, sr = await asyncio.to_thread(audio.resample, x, sr, VOICE_RATE), VOICE_RATE
         voices.mkdir(parents=True, exist_ok=True)
         tmp = audio.write_atomic(voices / f"{name}.wav", audio.encode(x, sr, ".wav"))
         os.replace(tmp, voices / f"{name}.wav")
@@ -341,40 +408,42 @@ def create_app(options: ServeOptions):
         cached = False
         if hasattr(engine_cls, "prompt_features"):
             digest = audio.samples_digest(x, sr)
+            future = queued(service.call, lambda e: e.prompt_features(x, sr, digest))
             try:
-                await asyncio.wrap_future(service.call(lambda e: e.prompt_features(x, sr, digest)))
+                await asyncio.wrap_future(future)
                 cached = True
             except Exception as e:  # the voice is kept; its features are made at first use instead
                 log.warning("voice %s: prompt features not cached: %s", name, _one_line(e))
         return {"name": name, "text": text.strip(), "seconds": round(len(x) / sr, 3), "features_cached": cached}
 
-    @app.get("/v1/voices", dependencies=guarded)
+    @app.get("/v1/voices")
     async def list_voices():
         return {"object": "list", "data": [{"name": n, **_voice(voices, n)} for n in _voice_names(voices)]}
 
-    @app.delete("/v1/voices/{name}", dependencies=guarded)
+    @app.delete("/v1/voices/{name}")
     async def delete_voice(name: str):
         _voice(voices, name)
         for suffix in (".json", ".wav"):
             (voices / f"{name}{suffix}").unlink(missing_ok=True)
         return {"name": name, "deleted": True}
 
-    @app.get("/v1/models", dependencies=guarded)
+    @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "editx",
                                             "engine": options.engine}]}
 
-    page = _ui_page(engine_cls)
+    page, page_policy = _ui_page(engine_cls)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def ui():
         """The web page: clone and every edit, upload or record, a history of chained edits."""
-        return page
+        return HTMLResponse(page, headers={"Content-Security-Policy": page_policy})
 
     @app.get("/healthz")
     async def healthz():
         """Alive; whether the model is loaded; queue depth; device memory; decode statistics."""
         return {"status": "ok", "engine": options.engine, "loaded": service.loaded, "queue": service.queued,
+                "running": service.running,
                 "device": service.engine.device if service.engine is not None else None,
                 "device_memory": service.device_memory(), "stats": dict(service.stats),
                 "cache": cache.stats() if hasattr(cache, "stats") and options.use_cache else None}
@@ -382,8 +451,9 @@ def create_app(options: ServeOptions):
     return app
 
 
-def _ui_page(engine_cls: type[Engine]) -> str:
-    """ui.html with what this engine can do written in, so the page needs no extra request."""
+def _ui_page(engine_cls: type[Engine]) -> tuple[str, str]:
+    """ui.html with what this engine can do written in, so the page needs no extra request, and
+    its Content-Security-Policy: its own inline script and style (by hash), nothing else inline."""
     from importlib import resources
 
     from editx_cli.tasks import EDIT_INFOS
@@ -392,17 +462,34 @@ def _ui_page(engine_cls: type[Engine]) -> str:
                "edit_types": [t for t in EDIT_INFOS if t in engine_cls.edit_types],
                "edit_infos": {t: list(v) for t, v in EDIT_INFOS.items()}, "clone": "clone" in engine_cls.task_kinds}
     page = resources.files("editx_cli").joinpath("ui.html").read_text(encoding="utf-8")
-    return page.replace("__EDITX_OPTIONS__", json.dumps(options).replace("</", "<\\/"))
+    page = page.replace("__EDITX_OPTIONS__", json.dumps(options).replace("</", "<\\/"))
+    scripts = re.findall(r"<script>(.*?)</script>", page, re.S)
+    styles = re.findall(r"<style>(.*?)</style>", page, re.S)
+
+    def hashes(blocks: list[str]) -> str:
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in blocks)
+
+    policy = (f"default-src 'none'; script-src {hashes(scripts)}; style-src {hashes(styles)}; img-src 'self' data:; "
+              "media-src 'self' blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; "
+              "frame-ancestors 'none'")
+    return page, policy
 
 
 def _voice_names(voices: Path) -> list[str]:
     return sorted(p.stem for p in voices.glob("*.json") if ID_PATTERN.fullmatch(p.stem)) if voices.is_dir() else []
 
 
+VOICE_NAME_CHARS = 64
+
+
+def _voice_name(name: str) -> bool:
+    return len(name) <= VOICE_NAME_CHARS and bool(ID_PATTERN.fullmatch(name))
+
+
 def _voice(voices: Path, name: str) -> dict:
-    if not (ID_PATTERN.fullmatch(name) and (voices / f"{name}.json").is_file()):
+    if not (_voice_name(name) and (voices / f"{name}.json").is_file()):
         known = _voice_names(voices)  # listed only for the message: a request looks up one file
-        raise ApiError(404, f"voice {name!r} not found (registered: {', '.join(known) or 'none'}; "
+        raise ApiError(404, f"voice {name[:80]!r} not found (registered: {', '.join(known) or 'none'}; "
                             "POST /v1/voices adds one)", "voice")
     try:
         data = json.loads((voices / f"{name}.json").read_text(encoding="utf-8"))

@@ -43,34 +43,45 @@ class Service:
         self._make = make_engine  # () -> Engine, not loaded
         self.max_batch, self.max_queue, self.idle_unload, self.gather = max_batch, max_queue, idle_unload, gather
         self.engine: Engine | None = None
+        self.running = 0  # requests the engine thread has in hand (loading for them, or decoding them)
         self._waiting: deque[tuple[Request, Future]] = deque()
         self._lock = threading.Condition()
         self._closed = False
         self._last = time.monotonic()
         self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "loads": 0, "unloads": 0,
-                      "load_seconds": None, "refused": 0}
+                      "load_seconds": None, "refused": 0, "dropped": 0}
         self._thread = threading.Thread(target=self._loop, name="editx-engine", daemon=True)
         self._thread.start()
 
     # -- callers
     def submit(self, request: Request) -> Future:
         """A future of Served; raises Busy when the queue is full."""
+        return self._enqueue(request)
+
+    def call(self, fn) -> Future:
+        """Run fn(engine) on the engine thread, alone, the engine loaded (work that is not a
+        decode, such as a new voice's prompt features); a future of its return value. The same
+        queue limit holds: raises Busy when the queue is full."""
+        return self._enqueue(fn)
+
+    def withdraw(self, future: Future) -> bool:
+        """Drop work whose caller has gone, if it is still waiting (work under way finishes)."""
+        with self._lock:
+            for entry in self._waiting:
+                if entry[1] is future:
+                    self._waiting.remove(entry)
+                    self.stats["dropped"] += 1
+                    future.cancel()
+                    return True
+        return False
+
+    def _enqueue(self, work) -> Future:
         future: Future = Future()
         with self._lock:
             if len(self._waiting) >= self.max_queue:
                 self.stats["refused"] += 1
                 raise Busy(f"{len(self._waiting)} requests are waiting")
-            self._waiting.append((request, future))
-            self._last = time.monotonic()
-            self._lock.notify()
-        return future
-
-    def call(self, fn) -> Future:
-        """Run fn(engine) on the engine thread, alone, the engine loaded (work that is not a
-        decode, such as a new voice's prompt features); a future of its return value."""
-        future: Future = Future()
-        with self._lock:
-            self._waiting.append((fn, future))
+            self._waiting.append((work, future))
             self._last = time.monotonic()
             self._lock.notify()
         return future
@@ -111,26 +122,35 @@ class Service:
             if self.gather and len(self._waiting) < self.max_batch:
                 time.sleep(self.gather)  # let requests sent at the same moment join this batch
             with self._lock:  # a call runs alone; requests go together, up to max_batch
+                if not self._waiting:  # withdrawn while gathering
+                    continue
                 if callable(self._waiting[0][0]):
                     batch = [self._waiting.popleft()]
                 else:
                     batch = []
                     while self._waiting and len(batch) < self.max_batch and not callable(self._waiting[0][0]):
                         batch.append(self._waiting.popleft())
-            try:  # outside the lock: callers can still queue, or be refused, while a model loads
-                load_seconds = self._ensure_loaded()
-            except Exception as e:  # a broken model folder: every waiting request hears why
-                for _, f in batch:
-                    f.set_exception(e)
-                continue
-            if callable(batch[0][0]):
-                fn, future = batch[0]
-                try:
-                    future.set_result(fn(self.engine))
-                except Exception as e:
-                    future.set_exception(e)
-                continue
-            self._run(batch, load_seconds)
+            self.running = len(batch)
+            try:
+                self._work(batch)
+            finally:
+                self.running = 0
+
+    def _work(self, batch: list[tuple[Any, Future]]) -> None:
+        try:  # outside the lock: callers can still queue, or be refused, while a model loads
+            load_seconds = self._ensure_loaded()
+        except Exception as e:  # a broken model folder: every waiting request hears why
+            for _, f in batch:
+                f.set_exception(e)
+            return
+        if callable(batch[0][0]):
+            fn, future = batch[0]
+            try:
+                future.set_result(fn(self.engine))
+            except Exception as e:
+                future.set_exception(e)
+            return
+        self._run(batch, load_seconds)
 
     def _ensure_loaded(self) -> float:
         """Only the engine thread loads and unloads."""
@@ -178,6 +198,7 @@ class Service:
     def device_memory(self) -> dict[str, Any]:
         """Bytes the process holds on its GPU (allocated by torch, and reserved), or {} on CPU."""
         torch = sys.modules.get("torch")
-        if torch is None or not torch.cuda.is_available():
+        # while the engine thread is still importing torch, its module is there but half made
+        if torch is None or getattr(torch.__spec__, "_initializing", False) or not torch.cuda.is_available():
             return {}
         return {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved()}

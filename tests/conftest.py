@@ -49,10 +49,8 @@ def isolated_cache(tmp_path, monkeypatch):
     """No test reads or writes the user's cache folder."""
     cache = tmp_path / "cache"
     monkeypatch.setenv("EDITX_CACHE_DIR", str(cache))
-    for var in ("EDITX_ENGINE", "EDITX_GPU", "EDITX_OUT_DIR", "EDITX_REPORT", "EDITX_SEED", "EDITX_MODEL_DIR",
-                "EDITX_TOKENIZER_DIR", "EDITX_SRC", "EDITX_VARIANT", "EDITX_DTYPE", "EDITX_LLM_IMPL", "EDITX_FORMAT",
-                "EDITX_SAMPLE_RATE", "EDITX_BITRATE", "EDITX_LOUDNESS", "EDITX_PEAK", "EDITX_MATCH_INPUT"):
-        monkeypatch.delenv(var, raising=False)
+    for var in [v for v in os.environ if v.startswith("EDITX_")]:  # every setting, by prefix
+        monkeypatch.delenv(var)
     return cache
 
 
