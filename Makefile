@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/delivery.py
 	$(BIN)/python benchmarks/longform_qa.py
+	$(BIN)/python benchmarks/listen.py
+	$(BIN)/python benchmarks/transcribe.py
 
 clean:
 	rm -rf demo-out .pytest_cache test-artifacts

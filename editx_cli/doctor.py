@@ -10,7 +10,8 @@ from editx_cli import engine as engines
 
 PACKAGES = (
     "click", "numpy", "pandas", "soundfile", "soxr", "diskcache", "tqdm", "torch", "transformers",
-    "funasr", "onnxruntime", "onnxruntime-gpu", "openai-whisper", "librosa", "noisereduce", "silero-vad",
+    "funasr", "onnxruntime", "onnxruntime-gpu", "openai-whisper", "faster-whisper", "pedalboard", "librosa",
+    "noisereduce", "silero-vad",
 )
 
 

@@ -286,6 +286,17 @@ def join(pieces: list[np.ndarray], pauses: list[float], sr: int) -> tuple[np.nda
     return (np.concatenate(out) if out else np.zeros(0, np.float32)), spans
 
 
+def concatenate(pieces: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Pieces end to end, as they were cut (in pauses), with each piece's span: the join of an
+    edit whose output length follows its input's, so the whole keeps that length to the
+    sample; each chunk's edges are its share of the pause, edited like the rest of it."""
+    spans, at = [], 0
+    for p in pieces:
+        spans.append((at, at + len(p)))
+        at += len(p)
+    return (np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)), spans
+
+
 def _edge(x: np.ndarray, n: int) -> np.ndarray:
     """The first n samples of x, padded with silence when x is shorter."""
     if len(x) >= n:

@@ -388,6 +388,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: Run
             o.stages["transcribe"] = round(seconds, 4)
             o.cache_hits, o.cache_misses = o.cache_hits + hit, o.cache_misses + (not hit)
             o.info["transcript"] = text
+            o.info["transcribed_by"] = transcriber.backend
     except Exception as e:
         o.error = _one_line(e)
         return _Work(p, o, None, 0, str(p.source), text, "")
@@ -403,8 +404,8 @@ def _window(engine: Engine, options: RunOptions) -> float | None:
 class _Long:
     """A task cut into chunks that run as works of their own; joined and written when all are done."""
 
-    def __init__(self, w: _Work, chunks: list[_Work], starts: list[int], ends: list[int], pauses: list[float],
-                 split_seconds: float) -> None:
+    def __init__(self, w: _Work, chunks: list[_Work], starts: list[int], ends: list[int],
+                 pauses: list[float] | None, split_seconds: float) -> None:
         self.w, self.chunks, self.starts, self.ends, self.pauses = w, chunks, starts, ends, pauses
         self.done: dict[int, tuple[Any, int, Outcome, str, str]] = {}  # audio, rate, outcome, transcript, expected
         self.w.o.stages["split"] = round(split_seconds, 4)
@@ -436,7 +437,7 @@ class _Long:
         pieces = [x if r == sr else audio.resample(x, r, sr)
                   for x, r, *_ in (self.done[i] for i in range(len(self.chunks)))]
         t0 = time.perf_counter()
-        y, spans = longform.join(pieces, self.pauses, sr)
+        y, spans = longform.join(pieces, self.pauses, sr) if self.pauses is not None else longform.concatenate(pieces)
         o.stages["join"] = round(time.perf_counter() - t0, 4)
         rows, scores, texts = [], [], []
         for i, c in enumerate(self.chunks):
@@ -501,13 +502,16 @@ def _split(w: _Work, engine: Engine, options: RunOptions, transcriber) -> _Long 
     for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False)):
         piece = x[a:b]
         chunks.append(_chunk(w, i, piece, audio.samples_digest(piece, sr), texts[i], new_texts[i]))
-    # the pause at each cut as the join will measure it: from the edge of one chunk's sound to the next's
-    bounds = [longform.speech_bounds(c.x, sr) for c in chunks]
-    pauses = [engine.seam_pause(t.edit_type, t.edit_info, t.intensity,
-                                (len(a.x) - bounds[i][1] + bounds[i + 1][0]) / sr)
-              for i, a in enumerate(chunks[:-1])]
+    ratio = engine.length_ratio(t.edit_type, t.edit_info, t.intensity)
+    pauses = None  # an edit whose length the engine fixes is joined as cut: its pauses are edited with it
+    if ratio is None:  # else the pause at each cut as the join will measure it, from one chunk's sound to the next's
+        bounds = [longform.speech_bounds(c.x, sr) for c in chunks]
+        pauses = [engine.seam_pause(t.edit_type, t.edit_info, t.intensity,
+                                    (len(a.x) - bounds[i][1] + bounds[i + 1][0]) / sr)
+                  for i, a in enumerate(chunks[:-1])]
     whole = _Long(w, chunks, edges[:-1], edges[1:], pauses, time.perf_counter() - t0)
-    if t.edit_type != "vad":  # (removing silence is what a vad edit is for)
+    # (removing silence is what a vad edit is for; a tempo change must change silence too)
+    if t.edit_type != "vad" and ratio in (None, 1.0):
         silent = [i for i, (a, b) in enumerate(zip(edges, edges[1:], strict=False))
                   if not any(s < b and e > a for s, e in spans)]
         if len(silent) < len(chunks):

@@ -44,7 +44,7 @@ def _common(f):
         click.option("--transcribe/--no-transcribe", envvar="EDITX_TRANSCRIBE", default=False,
                      help="Transcribe inputs whose audio_text is empty with Whisper (loaded only if needed)."),
         click.option("--whisper-model", envvar="EDITX_WHISPER_MODEL", default="large-v3", show_default=True,
-                     help="A local Whisper checkpoint file, or a model name already in Whisper's cache."),
+                     help=WHISPER_HELP),
         click.option("--allow-download", is_flag=True, envvar="EDITX_ALLOW_DOWNLOAD",
                      help="Let Whisper download a named model that is not cached yet."),
         click.option("--format", "out_format", envvar="EDITX_FORMAT", default=None,
@@ -141,6 +141,8 @@ def _delivery(common: dict) -> dict:
     return {k: common[o] for k, o in DELIVERY_OPTIONS.items() if common[o] not in (None, False)}
 
 
+WHISPER_HELP = ("A CTranslate2 Whisper folder (one with model.bin: faster-whisper), a Whisper checkpoint file, "
+                "or a model name already in Whisper's cache (openai-whisper).")
 MODEL_KEYS = ("model_dir", "tokenizer_dir", "editx_src", "variant", "dtype", "llm_impl", "deterministic",
               "cuda_graphs", "dump_prompts", "prompt_format", "temperature", "top_k", "top_p", "repetition_mask")
 
@@ -406,7 +408,7 @@ def review_page(out_dir: str, report_path: str | None) -> None:
               help="Feature cache folder (transcripts are cached by audio content).")
 @click.option("--no-cache", is_flag=True, envvar="EDITX_NO_CACHE", help="Neither read nor write the cache.")
 @click.option("--whisper-model", envvar="EDITX_WHISPER_MODEL", default="large-v3", show_default=True,
-              help="A local Whisper checkpoint file, or a model name already in Whisper's cache.")
+              help=WHISPER_HELP)
 @click.option("--allow-download", is_flag=True, envvar="EDITX_ALLOW_DOWNLOAD",
               help="Let Whisper download a named model that is not cached yet.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the file written.")
@@ -615,8 +617,7 @@ def list_tags() -> None:
               help="Feature cache folder: the same one batch runs use by default.")
 @click.option("--no-cache", is_flag=True, envvar="EDITX_NO_CACHE", help="Neither read nor write the cache.")
 @click.option("--whisper-model", envvar="EDITX_WHISPER_MODEL", default=None,
-              help="Transcribe edits sent without audio_text with this Whisper checkpoint file or cached "
-                   "model name (default: such edits are refused).")
+              help=WHISPER_HELP + " Transcribes edits sent without audio_text (default: such edits are refused).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @_with_model_options
 def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | None, insecure: bool,

@@ -172,6 +172,7 @@ class Checker:
             scores[metric] = None if rate is None else round(rate, 4)
         if heard is not None:  # a model that runs on repeats itself for pages: the start says enough
             scores["heard"] = heard if len(heard) <= HEARD_CHARS else heard[:HEARD_CHARS] + "…"
+            scores["heard_by"] = getattr(self.transcriber, "backend", None)  # the ASR backend that heard it
         if similarity is not None:
             scores["similarity"] = round(similarity, 4)
         seconds = len(c.output) / c.sr

@@ -232,9 +232,9 @@ def create_app(options: ServeOptions):
                                      "audio_digest": audio.samples_digest(result.audio, result.sr), "path": ""})
         y = result.audio
         if speed != 1.0:
-            import librosa
+            from editx_cli.engine.dsp import time_stretch  # Rubber Band, as the dsp speed edit
 
-            y = await asyncio.to_thread(librosa.effects.time_stretch, y, rate=speed)
+            y = await asyncio.to_thread(time_stretch, y, result.sr, speed)
         suffix = ".wav" if fmt == "pcm" else f".{fmt}"
         try:
             data, rate, measures = await asyncio.to_thread(deliver.render, y, result.sr, suffix, task.delivery,

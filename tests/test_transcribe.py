@@ -22,6 +22,7 @@ def test_empty_transcripts_are_transcribed_and_cached(tiny, tmp_path):
     assert r.exit_code == 0, r.stderr
     tasks = {t["id"]: t for t in json.loads((tmp_path / "o1" / "report.json").read_text())["tasks"]}
     assert tasks["a"]["info"]["transcript"] and "transcribe" in tasks["a"]["stages"]
+    assert tasks["a"]["info"]["transcribed_by"] == "openai-whisper"  # a checkpoint file
     assert "transcript" not in tasks["b"]["info"]  # a given transcript is used as is
     assert tasks["c"]["info"]["transcript"]  # the chained input (a's output) is transcribed too
     r = invoke("batch", m, *model_args(tiny), *whisper, "-o", tmp_path / "o2", "-q")
@@ -46,3 +47,14 @@ def test_an_unknown_whisper_model_is_bad_usage(tiny, tmp_path, monkeypatch):
                    "-o", tmp_path / "o")
         assert r.exit_code == 2 and message in r.stderr, r.stderr
         assert not (tmp_path / "o").exists()
+
+
+def test_a_whisper_folder_without_model_bin_is_refused(tiny, tmp_path):
+    folder = tmp_path / "not-ct2"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    r = invoke("batch", _manifest(tmp_path), *model_args(tiny), "--transcribe", "--whisper-model", folder,
+               "-o", tmp_path / "o")
+    assert r.exit_code == 2
+    assert f"--whisper-model '{folder}': a folder without model.bin" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "o").exists()

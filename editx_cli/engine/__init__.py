@@ -111,6 +111,13 @@ class Engine:
         """The pause the output keeps where the input was cut in a pause this long."""
         return seconds
 
+    def length_ratio(self, edit_type: str, edit_info: str, intensity: float) -> float | None:
+        """Output samples per input sample where the edit fixes it (1 for an edit that keeps
+        length, 1/tempo for a tempo change), None where the engine's output decides. A long
+        input of such an edit is joined by plain concatenation of its chunks, so the whole
+        keeps the ratio to the sample (and is exactly as long as its input at 1)."""
+        return None
+
     def speaker_embedding(self, x: np.ndarray, sr: int) -> np.ndarray | None:
         """A vector of who speaks in `x` (cosine-comparable), or None when the engine has no
         speaker model."""

@@ -1,13 +1,17 @@
 """The `dsp` engine: signal-processing edits that need no speech model.
 
-- speed: tempo change that keeps pitch (librosa phase vocoder). Base tempo per
-  edit_info: faster 1.2, more faster 1.44, slower 1/1.2, more slower 1/1.44;
-  intensity w raises it to the power w, so the duration is scaled by
-  tempo ** -w (faster at w=2: 1.44x tempo, 0.694x duration).
+- speed: tempo change that keeps pitch and formants (Rubber Band, through Spotify's
+  pedalboard, in its high-quality mode; a phase vocoder smeared speech into other
+  words). Base tempo per edit_info: faster 1.2, more faster 1.44, slower 1/1.2,
+  more slower 1/1.44; intensity w raises it to the power w, so the duration is
+  scaled by tempo ** -w (faster at w=2: 1.44x tempo, 0.694x duration). The output
+  is round(input / tempo) samples long.
 - vad: silero-vad finds speech; pauses between speech are shortened to at most
-  0.3 s / w, and leading/trailing silence to the 50 ms speech padding.
+  0.3 s / w, and leading/trailing silence to a margin around the speech (silero's
+  spans end on the word's body: its onset and release lie just outside them).
 - denoise: noisereduce spectral gating with prop_decrease = 1 - 0.1 ** w
-  (w=1: 90 % of the estimated noise removed, w=2: 99 %, w=0.1: 21 %).
+  (w=1: 90 % of the estimated noise removed, w=2: 99 %, w=0.1: 21 %). The output
+  has exactly the input's samples.
 
 Speech timestamps (the costly part of vad) go through the feature cache.
 """
@@ -24,9 +28,9 @@ from editx_cli.audio import samples_digest
 from editx_cli.engine import Engine, Request, Result
 from editx_cli.longform import speech_spans
 
-CODE_VERSION = "dsp-1"
+CODE_VERSION = "dsp-2"
 SPEED_BASE = {"faster": 1.2, "more faster": 1.2**2, "slower": 1 / 1.2, "more slower": 1 / 1.2**2}
-VAD_PAD_S = 0.05
+VAD_MARGIN_S = 0.12  # kept each side of a speech span: a word's onset and release (0.05 s clipped "Finally")
 VAD_MAX_PAUSE_S = 0.3
 
 
@@ -52,7 +56,7 @@ class DspEngine(Engine):
 
     def versions(self) -> dict[str, str]:
         out = {}
-        for pkg in ("librosa", "noisereduce", "silero-vad", "soxr"):
+        for pkg in ("pedalboard", "noisereduce", "silero-vad", "soxr"):
             try:
                 out[pkg] = version(pkg)
             except PackageNotFoundError:
@@ -63,14 +67,13 @@ class DspEngine(Engine):
         # Run each effect once on a short signal so that imports and numba's JIT
         # (seconds on a fresh install) count as load time, not as the first task's.
         # The VAD model itself loads only on the first cache miss.
-        import librosa
         import noisereduce
 
         if getattr(self, "_warm", False):  # loaded once per run
             return
         self._warm = True
         probe = np.random.default_rng(0).standard_normal(8000).astype(np.float32) * 0.1
-        librosa.effects.time_stretch(probe, rate=1.2)
+        time_stretch(probe, 16000, 1.2)
         noisereduce.reduce_noise(y=probe, sr=16000)
 
     def run(self, request: Request) -> Result:
@@ -80,10 +83,8 @@ class DspEngine(Engine):
         hit: bool | None = None
         x, sr = request.audio, request.sr
         if request.edit_type == "speed":
-            import librosa
-
             rate = tempo_factor(request.edit_info, request.intensity)
-            y = librosa.effects.time_stretch(x, rate=rate)
+            y = time_stretch(x, sr, rate)
             info["tempo"] = round(rate, 4)
         elif request.edit_type == "denoise":
             import noisereduce
@@ -104,22 +105,39 @@ class DspEngine(Engine):
                       cache_hits=int(hit is True), cache_misses=int(hit is False))
 
     def seam_pause(self, edit_type: str, edit_info: str, intensity: float, seconds: float) -> float:
-        # a cut pause is shortened as the pauses inside each chunk are, or stretched with the tempo
+        # a cut pause is shortened as the pauses inside each chunk are
         if edit_type == "vad":
-            return min(seconds, max(VAD_MAX_PAUSE_S / intensity, 2 * VAD_PAD_S))
-        if edit_type == "speed":
-            return seconds / tempo_factor(edit_info, intensity)
+            return min(seconds, max(VAD_MAX_PAUSE_S / intensity, 2 * VAD_MARGIN_S))
         return seconds
 
+    def length_ratio(self, edit_type: str, edit_info: str, intensity: float) -> float | None:
+        if edit_type == "denoise":
+            return 1.0
+        if edit_type == "speed":
+            return 1.0 / tempo_factor(edit_info, intensity)
+        return None
+
+
+def time_stretch(x: np.ndarray, sr: int, tempo: float) -> np.ndarray:
+    """x played `tempo` times as fast, pitch and formants kept: round(len(x) / tempo) samples."""
+    from pedalboard import time_stretch as rubberband
+
+    y = rubberband(np.asarray(x, np.float32)[None, :], sr, stretch_factor=tempo, high_quality=True,
+                   preserve_formants=True)[0]
+    n = int(round(len(x) / tempo))
+    return y[:n] if len(y) >= n else np.pad(y, (0, n - len(y)))
+
+
 def _join_speech(x: np.ndarray, sr: int, segments: list[tuple[int, int]], max_pause_s: float) -> np.ndarray:
-    """Keep speech with a little padding; shorten every pause to at most max_pause_s.
+    """Keep speech with a margin each side; shorten every pause to at most max_pause_s, and
+    never below the two margins it lies between.
 
     A shortened pause keeps its own first and last halves, so room tone and
     breaths at the edges stay natural instead of cutting to digital silence.
     """
     if not segments:
         return x
-    pad = int(VAD_PAD_S * sr)
+    pad = int(VAD_MARGIN_S * sr)
     keep = max(int(max_pause_s * sr), 2 * pad)
     pieces = [x[max(0, segments[0][0] - pad) : segments[0][0]]]
     for i, (start, end) in enumerate(segments):
