@@ -580,7 +580,8 @@ def list_tags() -> None:
     click.echo("  " + " ".join(f"[{old}] -> [{new}]" for old, new in tags.OLDER.items()))
     click.echo("language, opening the text (Mandarin and English take none):")
     click.echo("  " + " ".join(f"[{t}]" for t in tags.LANGUAGES))
-    click.echo("a polyphone's reading: pinyin with a tone digit after it, e.g. 好(hao3)")
+    click.echo("a polyphone's reading: its pinyin with a tone digit, written in place of the character "
+               "(e.g. guo4guo4guo1)")
 
 
 @cli.command()

@@ -3,8 +3,9 @@
 Spelled exactly as the 2026 model release documents them. The ten spellings of
 the older docs and the official app are accepted; the four that changed get a
 warning naming the new one. A language tag, where one is wanted, opens the text
-(Mandarin and English take none). Pinyin with a tone digit in parentheses, such
-as 好(hao3), fixes a polyphone's reading and is not a tag.
+(Mandarin and English take none). A polyphonic character's reading is fixed by
+writing its pinyin with a tone digit in place of the character (the release's
+example: guo4guo4guo1); that is text, not a tag.
 """
 
 from __future__ import annotations

@@ -267,12 +267,15 @@ def _vocoder_module(kind: str, name: str):
     return getattr(importlib.import_module(module[kind]), name)
 
 
-# The 2026 release's prompt format, as its tokenizer_config.json carries it: <s> once, then
-# each turn as <|BOT|>role\n + content + <|EOT|>, the user's role written "human".
+# The 2026 release's tokenizer_config.json chat template, as published: <s> only when the first
+# message is the system's, a space after <|BOT|>, the user's role written "human", no <|EOT|>
+# after a closing assistant turn.
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{{ '<|BOT|>' + ('human' if message['role'] == 'user' else message['role']) + '\\n' + message['content']"
-    " + '<|EOT|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|BOT|>assistant\\n' }}{% endif %}"
+    "{% if messages[0]['role'] == 'system' %}{{ '<s>' }}{% endif %}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{% set role = 'human' %}{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<|BOT|> ' + role + '\\n' }}{{ message['content'] }}"
+    "{% if not loop.last or message['role'] != 'assistant' %}{{ '<|EOT|>' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|BOT|> assistant\\n' }}{% endif %}"
 )
 
 

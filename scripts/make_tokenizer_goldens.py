@@ -121,9 +121,10 @@ def chat_turns() -> list[tuple[str, str]]:
     from editx_cli.engine.stepaudio import prompts
 
     audio = "".join(f"<audio_{n}>" for n in (3, 1023, 1024, 5119, 17, 2048, 999, 1030, 12, 4000))
-    turns = [prompts.chat_clone_text("clone_0123456789abcdef", CORPUS[0], audio, CORPUS[6]),
-             prompts.chat_clone_text("clone_0123456789abcdef", CORPUS[4], audio, " starts with a space"),
-             prompts.chat_clone_text("clone_0123456789abcdef", CORPUS[0], audio, "[Cantonese]今日天气好好。")]
+    turns = [prompts.chat_clone_text(CORPUS[0], audio, CORPUS[6]),
+             prompts.chat_clone_text(CORPUS[4], audio, " starts with a space"),
+             prompts.chat_clone_text(CORPUS[0], audio, "[Cantonese]今日天气好好。"),
+             prompts.chat_clone_text(CORPUS[0], audio, "你hao3吗？ chong2新.")]
     for edit_type, info, new in [("emotion", "happy", ""), ("style", "remove", ""), ("speed", "more faster", ""),
                                  ("denoise", "", ""), ("vad", "", ""), ("paralinguistic", "", "So [laugh] fun.")]:
         turns.append(prompts.chat_edit_text(prompts.instruction_prefix(edit_type, info, CORPUS[1], new), audio))

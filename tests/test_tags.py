@@ -26,7 +26,7 @@ def dry_run(tiny, tmp_path, *texts: str, edit: bool = False):
 def test_every_documented_tag_and_language_passes_quietly(tiny, tmp_path):
     every = " ".join(f"word [{t}]" for t in tags.PARALINGUISTIC)
     texts = [every, *(f"[{lang}] 今日天气好好。" for lang in tags.LANGUAGES), "  [Japanese] leading spaces",
-             "你好(ni3)吗？ A polyphone's reading, 重(chong2)新."]
+             "你hao3吗？ A polyphone's reading in place of its character: chong2新."]
     r = dry_run(tiny, tmp_path, *texts)
     assert r.exit_code == 0, r.stderr
     assert "warning" not in r.stderr.lower() and "error" not in r.stderr

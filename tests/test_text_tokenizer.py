@@ -175,6 +175,11 @@ def test_the_2026_folder_prompts_in_its_chat_format_end_to_end(tiny, tmp_path):
     assert {x["format"] for x in rows} == {"chat"} and len(rows) == 3  # clone, edit and its reference row
     for row in rows:
         assert row["ids"].count(1) == 1 and row["ids"][:2] == [1, 4]
+    import sentencepiece as spm
+
+    words = spm.SentencePieceProcessor(model_file=str(tiny / "Step-Audio-EditX-2026" / "tokenizer.model"))
+    clone = words.decode([i for i in rows[0]["ids"] if i < words.get_piece_size()])
+    assert "speaker name: debug\n" in clone and "clone_" not in clone  # the 2026 release's speaker name
 
 
 def test_prompt_format_and_sampling_can_be_chosen(tiny, tmp_path):

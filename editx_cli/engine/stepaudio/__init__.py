@@ -353,7 +353,7 @@ class StepAudioEngine(Engine):
 
     def _clone_prompt(self, speaker: str, prompt_text: str, audio_tokens: str, target: str) -> list[int]:
         if self.prompt_format == "chat":
-            return self._chat(*prompts.chat_clone_text(speaker, prompt_text, audio_tokens, target))
+            return self._chat(*prompts.chat_clone_text(prompt_text, audio_tokens, target))
         return prompts.clone_ids(self.encode, speaker, prompt_text, audio_tokens, target)
 
     def _edit_prompt(self, prefix: str, audio_tokens: str) -> list[int]:

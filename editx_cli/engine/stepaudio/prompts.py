@@ -157,9 +157,14 @@ def _compiled(template: str):
     return env.from_string(template)
 
 
-def chat_clone_text(speaker: str, prompt_text: str, prompt_tokens: str, target_text: str) -> tuple[str, str]:
-    """(system, human) turns of a clone in the chat format: the same texts as the legacy scaffold."""
-    return CLONE_SYSTEM_TEMPLATE.format(speaker=speaker, prompt_text=prompt_text,
+# The 2026 release names every clone's speaker this, where the legacy code hashed the prompt
+CHAT_SPEAKER = "debug"
+
+
+def chat_clone_text(prompt_text: str, prompt_tokens: str, target_text: str) -> tuple[str, str]:
+    """(system, human) turns of a clone in the chat format: the legacy scaffold's texts, with the
+    2026 release's speaker name."""
+    return CLONE_SYSTEM_TEMPLATE.format(speaker=CHAT_SPEAKER, prompt_text=prompt_text,
                                         prompt_wav_tokens=prompt_tokens), target_text
 
 
