@@ -1,0 +1,201 @@
+"""The vocoder's last stage: HiFT (a HiFi-GAN with a harmonic source and an iSTFT head),
+80-bin mel at 50 Hz -> 24 kHz waveform, 480 samples a frame.
+
+Written from its published shapes and order of operations, with parameter names that
+load `hift.pt` as it is (weight-normalised layers are folded at load: either key form).
+
+    mel -> F0 predictor (5 convs, ELU, Linear, |.|) -> f0 (B, T)
+    f0  -> 9 harmonics of sine (phase integrated per frame, interpolated per sample), noise
+           in unvoiced parts, Linear 9->1, tanh -> source s (B, 1, 480T)
+    mel -> conv_pre -> 3 x (LeakyReLU, transposed conv, + source STFT branch, 3 resblocks)
+        -> LeakyReLU(0.01), conv_post -> magnitude (exp, <= 100) and phase (sin) of an
+           n_fft 16 / hop 4 iSTFT -> clamp +-0.99
+
+The source's noise is an input (drawn by the caller from the task's generator), so a
+waveform is a function of its mel and its seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class HiftShape:
+    mel: int = 80
+    base: int = 512
+    harmonics: int = 8  # plus the fundamental: 9 sines
+    sample_rate: int = 24000
+    sine_amp: float = 0.1
+    noise_std: float = 0.003
+    voiced_threshold: float = 10.0
+    upsample_rates: tuple[int, ...] = (8, 5, 3)
+    upsample_kernels: tuple[int, ...] = (16, 11, 7)
+    n_fft: int = 16
+    hop: int = 4
+    resblock_kernels: tuple[int, ...] = (3, 7, 11)
+    resblock_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    source_kernels: tuple[int, ...] = (7, 7, 11)
+    source_dilations: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    lrelu_slope: float = 0.1
+    audio_limit: float = 0.99
+    f0_channels: int = 512
+
+    @property
+    def samples_per_frame(self) -> int:
+        return int(np.prod(self.upsample_rates)) * self.hop
+
+
+class Snake(nn.Module):
+    """x + sin^2(alpha x) / alpha, one alpha per channel (linear scale)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        alpha = self.alpha[None, :, None]
+        return x + 1.0 / (alpha + 1e-9) * torch.pow(torch.sin(x * alpha), 2)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, kernel: int, dilations: tuple[int, ...]) -> None:
+        super().__init__()
+        self.convs1 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, dilation=d, padding=d * (kernel - 1) // 2)
+                                    for d in dilations)
+        self.convs2 = nn.ModuleList(nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2)
+                                    for _ in dilations)
+        self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
+        self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.activations1, self.activations2, strict=True):
+            x = x + c2(a2(c1(a1(x))))
+        return x
+
+
+class F0Predictor(nn.Module):
+    def __init__(self, mel: int, channels: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(5):
+            layers += [nn.Conv1d(mel if i == 0 else channels, channels, 3, padding=1), nn.ELU()]
+        self.condnet = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, 1)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return torch.abs(self.classifier(self.condnet(mel).transpose(1, 2)).squeeze(-1))
+
+
+class Source(nn.Module):
+    """The harmonic source: only its Linear 9->1 has weights (`m_source.l_linear`)."""
+
+    def __init__(self, harmonics: int) -> None:
+        super().__init__()
+        self.l_linear = nn.Linear(harmonics + 1, 1)
+
+
+class HiFT(nn.Module):
+    def __init__(self, s: HiftShape = HiftShape()) -> None:
+        super().__init__()
+        self.shape = s
+        self.f0_predictor = F0Predictor(s.mel, s.f0_channels)
+        self.m_source = Source(s.harmonics)
+        self.conv_pre = nn.Conv1d(s.mel, s.base, 7, padding=3)
+        self.ups = nn.ModuleList()
+        self.source_downs = nn.ModuleList()
+        self.source_resblocks = nn.ModuleList()
+        self.resblocks = nn.ModuleList()
+        stft_channels = s.n_fft + 2
+        for i, (rate, kernel) in enumerate(zip(s.upsample_rates, s.upsample_kernels, strict=True)):
+            width = s.base // 2 ** (i + 1)
+            self.ups.append(nn.ConvTranspose1d(s.base // 2**i, width, kernel, rate, padding=(kernel - rate) // 2))
+            below = int(np.prod(s.upsample_rates[i + 1:]))  # the source STFT's frames per this stage's frame
+            self.source_downs.append(nn.Conv1d(stft_channels, width, 1) if below == 1 else
+                                     nn.Conv1d(stft_channels, width, 2 * below, below, padding=below // 2))
+            self.source_resblocks.append(ResBlock(width, s.source_kernels[i], s.source_dilations[i]))
+            for k, d in zip(s.resblock_kernels, s.resblock_dilations, strict=True):
+                self.resblocks.append(ResBlock(width, k, d))
+        self.conv_post = nn.Conv1d(s.base // 2 ** len(s.upsample_rates), stft_channels, 7, padding=3)
+        from scipy.signal import get_window
+
+        self.register_buffer("window", torch.from_numpy(get_window("hann", s.n_fft, fftbins=True).astype(np.float32)),
+                             persistent=False)
+
+    def source_noise_shape(self, frames: int) -> tuple[int, int]:
+        """The source noise one item takes: (samples, sines)."""
+        return frames * self.shape.samples_per_frame, self.shape.harmonics + 1
+
+    def source(self, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """f0 (B, T) in Hz, noise (B, 480T, 9) ~ N(0, 1) -> source (B, 1, 480T)."""
+        s, up = self.shape, self.shape.samples_per_frame
+        f0_up = F.interpolate(f0[:, None], scale_factor=float(up), mode="nearest").transpose(1, 2)  # (B, L, 1)
+        harmonic = f0_up * torch.arange(1, s.harmonics + 2, device=f0.device, dtype=f0.dtype)  # (B, L, 9)
+        step = (harmonic / s.sample_rate) % 1  # cycles a sample, constant over a frame
+        per_frame = F.interpolate(step.transpose(1, 2), scale_factor=1 / up, mode="linear").transpose(1, 2)
+        phase = torch.cumsum(per_frame, dim=1) * 2 * np.pi
+        phase = F.interpolate(phase.transpose(1, 2) * up, scale_factor=float(up), mode="linear").transpose(1, 2)
+        sines = torch.sin(phase) * s.sine_amp
+        voiced = (f0_up > s.voiced_threshold).to(sines.dtype)
+        amplitude = voiced * s.noise_std + (1 - voiced) * s.sine_amp / 3
+        waves = sines * voiced + amplitude * noise
+        return torch.tanh(self.m_source.l_linear(waves)).transpose(1, 2)
+
+    def forward(self, mel: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """mel (B, 80, T), source noise (B, 480T, 9) -> waveform (B, 480T)."""
+        s = self.shape
+        source = self.source(self.f0_predictor(mel), noise).squeeze(1)
+        spec = torch.stft(source, s.n_fft, s.hop, s.n_fft, window=self.window, return_complex=True)
+        spec = torch.cat([spec.real, spec.imag], dim=1)
+        x = self.conv_pre(mel)
+        kinds = len(s.resblock_kernels)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, s.lrelu_slope))
+            if i == len(self.ups) - 1:
+                x = F.pad(x, (1, 0), mode="reflect")
+            x = x + self.source_resblocks[i](self.source_downs[i](spec))
+            x = sum(self.resblocks[i * kinds + j](x) for j in range(kinds)) / kinds
+        x = self.conv_post(F.leaky_relu(x))
+        half = s.n_fft // 2 + 1
+        magnitude, phase = torch.clamp(torch.exp(x[:, :half]), max=1e2), torch.sin(x[:, half:])
+        wave = torch.istft(torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase)), s.n_fft, s.hop,
+                           s.n_fft, window=self.window)
+        return torch.clamp(wave, -s.audio_limit, s.audio_limit)
+
+
+def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with weight-normalised layers (either `weight_g`/`weight_v` or
+    `parametrizations.weight.original0/1`) folded into plain `weight`s, w = g * v / ||v||
+    (the norm over every dim but the first, as torch computes it)."""
+    out: dict[str, torch.Tensor] = {}
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        for g, v in ((".weight_g", ".weight_v"),
+                     (".parametrizations.weight.original0", ".parametrizations.weight.original1")):
+            if key.endswith(g):
+                pairs.setdefault(key[: -len(g)], {})["g"] = value
+                break
+            if key.endswith(v):
+                pairs.setdefault(key[: -len(v)], {})["v"] = value
+                break
+        else:
+            out[key] = value
+    for stem, gv in pairs.items():
+        out[f"{stem}.weight"] = torch._weight_norm(gv["v"], gv["g"], 0)
+    return out
+
+
+def source_noise(generator: torch.Generator, samples: int, sines: int) -> torch.Tensor:
+    """One item's source noise (1, samples, sines), drawn as the official source draws it from
+    its generator: first the sines' initial phases (which never reach the output), then the
+    noise into a tensor laid out sine-major (its sines are a transposed interpolation); torch
+    draws a strided tensor's normals in another order than a contiguous one's, so the layout
+    is part of the recipe."""
+    torch.rand(1, sines, generator=generator, device=generator.device)
+    noise = torch.empty_strided((1, samples, sines), (samples * sines, 1, samples), device=generator.device)
+    return noise.normal_(generator=generator)
