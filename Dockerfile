@@ -1,5 +1,5 @@
-# editx for GPU hosts: CUDA runtime, CUDA builds of torch and onnxruntime, the
-# Step-Audio-EditX source (its vocoder code) at a pinned commit as EDITX_SRC.
+# editx for GPU hosts: CUDA runtime, CUDA builds of torch and onnxruntime. The model
+# folders are all it needs (the vocoder is editx's own); nothing is cloned.
 # With no command it serves the API and the web page on port 7860 (compose.yaml).
 #
 #   docker build -t editx .
@@ -10,12 +10,10 @@
 FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
 
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
-ARG EDITX_SRC_REPO=https://github.com/stepfun-ai/Step-Audio-EditX.git
-ARG EDITX_SRC_COMMIT=aacb90a2
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-pip python3-venv git libsndfile1 \
+ && apt-get install -y --no-install-recommends python3 python3-pip python3-venv libsndfile1 \
  && rm -rf /var/lib/apt/lists/*
 
 RUN python3 -m venv /opt/venv
@@ -30,11 +28,7 @@ RUN pip install "/opt/editx[serve]" \
  # 4-bit loading for --variant bnb
  && pip install bitsandbytes
 
-RUN git clone "$EDITX_SRC_REPO" /opt/Step-Audio-EditX \
- && git -C /opt/Step-Audio-EditX checkout "$EDITX_SRC_COMMIT"
-
-ENV EDITX_SRC=/opt/Step-Audio-EditX \
-    EDITX_MODEL_DIR=/models/Step-Audio-EditX \
+ENV EDITX_MODEL_DIR=/models/Step-Audio-EditX \
     EDITX_TOKENIZER_DIR=/models/Step-Audio-Tokenizer \
     EDITX_CACHE_DIR=/cache \
     EDITX_VOICES_DIR=/cache/voices \

@@ -97,7 +97,14 @@ def _model_options() -> list:
         click.option("--tokenizer-dir", envvar="EDITX_TOKENIZER_DIR", type=folder, default=None,
                      help="The Step-Audio-Tokenizer folder."),
         click.option("--editx-src", envvar="EDITX_SRC", type=folder, default=None,
-                     help="A Step-Audio-EditX source checkout (provides the vocoder code)."),
+                     help="A Step-Audio-EditX source checkout: its vocoder code, for --vocoder official."),
+        click.option("--vocoder", envvar="EDITX_VOCODER", type=click.Choice(["native", "official"]),
+                     default="native", show_default=True,
+                     help="native: editx's own token2wav (the model folder's weights alone; many tasks at once); "
+                          "official: the checkout's code from --editx-src, a task at a time, for comparison."),
+        click.option("--vocoder-dtype", envvar="EDITX_VOCODER_DTYPE", default="float32", show_default=True,
+                     type=click.Choice(["float32", "bfloat16", "float16"]),
+                     help="The native vocoder's precision (float32 as upstream; the source and STFTs stay float32)."),
         click.option("--variant", envvar="EDITX_VARIANT", type=click.Choice(["base", "bnb", "awq"]),
                      default="base", show_default=True, help="Model variant (sibling folders of --model-dir)."),
         click.option("--dtype", envvar="EDITX_DTYPE", default="auto", show_default=True,
@@ -143,8 +150,9 @@ def _delivery(common: dict) -> dict:
 
 WHISPER_HELP = ("A CTranslate2 Whisper folder (one with model.bin: faster-whisper), a Whisper checkpoint file, "
                 "or a model name already in Whisper's cache (openai-whisper).")
-MODEL_KEYS = ("model_dir", "tokenizer_dir", "editx_src", "variant", "dtype", "llm_impl", "deterministic",
-              "cuda_graphs", "dump_prompts", "prompt_format", "temperature", "top_k", "top_p", "repetition_mask")
+MODEL_KEYS = ("model_dir", "tokenizer_dir", "editx_src", "vocoder", "vocoder_dtype", "variant", "dtype", "llm_impl",
+              "deterministic", "cuda_graphs", "dump_prompts", "prompt_format", "temperature", "top_k", "top_p",
+              "repetition_mask")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -9,7 +9,6 @@ writes
                                     checkpoint-style remote code (configuration_step1.py,
                                     modeling_step1.py), CosyVoice-300M-25Hz/ (yaml, flow.pt,
                                     hift.pt, campplus.onnx)
-    OUT_DIR/editx-src/              a stand-in `stepvocoder` package that cosyvoice.yaml names
     OUT_DIR/whisper-tiny.pt         a Whisper checkpoint for --transcribe --whisper-model
 
 Every model is real (FunASR's ParaformerStreaming, ONNX graphs exported from torch, a
@@ -22,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -246,25 +246,61 @@ def build_llm_dir(root: Path) -> None:
 
 
 def build_vocoder_dir(folder: Path) -> None:
+    """cosyvoice.yaml, flow.pt and hift.pt (from editx's own modules, shaped by the yaml, every
+    parameter drawn; HiFT's weight-normalised layers saved as weight_g / weight_v, as torch
+    saves them) and a CAM++-shaped campplus.onnx."""
+    from editx_cli.engine.stepaudio.flow import Flow
+    from editx_cli.engine.stepaudio.hift import HiFT
+    from editx_cli.engine.stepaudio.token2wav import read_config
+
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "cosyvoice.yaml").write_text(COSYVOICE_YAML)
-    (folder / "FLOW_VERSION").write_text("tiny-1\n")
-    torch.manual_seed(3)
-    flow = _vocoder_module("flow", "CausalMaskedDiffWithXvec")(input_size=16, output_size=80, spk_embed_dim=192,
-                                                               vocab_size=5121)
-    hift = _vocoder_module("hifigan", "HiFTGenerator")(in_channels=80, hop=480)
+    (folder / "FLOW_VERSION").write_text("tiny-2\n")
+    config = read_config(folder / "cosyvoice.yaml")
+    flow, hift = Flow(config.flow), HiFT(config.hift)
+    randomise(flow, 3, scale=0.5)
+    randomise(hift, 4, scale=0.5)
     torch.save(flow.state_dict(), folder / "flow.pt")
-    torch.save(hift.state_dict(), folder / "hift.pt")
+    torch.save(weight_normed(hift.state_dict()), folder / "hift.pt")
     torch.manual_seed(4)
     export_onnx(_CampPlus(), (torch.randn(1, 200, 80),), folder / "campplus.onnx", ["input", "output"],
                 {"input": {1: "T"}})
 
 
-def _vocoder_module(kind: str, name: str):
-    import importlib
+# HiFT's layers that the released hift.pt holds weight-normalised
+WEIGHT_NORMED = re.compile(r"^(conv_pre|conv_post|ups\.\d+|(source_)?resblocks\.\d+\.convs[12]\.\d+|"
+                           r"f0_predictor\.condnet\.\d+)\.weight$")
 
-    module = {"flow": "stepvocoder.cosyvoice2.flow.flow", "hifigan": "stepvocoder.cosyvoice2.hifigan.generator"}
-    return getattr(importlib.import_module(module[kind]), name)
+
+def weight_normed(state: dict) -> dict:
+    """A state dict with those layers' weights split into g (norm over all dims but the first)
+    and v (the weight itself)."""
+    out = {}
+    for key, value in state.items():
+        if WEIGHT_NORMED.match(key):
+            stem = key[: -len(".weight")]
+            out[f"{stem}.weight_g"] = torch.norm_except_dim(value, 2, 0)
+            out[f"{stem}.weight_v"] = value.clone()
+        else:
+            out[key] = value
+    return out
+
+
+def randomise(module: nn.Module, seed: int, scale: float = 1.0) -> None:
+    """Every parameter drawn (a DiT left as built outputs exactly zero): weights ~
+    N(0, scale / sqrt(fan_in)), biases near 0, norm gains near 1, Snake alphas in [0.5, 1.5]
+    (near 0 they divide by ~1e-9)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if name.endswith("alpha"):
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+            elif p.dim() == 1 and ("norm" in name or name.endswith(".weight")):
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() <= 1:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * scale / p[0].numel() ** 0.5)
 
 
 # The 2026 release's tokenizer_config.json chat template, as published: <s> only when the first
@@ -304,27 +340,9 @@ def build_whisper(path: Path) -> None:
     torch.save({"dims": asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, path)
 
 
-def build_editx_src(root: Path) -> None:
-    pkg = root / "editx-src" / "stepvocoder" / "cosyvoice2"
-    for sub in ("", "flow", "hifigan"):
-        (pkg / sub).mkdir(parents=True, exist_ok=True)
-        (pkg / sub / "__init__.py").write_text("")
-    (pkg.parent / "__init__.py").write_text("")
-    (pkg / "flow" / "flow.py").write_text(VOCODER_SOURCES["flow"])
-    (pkg / "hifigan" / "generator.py").write_text(VOCODER_SOURCES["hifigan"])
-
-
 COSYVOICE_YAML = textwrap.dedent("""\
-    # tiny stand-in for CosyVoice-300M-25Hz: same top-level keys and constructor tags
+    # tiny CosyVoice-300M-25Hz in the released layout: the same keys and constructor tags, small shapes
     sample_rate: 24000
-    flow: !new:stepvocoder.cosyvoice2.flow.flow.CausalMaskedDiffWithXvec
-        input_size: 16
-        output_size: 80
-        spk_embed_dim: 192
-        vocab_size: 5121  # 1024(vq02) + 4096(vq06) + 1(vq02-pad)
-    hift: !new:stepvocoder.cosyvoice2.hifigan.generator.HiFTGenerator
-        in_channels: 80
-        hop: !ref <mel_conf[hop_size]>
     mel_conf:
         num_mels: 80
         n_fft: 1920
@@ -333,70 +351,68 @@ COSYVOICE_YAML = textwrap.dedent("""\
         sampling_rate: !ref <sample_rate>
         fmin: 0
         fmax: 8000
+    flow: !new:stepvocoder.cosyvoice2.flow.flow.CausalMaskedDiffWithXvec
+        input_size: 64
+        output_size: 80
+        spk_embed_dim: 192
+        output_type: 'mel'
+        vocab_size: 5121  # 1024(vq02) + 4096(vq06) + 1(vq02-pad)
+        input_embedding: !new:stepvocoder.cosyvoice2.embedding.dual_codebook.DualCodebookEmbedding
+            vocab_size: 5121
+            input_size: 64
+        encoder: !new:stepvocoder.cosyvoice2.transformer.upsample_encoder_v2.UpsampleConformerEncoderV2
+            input_size: 64
+            output_size: 64
+            input_layer: 'linear'
+            pre_lookahead_len: 3
+            num_blocks: 2
+            num_up_blocks: 2
+            up_stride: 2
+            up_scale_factor: 2
+            attention_heads: 4
+            pos_enc_layer_type: 'rel_pos_espnet'
+            selfattention_layer_type: 'rel_selfattn'
+            key_bias: true
+            linear_units: 128
+            dropout_rate: 0.1
+            positional_dropout_rate: 0.1
+            attention_dropout_rate: 0.1
+            normalize_before: true
+        decoder: !new:stepvocoder.cosyvoice2.flow.flow_matching.CausalConditionalCFM
+            inference_cfg_rate: 0.7
+            estimator: !new:stepvocoder.cosyvoice2.flow.decoder_dit.DiT
+                in_channels: 320
+                out_channels: 80
+                mlp_ratio: 4.0
+                depth: 2
+                num_heads: 4
+                head_dim: 16
+                hidden_size: 64
+    hift: !new:stepvocoder.cosyvoice2.hifigan.generator.HiFTGenerator
+        in_channels: 80
+        base_channels: 32
+        nb_harmonics: 8
+        sampling_rate: !ref <sample_rate>
+        nsf_alpha: 0.1
+        nsf_sigma: 0.003
+        nsf_voiced_threshold: 10
+        upsample_rates: [8, 5, 3]
+        upsample_kernel_sizes: [16, 11, 7]
+        istft_params:
+            n_fft: 16
+            hop_len: 4
+        resblock_kernel_sizes: [3, 7, 11]
+        resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+        source_resblock_kernel_sizes: [7, 7, 11]
+        source_resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+        lrelu_slope: 0.1
+        audio_limit: 0.99
+        f0_predictor: !new:stepvocoder.cosyvoice2.hifigan.f0_predictor.ConvRNNF0Predictor
+            num_class: 1
+            in_channels: 80
+            cond_channels: 32
 """)
 
-VOCODER_SOURCES = {
-    "flow": textwrap.dedent('''\
-        """Tiny stand-in for the CausalMaskedDiffWithXvec flow: same inference interface, and the
-        same third-party import as the released flow's DiT (einops)."""
-        import torch
-        import torch.nn.functional as F
-        from einops import rearrange
-        from torch import nn
-
-
-        class CausalMaskedDiffWithXvec(nn.Module):
-            def __init__(self, input_size=512, output_size=80, spk_embed_dim=192, vocab_size=5121):
-                super().__init__()
-                self.input_embedding = nn.Embedding(vocab_size, input_size // 2)  # one table, both columns
-                self.spk_embed_affine_layer = nn.Linear(spk_embed_dim, output_size)
-                self.encoder_proj = nn.Linear(input_size, output_size)
-                # drawn once at construction, like the released flow's noise buffer
-                self.register_buffer("rand_noise", torch.randn(1, output_size, 30000), persistent=False)
-
-            @torch.inference_mode()
-            def inference(self, token, token_len, prompt_token, prompt_token_len, prompt_feat, prompt_feat_len,
-                          embedding, n_timesteps=10):
-                spk = self.spk_embed_affine_layer(F.normalize(embedding, dim=1))
-                tokens = torch.cat([prompt_token, token], dim=1).clamp(min=0)  # (1, T, 2)
-                mu = self.encoder_proj(self.input_embedding(tokens).flatten(2)).repeat_interleave(2, dim=1)
-                mel_len1 = prompt_feat.shape[1]
-                cond = torch.zeros_like(mu)
-                cond[:, :mel_len1] = prompt_feat
-                x = rearrange(self.rand_noise[:, :, : mu.shape[1]], "b c t -> b t c").to(mu.dtype)
-                target = mu + spk[:, None, :] + cond
-                for _ in range(n_timesteps):
-                    x = x + (target - x) / n_timesteps
-                mel = rearrange(x[:, mel_len1:], "b t c -> b c t")
-                assert mel.shape[2] == 2 * token.shape[1]
-                return mel
-        '''),
-    "hifigan": textwrap.dedent('''\
-        """Tiny stand-in for the HiFT vocoder: 80-bin mel at 50 Hz -> 24 kHz audio. Like HiFT's
-        source module, it draws a fresh random phase and noise from the global generator on
-        every call."""
-        import math
-
-        import torch
-        from torch import nn
-
-
-        class HiFTGenerator(nn.Module):
-            def __init__(self, in_channels=80, hop=480):
-                super().__init__()
-                self.hop = hop
-                self.up = nn.ConvTranspose1d(in_channels, 1, kernel_size=hop, stride=hop)
-
-            @torch.inference_mode()
-            def inference(self, speech_feat, cache_source=None):
-                n = speech_feat.shape[2] * self.hop
-                t = torch.arange(n, device=speech_feat.device) / 24000
-                phase = torch.rand(1, device=speech_feat.device) * 2 * math.pi
-                source = 0.05 * torch.sin(2 * math.pi * 140 * t + phase) + 0.01 * torch.randn(n, device=t.device)
-                speech = 0.5 * torch.tanh(self.up(speech_feat)).squeeze(1) + source
-                return speech, torch.zeros(1, 1, 0)
-        '''),
-}
 
 REMOTE_CONFIG = textwrap.dedent('''\
     from transformers import PretrainedConfig
@@ -540,13 +556,12 @@ def main() -> None:
     root = ap.parse_args().out_dir
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FUNASR_LOG_LEVEL", "ERROR")
-    build_editx_src(root)
-    sys.path.insert(0, str(root / "editx-src"))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # editx's own vocoder modules
     build_tokenizer_dir(root)
     build_llm_dir(root)
     build_chat_llm_dir(root)
     build_whisper(root / "whisper-tiny.pt")
-    for sub in ("Step-Audio-EditX", "Step-Audio-EditX-2026", "Step-Audio-Tokenizer", "editx-src", "whisper-tiny.pt"):
+    for sub in ("Step-Audio-EditX", "Step-Audio-EditX-2026", "Step-Audio-Tokenizer", "whisper-tiny.pt"):
         print(root / sub)
 
 

@@ -117,8 +117,9 @@ def long_speech(path: Path, sr: int = 24000, seconds: float = 75, gap: float = 0
 
 
 def model_args(root: Path) -> list[str]:
+    """The tiny checkpoints, as released: the model and tokenizer folders alone (the vocoder is editx's)."""
     return ["--engine", "stepaudio", "--model-dir", str(root / "Step-Audio-EditX"),
-            "--tokenizer-dir", str(root / "Step-Audio-Tokenizer"), "--editx-src", str(root / "editx-src")]
+            "--tokenizer-dir", str(root / "Step-Audio-Tokenizer")]
 
 
 def invoke(*args: str):

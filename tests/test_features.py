@@ -102,8 +102,7 @@ def test_feature_fingerprint_follows_the_checkpoint(tiny, tmp_path):
 
     root = tmp_path / "c"
     shutil.copytree(tiny, root)
-    config = {"model_dir": root / "Step-Audio-EditX", "tokenizer_dir": root / "Step-Audio-Tokenizer",
-              "editx_src": root / "editx-src"}
+    config = {"model_dir": root / "Step-Audio-EditX", "tokenizer_dir": root / "Step-Audio-Tokenizer"}
     before = StepAudioEngine(config, NullCache()).feature_fingerprint()
     centroids = np.load(root / "Step-Audio-Tokenizer" / "linguistic_tokenizer.npy")
     np.save(root / "Step-Audio-Tokenizer" / "linguistic_tokenizer.npy", centroids * 1.01)

@@ -70,8 +70,8 @@ def checker(tiny, tmp_path):
 
     cache = FeatureCache(tmp_path / "cache")
     cache.open()
-    engine = StepAudioEngine({"model_dir": tiny / "Step-Audio-EditX", "tokenizer_dir": tiny / "Step-Audio-Tokenizer",
-                              "editx_src": tiny / "editx-src"}, cache)
+    engine = StepAudioEngine({"model_dir": tiny / "Step-Audio-EditX", "tokenizer_dir": tiny / "Step-Audio-Tokenizer"},
+                             cache)
     transcriber = Transcriber(str(tiny / "whisper-tiny.pt"), "cpu", cache)
     yield Checker(transcriber, engine.speaker_embedding, Thresholds.parse("wer=0.15,sim=0.5")), transcriber
     cache.close()

@@ -341,7 +341,7 @@ def _tiny_service(tiny, device_config: dict):
 
     cls = engines.get("stepaudio")
     config = {"model_dir": str(tiny / "Step-Audio-EditX"), "tokenizer_dir": str(tiny / "Step-Audio-Tokenizer"),
-              "editx_src": str(tiny / "editx-src"), "batch_size": 2, **device_config}
+              "batch_size": 2, **device_config}
     made = []
 
     def make():

@@ -277,8 +277,7 @@ def test_one_queue_limit_for_every_kind_of_work(tmp_path):
 
 # -- what a response says
 def test_messages_never_show_server_paths(tiny, tmp_path):
-    config = {"model_dir": str(tiny / "Step-Audio-EditX"), "tokenizer_dir": str(tiny / "Step-Audio-Tokenizer"),
-              "editx_src": str(tiny / "editx-src")}
+    config = {"model_dir": str(tiny / "Step-Audio-EditX"), "tokenizer_dir": str(tiny / "Step-Audio-Tokenizer")}
     with _client(tmp_path, engine="stepaudio", engine_config=config) as c:
         assert _voice(c).status_code == 201
         (tmp_path / "voices" / "reader.wav").write_bytes(b"RIFF garbage")

@@ -13,12 +13,16 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from editx_cli.engine.stepaudio import flow as native_flow
 from editx_cli.engine.stepaudio import hift as native_hift
 from editx_cli.engine.stepaudio.vocoder import reshape
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from make_tiny_checkpoints import randomise  # noqa: E402  (every parameter drawn, as the tiny vocoder's)
 
 SRC = os.environ.get("EDITX_SRC")
 OFFICIAL = SRC is not None and (Path(SRC) / "stepvocoder" / "cosyvoice2" / "flow" / "flow.py").is_file()
@@ -70,23 +74,6 @@ def official_hift(s: native_hift.HiftShape):
                      source_resblock_dilation_sizes=[list(d) for d in s.source_dilations],
                      lrelu_slope=s.lrelu_slope, audio_limit=s.audio_limit,
                      f0_predictor=o["f0"](num_class=1, in_channels=s.mel, cond_channels=s.f0_channels)).eval()
-
-
-def randomise(module: torch.nn.Module, seed: int, scale: float = 1.0) -> None:
-    """Every parameter drawn: weights ~ N(0, scale/sqrt(fan_in)), biases and norms near their
-    usual values, Snake alphas in [0.5, 1.5] (near 0 they divide by ~1e-9)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if name.endswith("alpha"):
-                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-            elif p.dim() == 1 and ("norm" in name or name.endswith(".weight")):
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-            elif p.dim() <= 1:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                fan_in = p[0].numel() if "original1" not in name and "weight_v" not in name else p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) * scale / fan_in**0.5)
 
 
 def _tokens(groups: int, extra: int, seed: int) -> list[int]:
@@ -174,3 +161,99 @@ def test_an_item_alone_and_among_seven_others_is_the_same():
         for i, (prompt, gen, mel, speaker) in enumerate(cases):
             (alone,) = model([prompt], [gen], [mel], speaker, [noises[i]])
             assert torch.equal(alone, together[i]), i
+
+
+def test_the_thread_count_changes_nothing(tiny):
+    """Workers run with fewer threads than one process: a convolution's or an FFT's sums would
+    follow the thread count; the vocoder's do not."""
+    from editx_cli.engine.stepaudio.token2wav import Token2Wav, VocodeJob
+
+    vocoder = Token2Wav.from_folder(tiny / "Step-Audio-EditX" / "CosyVoice-300M-25Hz")
+    g = np.random.default_rng(1)
+    tokens = [int(v) for v in np.column_stack([g.integers(0, 1024, (40, 2)), g.integers(1024, 5120, (40, 3))]).ravel()]
+    job = VocodeJob(tokens[:150], tokens[150:], g.standard_normal((40, 80)).astype(np.float32) * 2 - 5,
+                    g.standard_normal(192).astype(np.float32), 11)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        (one,) = vocoder([job])
+        torch.set_num_threads(max(2, threads))
+        (many,) = vocoder([job])
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(one, many)
+
+
+# -- in editx: the model folder alone, checked as data ----------------------------------------
+
+
+def _copy(tiny, tmp_path):
+    import shutil
+
+    root = tmp_path / "ckpt"
+    shutil.copytree(tiny, root, symlinks=True)
+    return root, root / "Step-Audio-EditX" / "CosyVoice-300M-25Hz"
+
+
+def _edit(root, out, *extra):
+    from conftest import CLIPS, invoke, model_args
+
+    return invoke("edit", CLIPS / "narration.wav", "--type", "emotion", "--info", "sad", "--audio-text",
+                  "I didn't keep every voice clip consistent.", *model_args(root), "-o", out, "--seed", "5", *extra)
+
+
+@needs_official
+def test_editx_gives_the_official_vocoders_audio_with_its_own(tiny, tmp_path):
+    """The same task, seed and tokens through `--vocoder official` (the checkout's code, its noise
+    drawn from the task's seed as editx draws its own) and editx's: the same samples."""
+    import soundfile as sf
+
+    native, official = tmp_path / "native.wav", tmp_path / "official.wav"
+    assert _edit(tiny, native).exit_code == 0
+    r = _edit(tiny, official, "--vocoder", "official", "--editx-src", SRC)
+    assert r.exit_code == 0, r.stderr
+    a, b = sf.read(native)[0], sf.read(official)[0]
+    assert len(a) == len(b) and np.abs(a).max() > 1e-3
+    assert np.abs(a - b).max() <= 1e-4  # 16-bit files: within a few steps of 1/32768
+
+
+def test_a_weights_file_of_another_shape_is_named(tiny, tmp_path):
+    root, folder = _copy(tiny, tmp_path)
+    state = torch.load(folder / "flow.pt", weights_only=True)
+    state["encoder_proj.weight"] = torch.zeros(80, 32)
+    torch.save(state, folder / "flow.pt")
+    r = _edit(root, tmp_path / "o.wav")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert (f"{folder / 'flow.pt'}: encoder_proj.weight is (80, 32), cosyvoice.yaml makes it (80, 64)"
+            in r.stderr)
+    assert not (tmp_path / "o.wav").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (("hift: !new:stepvocoder.cosyvoice2.hifigan.generator.HiFTGenerator",
+      "hift: !new:stepvocoder.cosyvoice2.bigvgan.bigvgan.BigVGAN"),
+     "hift is stepvocoder.cosyvoice2.bigvgan.bigvgan.BigVGAN; editx's vocoder is HiFT (HiFTGenerator): use "
+     "--vocoder official for this folder"),
+    (("upsample_rates: [8, 5, 3]", "upsample_rates: [8, 5, 2]"),
+     "hift makes 320 samples a mel frame, mel_conf's hop_size is 480"),
+    (("hop_size: 480", "hop_size: !ref <nowhere>"), "!ref <nowhere> names nothing in the file"),
+])
+def test_a_vocoder_config_editx_cannot_build_is_named(tiny, tmp_path, change, message):
+    root, folder = _copy(tiny, tmp_path)
+    yaml_path = folder / "cosyvoice.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace(*change))
+    r = _edit(root, tmp_path / "o.wav")
+    assert r.exit_code == 2 and "Traceback" not in r.stderr
+    assert f"{yaml_path}: {message}" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_the_vocoder_runs_in_half_precision(tiny, tmp_path, dtype):
+    import soundfile as sf
+
+    full, half = tmp_path / "f32.wav", tmp_path / f"{dtype}.wav"
+    assert _edit(tiny, full).exit_code == 0
+    r = _edit(tiny, half, "--vocoder-dtype", dtype)
+    assert r.exit_code == 0, r.stderr
+    a, b = sf.read(full)[0], sf.read(half)[0]
+    assert len(a) == len(b) and np.isfinite(b).all() and not np.array_equal(a, b)

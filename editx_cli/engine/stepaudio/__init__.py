@@ -34,6 +34,7 @@ import numpy as np
 from editx_cli.cache import fingerprint_files
 from editx_cli.engine import Engine, Request, Result
 from editx_cli.engine.stepaudio import layout, prompts
+from editx_cli.engine.stepaudio.vocoding import VocodeLine, VocodeStats
 from editx_cli.speech_text import speech_seconds
 
 log = logging.getLogger("editx")
@@ -45,6 +46,7 @@ MAX_LENGTH = 8192  # prompt + generated ids, as the reference's max_length
 TOKENS_PER_SECOND = 41.67
 PROMPT_PEAK = 0.6  # the reference scales louder audio down to this peak to avoid clipping after edits
 EDIT_TYPES = ("emotion", "style", "speed", "paralinguistic", "denoise", "vad")
+VOCODE_BATCH = 8  # tasks vocoded in one call: their flows run as one batch
 
 
 class StepAudioEngine(Engine):
@@ -63,6 +65,8 @@ class StepAudioEngine(Engine):
         self.model_dir = _path(config.get("model_dir"))
         self.tokenizer_dir = _path(config.get("tokenizer_dir"))
         self.editx_src = _path(config.get("editx_src"))
+        self.vocoder_impl = config.get("vocoder") or "native"
+        self.vocoder_dtype = config.get("vocoder_dtype") or "float32"
         self.variant = config.get("variant") or "base"
         self.llm_impl = config.get("llm_impl") or "native"
         self.dtype_name = config.get("dtype") or "auto"
@@ -74,6 +78,7 @@ class StepAudioEngine(Engine):
         self.max_batch = int(config.get("batch_size") or 8)
         self.slots = self.max_batch
         self.stats = DecodeStats()
+        self.vocode_stats = VocodeStats()
 
     @classmethod
     def wants_transcript(cls, edit_type: str, intensity: float) -> bool:
@@ -82,9 +87,12 @@ class StepAudioEngine(Engine):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> list[str]:
+        official = (config.get("vocoder") or "native") == "official"
         out = layout.problems(_path(config.get("model_dir")), _path(config.get("tokenizer_dir")),
                               _path(config.get("editx_src")), config.get("variant") or "base",
-                              config.get("llm_impl") or "native")
+                              config.get("llm_impl") or "native", needs_src=official)
+        if official and (config.get("vocoder_dtype") or "float32") != "float32":
+            out.append("--vocoder official runs in float32 only (--vocoder-dtype is for editx's own vocoder)")
         if (config.get("variant") == "awq") and (config.get("llm_impl") or "native") == "native":
             out.append("--variant awq needs --llm-impl remote (its packed weights load through transformers)")
         if config.get("deterministic") and (config.get("dtype") or "auto") not in ("auto", "float32"):
@@ -108,14 +116,24 @@ class StepAudioEngine(Engine):
 
     @classmethod
     def check_code(cls, config: dict[str, Any]) -> list[str]:
-        """Import every vocoder module that cosyvoice.yaml names from the source checkout, and
-        name any package it needs that is missing."""
+        """editx's own vocoder: cosyvoice.yaml's values make a model it can build. The official
+        one: every module cosyvoice.yaml names imports from the source checkout, and any
+        package it needs that is missing is named."""
         import importlib
         import sys
 
         model_dir, src = _path(config.get("model_dir")), _path(config.get("editx_src"))
         llm_dir = layout.llm_dir(model_dir, config.get("variant") or "base")
         yaml_path = llm_dir / layout.VOCODER_SUBDIR / "cosyvoice.yaml"
+        if (config.get("vocoder") or "native") == "native":
+            from editx_cli.engine.stepaudio.token2wav import read_config
+            from editx_cli.engine.stepaudio.vocoder import UnsafeConfig
+
+            try:
+                read_config(yaml_path)
+            except UnsafeConfig as e:
+                return [str(e)]
+            return []
         try:
             text = yaml_path.read_text(encoding="utf-8", errors="replace")
         except OSError as e:
@@ -152,9 +170,9 @@ class StepAudioEngine(Engine):
         Kept on the instance, not in a functools cache, which would keep a released model
         alive for the life of a server."""
         if self._feature_fingerprint is None:
-            from editx_cli.engine.stepaudio import features, vocoder, wav2token
+            from editx_cli.engine.stepaudio import features, wav2token
 
-            versions = ";".join([CODE_VERSION, wav2token.CODE_VERSION, features.CODE_VERSION, vocoder.CODE_VERSION])
+            versions = ";".join([CODE_VERSION, wav2token.CODE_VERSION, features.CODE_VERSION])
             self._feature_fingerprint = fingerprint_files(self._feature_files(), versions)
         return self._feature_fingerprint
 
@@ -163,8 +181,12 @@ class StepAudioEngine(Engine):
         files = [self.llm_dir / "config.json", self.llm_dir / "tokenizer.model", self.llm_dir / "tokenizer_config.json",
                  *layout.weight_files(self.llm_dir), *(vocoder_dir / n for n in layout.VOCODER_FILES)]
         asked = [str(self.config.get(k)) for k in ("prompt_format", "temperature", "top_k", "top_p", "repetition_mask")]
+        from editx_cli.engine.stepaudio import token2wav, vocoder
+
+        vocoding = (f"native:{token2wav.CODE_VERSION}:{self.vocoder_dtype}" if self.vocoder_impl == "native"
+                    else f"official:{vocoder.CODE_VERSION}")
         return ";".join([self.feature_fingerprint(), fingerprint_files(files, OUTPUT_VERSION), self.llm_impl, *asked,
-                         "deterministic" if self.deterministic else self.dtype_name])
+                         "deterministic" if self.deterministic else self.dtype_name, vocoding])
 
     def versions(self) -> dict[str, str]:
         from importlib.metadata import PackageNotFoundError, version
@@ -179,11 +201,12 @@ class StepAudioEngine(Engine):
 
     def run_info(self) -> dict[str, Any]:
         return {"variant": self.variant, "llm_impl": self.llm_impl, "dtype": str(getattr(self, "dtype", "")),
+                "vocoder": self.vocoder_impl, "vocoder_dtype": self.vocoder_dtype,
                 "deterministic": self.deterministic,
                 "prompt_format": getattr(self, "prompt_format", None),
                 "sampling": dataclasses.asdict(self.sampling) if hasattr(self, "sampling") else None,
                 "audio_tokenizer_loaded": bool(self.audio_tokenizer and self.audio_tokenizer.loaded),
-                "decode": self.stats.summary()}
+                "decode": self.stats.summary(), "vocode": self.vocode_stats.summary()}
 
     # -- loading --------------------------------------------------------------------------
 
@@ -192,7 +215,6 @@ class StepAudioEngine(Engine):
             return
         import torch
 
-        from editx_cli.engine.stepaudio.vocoder import Vocoder
         from editx_cli.engine.stepaudio.wav2token import AudioTokenizer
 
         gpu_asked = self.config.get("gpu") is not None
@@ -208,10 +230,29 @@ class StepAudioEngine(Engine):
         t0 = time.perf_counter()
         self._load_llm()
         log.debug("LLM (%s, %s) loaded in %.2f s", self.llm_impl, self.dtype, time.perf_counter() - t0)
-        self.vocoder = Vocoder(self.llm_dir / layout.VOCODER_SUBDIR, self.editx_src, self.device)
+        self.vocoder = self._load_vocoder()
         self.audio_tokenizer = AudioTokenizer(self.tokenizer_dir, layout.FUNASR_ID, self.device)
         self.audio_tokenizer.check()  # its configs, now: the models themselves load on first use
         self.features_key = self.feature_fingerprint()
+
+    def _load_vocoder(self):
+        """editx's own token2wav (many tasks a call), or the official code from --editx-src (one
+        task a call, for comparison)."""
+        folder = self.llm_dir / layout.VOCODER_SUBDIR
+        if self.vocoder_impl == "native":
+            from editx_cli.engine.stepaudio.token2wav import Token2Wav
+
+            return Token2Wav.from_folder(folder, self.device, self.vocoder_dtype)
+        from editx_cli.engine.stepaudio.token2wav import VocodeJob
+        from editx_cli.engine.stepaudio.vocoder import Vocoder
+
+        official = Vocoder(folder, self.editx_src, self.device)
+
+        def one_by_one(jobs: list[VocodeJob]) -> list[np.ndarray]:
+            return [official(j.tokens, j.prompt_tokens, j.prompt_mel, j.embedding, j.seed) for j in jobs]
+
+        one_by_one.sample_rate, one_by_one.mel_conf = official.sample_rate, official.mel_conf
+        return one_by_one
 
     def _load_llm(self) -> None:
         from editx_cli.engine.stepaudio.decoder import NativeRunner, UnpaddedRunner
@@ -291,20 +332,27 @@ class StepAudioEngine(Engine):
                 prepared[i] = self._prepare(r, shared)
             except Exception as e:  # this request's problem alone
                 results[i] = e
-        if prepared:
-            t0 = time.perf_counter()
-            try:
-                self._decode([p.job for p in prepared.values()])
-            except Exception as e:
-                for i in prepared:
-                    results[i] = e
-                prepared = {}
-            share = (time.perf_counter() - t0) / max(1, len(prepared))
-        for i, p in prepared.items():
-            try:
-                results[i] = self._vocode(p, share, len(prepared))
-            except Exception as e:
-                results[i] = e
+        if not prepared:
+            return results  # type: ignore[return-value]
+        # a task is vocoded as soon as the decoder has finished it, beside the decoding of the rest
+        line = VocodeLine(lambda group: self._vocode(group, len(prepared)), VOCODE_BATCH, self.device)
+        index = {id(p.job): i for i, p in prepared.items()}
+        failed: Exception | None = None
+        t0 = time.perf_counter()
+        try:
+            self._decode([p.job for p in prepared.values()],
+                         on_done=lambda job: line.put(index[id(job)], prepared[index[id(job)]]))
+        except Exception as e:  # tasks it had finished are vocoded all the same
+            failed = e
+        decoding = (t0, time.perf_counter())
+        vocoded = line.finish()
+        self.vocode_stats.add(line.busy, decoding)
+        share = (decoding[1] - decoding[0]) / len(prepared)
+        for i in prepared:
+            result = vocoded.get(i, failed or RuntimeError("the decoder did not finish this task"))
+            if isinstance(result, Result):
+                result.stages["generate"] += share
+            results[i] = result
         return results  # type: ignore[return-value]
 
     def _prepare(self, request: Request, shared: dict[str, tuple[dict, bool]]) -> _Prepared:
@@ -377,10 +425,10 @@ class StepAudioEngine(Engine):
         with open(path, "a", encoding="utf-8") as f:  # one write: lines from several workers never mix
             f.write("".join(json.dumps(r) + "\n" for r in rows))
 
-    def _decode(self, jobs: list) -> None:
+    def _decode(self, jobs: list, on_done=None) -> None:
         """Decode every job through `max_batch` slots, longest budget first (the short ones fill
-        the slots at the end); on CUDA out-of-memory, halve the slots and go on with the jobs
-        that had not finished."""
+        the slots at the end), on_done(job) as each finishes; on CUDA out-of-memory, halve the
+        slots and go on with the jobs that had not finished."""
         import torch
 
         from editx_cli.engine.stepaudio.decoder import Decoder
@@ -391,7 +439,7 @@ class StepAudioEngine(Engine):
                               row_prefill=self.deterministic, full_window=self.deterministic)
             t0 = time.perf_counter()
             try:
-                figures = decoder.run(todo)
+                figures = decoder.run(todo, on_done)
             except torch.cuda.OutOfMemoryError:
                 if self.max_batch == 1:
                     raise
@@ -406,30 +454,50 @@ class StepAudioEngine(Engine):
             self.slots = figures.slots
             return
 
-    def _vocode(self, p: _Prepared, generate_share: float, tasks: int) -> Result:
+    def _vocode(self, group: list[_Prepared], tasks: int) -> list[Result | Exception]:
+        """The group's audio in one vocoder call (a task without audio tokens fails alone)."""
         from editx_cli.engine.stepaudio import generate
+        from editx_cli.engine.stepaudio.token2wav import VocodeJob
 
         t0 = time.perf_counter()
-        # The reference drops the last generated id unconditionally, assuming it is the
-        # end-of-turn; dropping it only when it is keeps a budget-stopped task's last token.
-        # Ids outside the audio range, which the reference would pass on (and crash on
-        # above 70655), are dropped.
+        out: list[Result | Exception | None] = [None] * len(group)
+        jobs, where = [], []
+        for k, p in enumerate(group):
+            # The reference drops the last generated id unconditionally, assuming it is the
+            # end-of-turn; dropping it only when it is keeps a budget-stopped task's last token.
+            # Ids outside the audio range, which the reference would pass on (and crash on
+            # above 70655), are dropped.
+            job = p.job
+            kept = job.tokens[:-1] if job.tokens and job.tokens[-1] == generate.EOS else job.tokens
+            mixed = [t - prompts.AUDIO_BASE for t in kept
+                     if prompts.AUDIO_BASE <= t < prompts.AUDIO_BASE + prompts.N_VQ02 + prompts.N_VQ06]
+            if not mixed:
+                out[k] = RuntimeError("the model produced no audio tokens")
+                continue
+            jobs.append(VocodeJob(mixed, p.feats["mixed"], p.feats["mel"], p.feats["embedding"], job.seed))
+            where.append(k)
+        try:
+            waves = self.vocoder(jobs) if jobs else []
+        except Exception as e:  # the group's call failed: each of its tasks hears why
+            waves = [e] * len(jobs)
+        seconds = (time.perf_counter() - t0) / max(1, len(jobs))
+        for k, wav in zip(where, waves, strict=True):
+            out[k] = wav if isinstance(wav, Exception) else self._result(group[k], wav, seconds, tasks, len(jobs))
+        return out  # type: ignore[return-value]
+
+    def _result(self, p: _Prepared, wav: np.ndarray, vocode_seconds: float, tasks: int, vocoded_with: int) -> Result:
+        """A task's result; its share of the decoding is added to "generate" once that has ended."""
+        from editx_cli.engine.stepaudio import generate
+
         job = p.job
-        kept = job.tokens[:-1] if job.tokens and job.tokens[-1] == generate.EOS else job.tokens
-        mixed = [t - prompts.AUDIO_BASE for t in kept
-                 if prompts.AUDIO_BASE <= t < prompts.AUDIO_BASE + prompts.N_VQ02 + prompts.N_VQ06]
-        if not mixed:
-            raise RuntimeError("the model produced no audio tokens")
-        wav = self.vocoder(mixed, p.feats["mixed"], p.feats["mel"], p.feats["embedding"], job.seed)
-        stages = {"tokenize": p.tokenize_seconds, "generate": p.prompt_seconds + generate_share,
-                  "vocode": time.perf_counter() - t0}
+        stages = {"tokenize": p.tokenize_seconds, "generate": p.prompt_seconds, "vocode": vocode_seconds}
         stopped = "end" if job.tokens and job.tokens[-1] == generate.EOS else "budget"
         if stopped == "budget":
             log.warning("task %s: stopped at its budget of %d tokens (%.1f s of speech); the end may be cut",
                         p.task_id or "?", job.budget, job.budget / TOKENS_PER_SECOND)
         info = {"prompt_tokens": len(job.prompt), "generated_tokens": len(job.tokens), "token_budget": job.budget,
                 "stopped": stopped,
-                "guided": job.guided, "decoded_with": tasks, "slots": self.slots,
+                "guided": job.guided, "decoded_with": tasks, "vocoded_with": vocoded_with, "slots": self.slots,
                 # the ids themselves, in short: compares two runs' decoding without the audio
                 "tokens_digest": hashlib.sha256(np.asarray(job.tokens, np.int64).tobytes()).hexdigest()[:16]}
         return Result(wav.astype(np.float32), self.vocoder.sample_rate, stages, info,

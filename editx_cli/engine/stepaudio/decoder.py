@@ -189,8 +189,9 @@ class Decoder:
     # -- the loop --------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def run(self, jobs: list[Job]) -> Figures:
-        """Decode every job to its end-of-turn or its budget; fills `job.tokens`."""
+    def run(self, jobs: list[Job], on_done=None) -> Figures:
+        """Decode every job to its end-of-turn or its budget; fills `job.tokens`, and calls
+        on_done(job) as each finishes (the vocoder takes it from there while decoding goes on)."""
         fig = Figures()
         if not jobs:
             return fig
@@ -241,6 +242,8 @@ class Decoder:
                 for s, toks in zip(ended, got, strict=True):
                     job = self.rows[s].job
                     job.tokens = toks[: flags[1][s]]
+                    if on_done is not None:
+                        on_done(job)
                     for r in range(slots):
                         if self.rows[r] and self.rows[r].job is job:
                             self.rows[r] = None

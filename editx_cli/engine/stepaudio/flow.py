@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from editx_cli.engine.stepaudio.rowwise import conv
+
 CFG_RATE = 0.7
 STEPS = 10
 
@@ -50,25 +52,16 @@ class FlowShape:
 
 
 # -- batch independence ---------------------------------------------------------------------
-# An item's result must not depend on what it is batched with. On the CPU a matrix product's
-# rows do not (each is summed the same way, whatever the other rows), but a convolution's
-# algorithm follows the input's length, and attention's weighted sum runs over the padded
-# length: so convolutions here are products of unfolded frames, and attention runs over each
-# item's own frames.
+# An item's result must not depend on what it is batched with: convolutions are products of
+# unfolded frames (rowwise.py), and attention, whose weighted sum would run over the padded
+# length, runs over each item's own frames.
 
 
-def conv(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
-    """layer's 1-d convolution of (B, C, T) (already padded), as one matrix product per frame."""
-    w = layer.weight
-    frames = x.unfold(2, w.shape[2], 1).transpose(1, 2).reshape(x.shape[0], -1, w.shape[1] * w.shape[2])
-    return (frames @ w.reshape(w.shape[0], -1).T + layer.bias).transpose(1, 2)
-
-
-def per_item(lengths: list[int], attend, *rows: torch.Tensor) -> torch.Tensor:
-    """attend(*rows of one item, cut to its length) for each item, padded back together."""
+def per_item(lengths: list[int], fn, *rows: torch.Tensor) -> torch.Tensor:
+    """fn(*rows of one item, cut to its frames) for each item, zero-padded back together."""
     out = torch.zeros_like(rows[-1])
     for i, n in enumerate(lengths):
-        out[i:i + 1, :, :n] = attend(*(r[i:i + 1, :, :n] for r in rows))
+        out[i:i + 1, :, :n] = fn(*(r[i:i + 1, :, :n] for r in rows))
     return out
 
 
@@ -169,8 +162,8 @@ class LookAhead(nn.Module):
         self.conv1, self.conv2 = nn.Conv1d(width, width, frames + 1), nn.Conv1d(width, width, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.leaky_relu(conv(F.pad(x.transpose(1, 2), (0, self.frames)), self.conv1))
-        return conv(F.pad(y, (2, 0)), self.conv2).transpose(1, 2) + x
+        y = F.leaky_relu(conv(F.pad(x.transpose(1, 2), (0, self.frames)), self.conv1, padding=0))
+        return conv(F.pad(y, (2, 0)), self.conv2, padding=0).transpose(1, 2) + x
 
 
 class Upsample(nn.Module):
@@ -183,7 +176,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.interpolate(x.transpose(1, 2), scale_factor=float(self.stride), mode="nearest")
-        return conv(F.pad(y, (2 * self.stride, 0)), self.conv).transpose(1, 2)
+        return conv(F.pad(y, (2 * self.stride, 0)), self.conv, padding=0).transpose(1, 2)
 
 
 class Encoder(nn.Module):
@@ -260,8 +253,14 @@ class CausalConv(nn.Module):
         self.weight = nn.Parameter(torch.zeros(width, width, 3))
         self.bias = nn.Parameter(torch.zeros(width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return conv(F.pad(x.transpose(1, 2), (2, 0)), self).transpose(1, 2)
+    def forward(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """Each item over its own frames (torch's convolution picks its algorithm by the input's
+        length; cut to the item's, it computes what the item alone would; it is twice as fast
+        as a product of unfolded frames, and the DiT's 320 convolutions a task are a third of
+        the flow)."""
+        x = x.transpose(1, 2)
+        return per_item(lengths, lambda row: F.conv1d(F.pad(row, (2, 0)), self.weight, self.bias),
+                        x).transpose(1, 2)
 
 
 class ConvBranch(nn.Module):
@@ -273,8 +272,8 @@ class ConvBranch(nn.Module):
         self.block = nn.ModuleList([nn.Identity(), CausalConv(width), nn.Identity(), nn.LayerNorm(width, eps=1e-5),
                                     nn.Identity(), nn.Mish(), CausalConv(width), nn.Identity()])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block[6](self.block[5](self.block[3](self.block[1](x))))
+    def forward(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        return self.block[6](self.block[5](self.block[3](self.block[1](x, lengths))), lengths)
 
 
 class MLP(nn.Module):
@@ -302,7 +301,7 @@ class DiTBlock(nn.Module):
         (shift_a, scale_a, gate_a, shift_f, scale_f, gate_f,
          shift_c, scale_c, gate_c) = self.adaLN_modulation(c).chunk(9, dim=-1)
         h = h + gate_a * self.attn(modulate(self.norm(h), shift_a, scale_a), lengths)
-        h = h + gate_c * self.conv(modulate(self.norm(h), shift_c, scale_c))
+        h = h + gate_c * self.conv(modulate(self.norm(h), shift_c, scale_c), lengths)
         return h + gate_f * self.mlp(modulate(self.norm(h), shift_f, scale_f))
 
 

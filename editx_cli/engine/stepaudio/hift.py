@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from editx_cli.engine.stepaudio.rowwise import conv, transposed_conv
+
 
 @dataclass(frozen=True)
 class HiftShape:
@@ -75,7 +77,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.activations1, self.activations2, strict=True):
-            x = x + c2(a2(c1(a1(x))))
+            x = x + c2(a2(c1(a1(x))))  # torch's own: per task, and its sums here follow no thread count
         return x
 
 
@@ -124,8 +126,8 @@ class HiFT(nn.Module):
         self.conv_post = nn.Conv1d(s.base // 2 ** len(s.upsample_rates), stft_channels, 7, padding=3)
         from scipy.signal import get_window
 
-        self.register_buffer("window", torch.from_numpy(get_window("hann", s.n_fft, fftbins=True).astype(np.float32)),
-                             persistent=False)
+        window = torch.from_numpy(get_window("hann", s.n_fft, fftbins=True).astype(np.float32))
+        self.register_buffer("window", window, persistent=False)
 
     def source_noise_shape(self, frames: int) -> tuple[int, int]:
         """The source noise one item takes: (samples, sines)."""
@@ -144,27 +146,65 @@ class HiFT(nn.Module):
         voiced = (f0_up > s.voiced_threshold).to(sines.dtype)
         amplitude = voiced * s.noise_std + (1 - voiced) * s.sine_amp / 3
         waves = sines * voiced + amplitude * noise
-        return torch.tanh(self.m_source.l_linear(waves)).transpose(1, 2)
+        linear = self.m_source.l_linear
+        return torch.tanh(F.linear(waves, linear.weight.float(), linear.bias.float())).transpose(1, 2)
+
+    def source_spectrum(self, source: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """The source's centred STFT, [real; imaginary] (B, n_fft + 2, frames), as a product with
+        the DFT's basis: an FFT's result follows the thread count, a matrix product's rows do not
+        (the n_fft is 16: the product costs nothing)."""
+        n = self.shape.n_fft
+        frames = F.pad(source[:, None], (n // 2, n // 2), mode="reflect")[:, 0].unfold(1, n, self.shape.hop)
+        k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None] * torch.arange(n, dtype=torch.float64)[None]
+        angle = 2 * np.pi * k / n
+        basis = torch.cat([torch.cos(angle), -torch.sin(angle)]).to(source.device, torch.float32)  # (n + 2, n)
+        return ((frames * window) @ basis.T).transpose(1, 2)
+
+    def inverse_spectrum(self, real: torch.Tensor, imag: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        """The centred inverse STFT of (B, n_fft/2 + 1, frames) as torch.istft makes it (inverse real
+        DFT of each frame, windowed, overlap-added, divided by the overlapped squared window,
+        the centring cut), with the DFT as a matrix product and the overlap-add in a fixed
+        order: an inverse FFT's result follows the thread count."""
+        n, hop = self.shape.n_fft, self.shape.hop
+        k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None]
+        angle = 2 * np.pi * k * torch.arange(n, dtype=torch.float64)[None] / n
+        weight = torch.full((n // 2 + 1, 1), 2.0, dtype=torch.float64)
+        weight[0] = weight[-1] = 1.0  # DC and Nyquist once (their imaginary parts are dropped, as irfft does)
+        cos_basis = (weight * torch.cos(angle) / n).to(real.device, torch.float32)
+        sin_basis = (-weight * torch.sin(angle) / n).to(real.device, torch.float32)
+        frames = (real.transpose(1, 2) @ cos_basis + imag.transpose(1, 2) @ sin_basis) * window  # (B, T, n)
+        signal = self._overlap_add(frames, hop)
+        envelope = self._overlap_add((window * window).expand(1, frames.shape[1], n), hop)
+        length = hop * (frames.shape[1] - 1)
+        return (signal / envelope)[:, n // 2: n // 2 + length]
+
+    @staticmethod
+    def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+        """Frames (B, T, n) placed `hop` apart and summed, frame by frame in order."""
+        b, t, n = frames.shape
+        out = torch.zeros(b, hop * (t - 1) + n, dtype=frames.dtype, device=frames.device)
+        for j in range(n // hop):  # the j-th quarter of every frame: one shifted slice each
+            out[:, j * hop: j * hop + hop * t] += frames[:, :, j * hop:(j + 1) * hop].reshape(b, -1)
+        return out
 
     def forward(self, mel: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """mel (B, 80, T), source noise (B, 480T, 9) -> waveform (B, 480T)."""
-        s = self.shape
-        source = self.source(self.f0_predictor(mel), noise).squeeze(1)
-        spec = torch.stft(source, s.n_fft, s.hop, s.n_fft, window=self.window, return_complex=True)
-        spec = torch.cat([spec.real, spec.imag], dim=1)
+        s, dtype = self.shape, mel.dtype  # the source and both STFTs in float32, whatever the layers' dtype
+        source = self.source(self.f0_predictor(mel).float(), noise.float()).squeeze(1)
+        window = self.window.float()
+        spec = self.source_spectrum(source, window).to(dtype)
         x = self.conv_pre(mel)
         kinds = len(s.resblock_kernels)
         for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, s.lrelu_slope))
+            x = transposed_conv(F.leaky_relu(x, s.lrelu_slope), up)
             if i == len(self.ups) - 1:
                 x = F.pad(x, (1, 0), mode="reflect")
-            x = x + self.source_resblocks[i](self.source_downs[i](spec))
+            x = x + self.source_resblocks[i](conv(spec, self.source_downs[i]))
             x = sum(self.resblocks[i * kinds + j](x) for j in range(kinds)) / kinds
-        x = self.conv_post(F.leaky_relu(x))
+        x = self.conv_post(F.leaky_relu(x)).float()
         half = s.n_fft // 2 + 1
         magnitude, phase = torch.clamp(torch.exp(x[:, :half]), max=1e2), torch.sin(x[:, half:])
-        wave = torch.istft(torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase)), s.n_fft, s.hop,
-                           s.n_fft, window=self.window)
+        wave = self.inverse_spectrum(magnitude * torch.cos(phase), magnitude * torch.sin(phase), window)
         return torch.clamp(wave, -s.audio_limit, s.audio_limit)
 
 

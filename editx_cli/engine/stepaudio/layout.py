@@ -28,15 +28,17 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def problems(model_dir: Path | None, tokenizer_dir: Path | None, editx_src: Path | None,
-             variant: str = "base", llm_impl: str = "native") -> list[str]:
-    """Every missing folder or file, each said plainly; empty when all looks complete."""
+             variant: str = "base", llm_impl: str = "native", needs_src: bool = False) -> list[str]:
+    """Every missing folder or file, each said plainly; empty when all looks complete. A source
+    checkout is needed only for the official vocoder."""
     out: list[str] = []
     if model_dir is None:
         out.append("--model-dir (EDITX_MODEL_DIR) is not set: the Step-Audio-EditX folder")
     if tokenizer_dir is None:
         out.append("--tokenizer-dir (EDITX_TOKENIZER_DIR) is not set: the Step-Audio-Tokenizer folder")
-    if editx_src is None:
-        out.append("--editx-src (EDITX_SRC) is not set: a Step-Audio-EditX source checkout (vocoder code)")
+    if editx_src is None and needs_src:
+        out.append("--editx-src (EDITX_SRC) is not set: --vocoder official needs a Step-Audio-EditX source "
+                   "checkout (its vocoder code)")
     if model_dir is not None:
         folder = llm_dir(model_dir, variant)
         if not folder.is_dir():
@@ -54,7 +56,7 @@ def problems(model_dir: Path | None, tokenizer_dir: Path | None, editx_src: Path
         else:
             out += _missing(tokenizer_dir, TOKENIZER_FILES)
             out += _missing(tokenizer_dir / FUNASR_ID, FUNASR_FILES)
-    if editx_src is not None:
+    if editx_src is not None and needs_src:
         pkg = editx_src / "stepvocoder" / "cosyvoice2"
         if not pkg.is_dir():
             out.append(f"{editx_src}: no stepvocoder/cosyvoice2 package (is it a Step-Audio-EditX checkout?)")

@@ -176,8 +176,17 @@ class Vocoder:
         def length(t):
             return torch.tensor([t.shape[1]], dtype=torch.long, device=self.device)
 
+        # The task's randomness, drawn as editx's own vocoder draws it (token2wav.py): the flow's
+        # noise first, into the buffer the official flow slices, then HiFT's draws on the CPU
+        # continue from the same generator; on CUDA, HiFT draws from the device's, seeded alike.
+        g = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn(1, self.flow.decoder.rand_noise.shape[1], 2 * (token.shape[1] + prompt.shape[1]),
+                            generator=g)
         with torch.random.fork_rng(devices=self._devices(self.device)), torch.inference_mode():
-            torch.manual_seed(seed)
+            self.flow.decoder.rand_noise[:, :, :noise.shape[2]] = noise.to(self.device)
+            torch.set_rng_state(g.get_state())
+            if self.device.startswith("cuda"):
+                torch.cuda.manual_seed(int(seed))
             mel = self.flow.inference(token, length(token), prompt, length(prompt), feat, length(feat), emb, 10)
             if type(self.hift).__name__ == "BigVGAN":  # its first conv has no padding
                 speech = self.hift.inference(F.pad(mel, (3, 3), mode="reflect")).squeeze(0)

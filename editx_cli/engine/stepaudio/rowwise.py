@@ -1,0 +1,52 @@
+"""Convolutions whose every output is the same, whatever else is computed with it.
+
+An item's audio must not depend on its neighbours in a batch, on the padded length, nor
+on how many threads the process has (one worker process per GPU or CPU share). A matrix
+product's rows on the CPU hold to that: each output is one dot product, summed the same
+way whatever the other rows. torch's convolutions do not: their algorithm follows the
+input's length and the thread count (differences of 1e-7 that turn a 16-bit sample over).
+So the vocoder convolves as matrix products of unfolded frames.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv(x: torch.Tensor, layer: nn.Conv1d | nn.Module, padding: int | None = None) -> torch.Tensor:
+    """layer's 1-d convolution of (B, C, T) (its stride, dilation and padding, unless `padding`
+    is given: then x is taken as padded already)."""
+    w = layer.weight
+    stride = layer.stride[0] if hasattr(layer, "stride") else 1
+    dilation = layer.dilation[0] if hasattr(layer, "dilation") else 1
+    pad = (layer.padding[0] if hasattr(layer, "padding") else 0) if padding is None else padding
+    if pad:
+        x = F.pad(x, (pad, pad))
+    k = w.shape[2]
+    frames = x.unfold(2, (k - 1) * dilation + 1, stride)[..., ::dilation]  # (B, C, T', k)
+    frames = frames.transpose(1, 2).reshape(x.shape[0], -1, w.shape[1] * k)
+    out = frames @ w.reshape(w.shape[0], -1).T
+    if layer.bias is not None:
+        out = out + layer.bias
+    return out.transpose(1, 2)
+
+
+def transposed_conv(x: torch.Tensor, layer: nn.ConvTranspose1d) -> torch.Tensor:
+    """layer(x), as one matrix product per output phase: output n takes the taps j = n + p (mod
+    stride) of the inputs before it."""
+    w, u, p = layer.weight, layer.stride[0], layer.padding[0]  # w: (C_in, C_out, k)
+    k, length = w.shape[2], x.shape[2]
+    taps = -(-k // u)
+    padded = F.pad(x, (taps - 1, taps - 1))
+    frames = padded.unfold(2, taps, 1).transpose(1, 2).reshape(x.shape[0], -1, x.shape[1] * taps)  # (B, Q, C*taps)
+    phases = []
+    for r in range(u):
+        kernel = torch.zeros(w.shape[0], w.shape[1], taps, dtype=w.dtype, device=w.device)
+        kernel[:, :, : len(range(r, k, u))] = w[:, :, r::u]
+        kernel = kernel.flip(2).permute(1, 0, 2).reshape(w.shape[1], -1)  # (C_out, C_in*taps): frame order
+        phases.append(frames @ kernel.T)  # (B, Q, C_out): phase r at q = (n + p) // u
+    out = torch.stack(phases, dim=2).reshape(x.shape[0], -1, w.shape[1]).transpose(1, 2)  # n + p = q*u + r
+    size = (length - 1) * u - 2 * p + k
+    return out[:, :, p:p + size] + layer.bias[None, :, None]

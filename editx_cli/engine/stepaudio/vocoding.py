@@ -1,0 +1,93 @@
+"""Vocoding beside decoding: finished tasks are vocoded on a thread of their own while the
+decoder goes on with the rest, so neither waits for the other (on CUDA on a stream of its
+own). The thread takes whatever has finished, up to a group's worth, in one vocoder call.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+_END = object()
+
+
+class VocodeLine:
+    def __init__(self, vocode: Callable[[list], list], group: int, device: str) -> None:
+        self._vocode, self._group, self._device = vocode, group, device
+        self._queue: queue.Queue = queue.Queue()
+        self.results: dict[Any, Any] = {}
+        self.busy: list[tuple[float, float, int]] = []  # (start, end, tasks) of each vocoder call
+        self._thread = threading.Thread(target=self._run, name="editx-vocode", daemon=True)
+        self._thread.start()
+
+    def put(self, key: Any, item: Any) -> None:
+        """A finished task to vocode; its result lands in `results[key]`."""
+        self._queue.put((key, item))
+
+    def finish(self) -> dict[Any, Any]:
+        """Wait for everything handed over; the results by key."""
+        self._queue.put(_END)
+        self._thread.join()
+        return self.results
+
+    def _run(self) -> None:
+        stream = None
+        if self._device.startswith("cuda"):
+            import torch
+
+            stream = torch.cuda.Stream(device=self._device)
+        ended = False
+        while not ended:
+            first = self._queue.get()
+            if first is _END:
+                return
+            group = [first]
+            while len(group) < self._group:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is _END:
+                    ended = True
+                    break
+                group.append(more)
+            t0 = time.perf_counter()
+            try:
+                if stream is not None:
+                    import torch
+
+                    with torch.cuda.stream(stream):
+                        outs = self._vocode([item for _, item in group])
+                else:
+                    outs = self._vocode([item for _, item in group])
+            except Exception as e:  # the call failed: each of its tasks hears why
+                outs = [e] * len(group)
+            self.busy.append((t0, time.perf_counter(), len(group)))
+            for (key, _), out in zip(group, outs, strict=True):
+                self.results[key] = out
+
+
+class VocodeStats:
+    """Vocoder time for the report, and how much of it ran while the decoder was decoding."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.overlap = 0.0
+        self.calls = 0
+        self.tasks = 0
+        self.largest = 0
+
+    def add(self, busy: list[tuple[float, float, int]], decoding: tuple[float, float]) -> None:
+        for start, end, tasks in busy:
+            self.seconds += end - start
+            self.overlap += max(0.0, min(end, decoding[1]) - max(start, decoding[0]))
+            self.calls += 1
+            self.tasks += tasks
+            self.largest = max(self.largest, tasks)
+
+    def summary(self) -> dict[str, Any]:
+        return {"vocode_seconds": round(self.seconds, 3), "vocode_overlap_seconds": round(self.overlap, 3),
+                "vocoder_calls": self.calls, "tasks_vocoded": self.tasks, "largest_vocoder_call": self.largest}
