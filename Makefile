@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/longform_qa.py
 	$(BIN)/python benchmarks/listen.py
 	$(BIN)/python benchmarks/transcribe.py
+	$(BIN)/python benchmarks/vocoder.py
 
 clean:
 	rm -rf demo-out .pytest_cache test-artifacts

@@ -17,14 +17,13 @@ rerun is identical, whatever else the run vocodes.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from editx_cli.engine.stepaudio.vocoder import ALLOWED_PREFIXES, UnsafeConfig, reshape
+from editx_cli.engine.stepaudio.vocoder import Tagged, UnsafeConfig, check_tag, lookup, read_yaml, reshape
 
 CODE_VERSION = "token2wav-1"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -130,65 +129,27 @@ def _mapping(parent: dict, key: str, where: str) -> dict:
 
 def _values(path: Path) -> dict:
     """The yaml as plain data: a tagged node becomes its mapping with `__class__` naming the
-    tag's target; `!ref <a.b>` / `!ref <a[b]>` is replaced by what it names in the file."""
-    import yaml
-
-    from editx_cli.datafiles import UnsafeFile, check_yaml_aliases, read_text
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def tagged(loader, suffix, node):
-        kind, _, target = suffix.partition(":")
-        if kind == "ref":
-            return _Ref(loader.construct_scalar(node))
-        where = f"{path}, line {node.start_mark.line + 1}"
-        if kind not in ("new", "name"):
-            raise UnsafeConfig(f"{where}: tag !{suffix} is not allowed (only !new:, !name: and !ref)")
-        if not target.startswith(ALLOWED_PREFIXES):  # read as data, never built; still, a stranger is refused
-            raise UnsafeConfig(f"{where}: refusing to construct {target!r}: only classes under "
-                               f"{' or '.join(ALLOWED_PREFIXES)} may be named")
-        if isinstance(node, yaml.MappingNode):
-            return {"__class__": target, **loader.construct_mapping(node, deep=True)}
-        return {"__class__": target}
-
-    Loader.add_multi_constructor("!", tagged)
-    try:
-        text = read_text(path)
-        check_yaml_aliases(text, str(path))
-        raw = yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        raise UnsafeConfig(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    except UnsafeFile as e:
-        raise UnsafeConfig(str(e)) from None
-    except OSError as e:
-        raise UnsafeConfig(f"{path}: {e.strerror}") from None
-    if not isinstance(raw, dict):
-        raise UnsafeConfig(f"{path}: expected a mapping at the top level")
-    return _resolve(raw, raw, path, 0)
+    tag's target (checked as the official loader checks it, and built by nothing); a `!ref`
+    is replaced by what it names in the file."""
+    raw = read_yaml(path)
+    return _data(raw, raw, path, 0)
 
 
-class _Ref(str):
-    pass
-
-
-def _resolve(value: Any, root: dict, path: Path, depth: int) -> Any:
+def _data(value: Any, root: dict, path: Path, depth: int) -> Any:
     if depth > 20:
         raise UnsafeConfig(f"{path}: !ref chains nest too deep")
-    if isinstance(value, _Ref):
-        m = re.fullmatch(r"<([^<>]+)>", value.strip())
-        if not m:
-            raise UnsafeConfig(f"{path}: unsupported !ref {value!r} (only a plain <key> reference)")
-        node: Any = root
-        for part in re.findall(r"[^.\[\]]+", m.group(1)):
-            if not isinstance(node, dict) or part not in node:
-                raise UnsafeConfig(f"{path}: !ref {value} names nothing in the file")
-            node = node[part]
-        return _resolve(node, root, path, depth + 1)
+    if isinstance(value, Tagged):
+        kind, _, target = value.tag.partition(":")
+        where = f"{path}, line {value.line}"
+        if kind == "ref":
+            return _data(lookup(root, str(value.value), where), root, path, depth + 1)
+        check_tag(kind, target, where)
+        fields = _data(value.value, root, path, depth) if isinstance(value.value, dict) else {}
+        return {"__class__": target, **fields}
     if isinstance(value, dict):
-        return {k: _resolve(v, root, path, depth) for k, v in value.items()}
+        return {k: _data(v, root, path, depth) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve(v, root, path, depth) for v in value]
+        return [_data(v, root, path, depth) for v in value]
     return value
 
 
@@ -224,15 +185,15 @@ class Token2Wav:
         """The model folder's vocoder: cosyvoice.yaml's values, flow.pt and hift.pt fitted to them."""
         from editx_cli.engine.stepaudio.flow import Flow
         from editx_cli.engine.stepaudio.hift import HiFT, fold_weight_norm
-        from editx_cli.engine.stepaudio.vocoder import _weights
+        from editx_cli.engine.stepaudio.vocoder import load_weights
 
         config = read_config(folder / "cosyvoice.yaml")
         if abs(config.cfg_rate - 0.7) > 1e-9:
             raise UnsafeConfig(f"{folder / 'cosyvoice.yaml'}: inference_cfg_rate {config.cfg_rate}; editx's "
                                "flow uses 0.7")
         flow, hift = Flow(config.flow), HiFT(config.hift)
-        _fit(flow, _weights(folder / "flow.pt"), folder / "flow.pt")
-        _fit(hift, fold_weight_norm(_weights(folder / "hift.pt")), folder / "hift.pt")
+        _fit(flow, load_weights(folder / "flow.pt"), folder / "flow.pt")
+        _fit(hift, fold_weight_norm(load_weights(folder / "hift.pt")), folder / "hift.pt")
         return cls(flow, hift, config.mel_conf, device, dtype)
 
     def __call__(self, jobs: list[VocodeJob]) -> list[np.ndarray]:

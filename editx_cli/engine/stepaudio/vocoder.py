@@ -28,7 +28,7 @@ class UnsafeConfig(ValueError):
 
 
 @dataclass
-class _Tagged:
+class Tagged:
     tag: str
     value: Any
     line: int
@@ -36,6 +36,13 @@ class _Tagged:
 
 def load_config(path: Path) -> dict:
     """Parse cosyvoice.yaml and construct only what its allowed tags name."""
+    raw = read_yaml(path)
+    return _build(raw, raw, path)
+
+
+def read_yaml(path: Path) -> dict:
+    """cosyvoice.yaml with its tagged nodes kept as such (built by nothing); a file that is not
+    YAML, an alias bomb or anything but a mapping is refused by name."""
     import yaml
 
     from editx_cli.datafiles import UnsafeFile, check_yaml_aliases, read_text
@@ -50,7 +57,7 @@ def load_config(path: Path) -> dict:
             value = loader.construct_sequence(node, deep=True)
         else:
             value = loader.construct_scalar(node)
-        return _Tagged(suffix, value, node.start_mark.line + 1)
+        return Tagged(suffix, value, node.start_mark.line + 1)
 
     Loader.add_multi_constructor("!", tagged)
     try:
@@ -61,9 +68,21 @@ def load_config(path: Path) -> dict:
         raise UnsafeConfig(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     except UnsafeFile as e:
         raise UnsafeConfig(str(e)) from None
+    except OSError as e:
+        raise UnsafeConfig(f"{path}: {e.strerror}") from None
     if not isinstance(raw, dict):
         raise UnsafeConfig(f"{path}: expected a mapping at the top level")
-    return _build(raw, raw, path)
+    return raw
+
+
+def check_tag(kind: str, target: str, where: str) -> None:
+    """Only !new: and !name: of a class under the allowed packages (and !ref, looked up apart)."""
+    if kind not in ("new", "name"):
+        raise UnsafeConfig(f"{where}: tag !{kind}{':' + target if target else ''} is not allowed "
+                           "(only !new:, !name: and !ref)")
+    if not target.startswith(ALLOWED_PREFIXES):
+        raise UnsafeConfig(f"{where}: refusing to construct {target!r}: only classes under "
+                           f"{' or '.join(ALLOWED_PREFIXES)} may be named")
 
 
 def _build(value: Any, root: dict, path: Path) -> Any:
@@ -71,17 +90,13 @@ def _build(value: Any, root: dict, path: Path) -> Any:
         return {k: _build(v, root, path) for k, v in value.items()}
     if isinstance(value, list):
         return [_build(v, root, path) for v in value]
-    if not isinstance(value, _Tagged):
+    if not isinstance(value, Tagged):
         return value
     kind, _, target = value.tag.partition(":")
     where = f"{path}, line {value.line}"
     if kind == "ref":
-        return _build(_lookup(root, str(value.value), where), root, path)
-    if kind not in ("new", "name"):
-        raise UnsafeConfig(f"{where}: tag !{value.tag} is not allowed (only !new:, !name: and !ref)")
-    if not target.startswith(ALLOWED_PREFIXES):
-        raise UnsafeConfig(f"{where}: refusing to construct {target!r}: only classes under "
-                           f"{' or '.join(ALLOWED_PREFIXES)} may be named")
+        return _build(lookup(root, str(value.value), where), root, path)
+    check_tag(kind, target, where)
     module_name, _, attr = target.rpartition(".")
     obj = getattr(importlib.import_module(module_name), attr)
     if not isinstance(obj, type):
@@ -96,7 +111,7 @@ def _build(value: Any, root: dict, path: Path) -> Any:
     return obj() if args in ("", None) else obj(args)
 
 
-def _lookup(root: dict, ref: str, where: str) -> Any:
+def lookup(root: dict, ref: str, where: str) -> Any:
     m = re.fullmatch(r"<([^<>]+)>", ref.strip())
     if not m:
         raise UnsafeConfig(f"{where}: unsupported !ref {ref!r} (only a plain <key> reference)")
@@ -141,8 +156,8 @@ class Vocoder:
             if key not in self.config:
                 raise UnsafeConfig(f"{vocoder_dir / 'cosyvoice.yaml'}: no top-level {key!r}")
         self.flow, self.hift = self.config["flow"], self.config["hift"]
-        self.flow.load_state_dict(_weights(vocoder_dir / "flow.pt"))
-        self.hift.load_state_dict(_weights(vocoder_dir / "hift.pt"))
+        self.flow.load_state_dict(load_weights(vocoder_dir / "flow.pt"))
+        self.hift.load_state_dict(load_weights(vocoder_dir / "hift.pt"))
         self.flow = self.flow.to(device, torch.float32).eval()
         self.hift = self.hift.to(device, torch.float32).eval()
         self.mel_conf = self.config["mel_conf"]
@@ -195,7 +210,7 @@ class Vocoder:
         return speech.float().cpu().numpy().reshape(-1)
 
 
-def _weights(path: Path) -> dict:
+def load_weights(path: Path) -> dict:
     """A state dict of plain tensors; a file holding any other Python object is refused unread
     (weights_only), and every failure names the file."""
     import pickle
