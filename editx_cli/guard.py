@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
@@ -81,7 +81,7 @@ def host_name(value: str) -> str:
     return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
 
 
-def error_body(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> bytes:
+def error_body(message: str, param: str | None = None, kind: str = "invalid_request_error") -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "param": param, "code": None}}).encode()
 
 
@@ -99,7 +99,7 @@ class Guard:
         refusal = self.refusal(scope, headers)
         if refusal is not None:
             status, message, param, kind = refusal
-            return await _answer(send, status, error_body(status, message, param, kind))
+            return await _answer(send, status, error_body(message, param, kind))
         await self.app(scope, _limited(receive, self.options.max_body_bytes, self.options.body_timeout), send)
 
     def refusal(self, scope, headers: dict[str, str]) -> tuple[int, str, str | None, str] | None:
@@ -166,10 +166,9 @@ def _limited(receive, limit: int, timeout: float) -> Callable[[], Awaitable[dict
     return receiving
 
 
-async def _answer(send, status: int, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+async def _answer(send, status: int, body: bytes) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *headers]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 

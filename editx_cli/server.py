@@ -161,8 +161,8 @@ def create_app(options: ServeOptions):
         return error(500, "internal error (the server log has the details)", kind="server_error")
 
     async def settled(future, http: HttpRequest):
-        """The engine's answer, or ClientGone once the client has gone: work still queued for it
-        is dropped (a decode already under way finishes)."""
+        """The engine's answer; once the client has gone, work still queued for it is dropped (a
+        decode already under way finishes) and a 499 is raised that nobody reads."""
         waiter = asyncio.wrap_future(future)
         while True:
             done, _ = await asyncio.wait({waiter}, timeout=0.2)

@@ -243,16 +243,9 @@ class StepAudioEngine(Engine):
             from editx_cli.engine.stepaudio.token2wav import Token2Wav
 
             return Token2Wav.from_folder(folder, self.device, self.vocoder_dtype)
-        from editx_cli.engine.stepaudio.token2wav import VocodeJob
         from editx_cli.engine.stepaudio.vocoder import Vocoder
 
-        official = Vocoder(folder, self.editx_src, self.device)
-
-        def one_by_one(jobs: list[VocodeJob]) -> list[np.ndarray]:
-            return [official(j.tokens, j.prompt_tokens, j.prompt_mel, j.embedding, j.seed) for j in jobs]
-
-        one_by_one.sample_rate, one_by_one.mel_conf = official.sample_rate, official.mel_conf
-        return one_by_one
+        return Vocoder(folder, self.editx_src, self.device)
 
     def _load_llm(self) -> None:
         from editx_cli.engine.stepaudio.decoder import NativeRunner, UnpaddedRunner

@@ -162,8 +162,8 @@ class LookAhead(nn.Module):
         self.conv1, self.conv2 = nn.Conv1d(width, width, frames + 1), nn.Conv1d(width, width, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.leaky_relu(conv(F.pad(x.transpose(1, 2), (0, self.frames)), self.conv1, padding=0))
-        return conv(F.pad(y, (2, 0)), self.conv2, padding=0).transpose(1, 2) + x
+        y = F.leaky_relu(conv(F.pad(x.transpose(1, 2), (0, self.frames)), self.conv1))
+        return conv(F.pad(y, (2, 0)), self.conv2).transpose(1, 2) + x
 
 
 class Upsample(nn.Module):
@@ -176,7 +176,7 @@ class Upsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.interpolate(x.transpose(1, 2), scale_factor=float(self.stride), mode="nearest")
-        return conv(F.pad(y, (2 * self.stride, 0)), self.conv, padding=0).transpose(1, 2)
+        return conv(F.pad(y, (2 * self.stride, 0)), self.conv).transpose(1, 2)
 
 
 class Encoder(nn.Module):

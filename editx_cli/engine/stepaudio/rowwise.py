@@ -15,13 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def conv(x: torch.Tensor, layer: nn.Conv1d | nn.Module, padding: int | None = None) -> torch.Tensor:
-    """layer's 1-d convolution of (B, C, T) (its stride, dilation and padding, unless `padding`
-    is given: then x is taken as padded already)."""
-    w = layer.weight
-    stride = layer.stride[0] if hasattr(layer, "stride") else 1
-    dilation = layer.dilation[0] if hasattr(layer, "dilation") else 1
-    pad = (layer.padding[0] if hasattr(layer, "padding") else 0) if padding is None else padding
+def conv(x: torch.Tensor, layer: nn.Conv1d) -> torch.Tensor:
+    """layer(x) for (B, C, T): its stride, dilation and padding."""
+    w, stride, dilation, pad = layer.weight, layer.stride[0], layer.dilation[0], layer.padding[0]
     if pad:
         x = F.pad(x, (pad, pad))
     k = w.shape[2]

@@ -124,7 +124,7 @@ def _mapping(parent: dict, key: str, where: str) -> dict:
     value = parent.get(key, {})
     if not isinstance(value, dict):
         raise UnsafeConfig(f"{where}: {key} is not a mapping")
-    return {k: v for k, v in value.items()}
+    return value
 
 
 def _values(path: Path) -> dict:

@@ -168,8 +168,12 @@ class Vocoder:
     def _devices(device: str) -> list:
         return [device] if device.startswith("cuda") else []
 
-    def __call__(self, tokens: list[int], prompt_tokens: list[int], prompt_mel: np.ndarray,
-                 embedding: np.ndarray, seed: int = 0) -> np.ndarray:
+    def __call__(self, jobs: list) -> list[np.ndarray]:
+        """token2wav.VocodeJob's in, their audio out: a task at a time, as the reference runs."""
+        return [self.one(j.tokens, j.prompt_tokens, j.prompt_mel, j.embedding, j.seed) for j in jobs]
+
+    def one(self, tokens: list[int], prompt_tokens: list[int], prompt_mel: np.ndarray,
+            embedding: np.ndarray, seed: int = 0) -> np.ndarray:
         """Generated and prompt tokens (mixed N values) + prompt features -> mono float32 audio.
 
         HiFT's source module draws random phases and noise from the global generator on every
