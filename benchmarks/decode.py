@@ -1,25 +1,43 @@
-"""Decode-loop throughput of the native Step1: the continuous-batching decoder vs. the old loop.
+"""Decode-loop throughput of the native Step1 on workloads shaped like real runs.
 
 Builds Step1 from a config with random weights (no checkpoint), so it needs
 nothing but torch:
 
-    python benchmarks/decode.py                                # tiny shape on the CPU
-    python benchmarks/decode.py --shape released --device cuda # the 3B shape, bf16, CUDA graphs
-    python benchmarks/decode.py --shape released --device cuda --no-cuda-graphs --json
+    python benchmarks/decode.py                                   # tiny shape, edit30, CUDA if present
+    python benchmarks/decode.py --shape released --batch-sizes 1,8,64 --json
+    python benchmarks/decode.py --shape medium --workload fixed --cache-capacity 4096 --compare whole
+    python benchmarks/decode.py --shape medium --prefill 8192     # one long prompt's prefill memory
 
-Per batch size: ms a step and tokens/s of each loop (a step's time is the
-difference between a long and a short run over the same prompts, so prefill is
-left out), the ratio between them, and the ratio to the memory floor (the bytes
-of weights read once a step over a measured device-copy bandwidth). On the CPU,
-also torch ops and host syncs per decode step, counted with torch.profiler:
-proxies for a GPU's launch and sync costs that a tiny model's wall time hides.
+Workloads (`--workload`):
+- `edit30`: 30 s edits: prompts of about 1,350 ids, budgets of about 2,550 (the
+  cache sized for them), each task ending at a length drawn around its input's
+  (end-of-turn as in real runs: the rows end at different steps), a queue 4x the
+  slots so admissions, chunked prefill and compaction happen; a quarter of the
+  tasks guided (two rows, one task).
+- `clone`: short prompts (about 250 ids), outputs of 100-600 ids, queue 4x.
+- `fixed`: one task a slot, every row to the same budget, no admissions: the
+  pure step (with `--cache-capacity` to size the cache apart from the work).
+
+Per batch size: ms a decode step (sync to sync, prefill apart), task tokens a
+second over the whole run (a guided task's two rows make one token), occupancy,
+the graphs and attention that ran (from the decoder), captures and their time
+apart, peak memory, and the memory floor: the bytes a step must read (weights,
+plus the live keys and values) over the device's copy bandwidth measured in the
+same run. On the CPU also torch ops and host syncs a step (torch.profiler):
+proxies for a GPU's launch and sync costs that a small model's wall time hides.
+`--compare whole` runs the same work with every step attending over the whole
+cache (the --deterministic path, and what every step did before buckets) and
+prints the ratio.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
+import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,16 +47,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from editx_cli.engine.stepaudio.decoder import SYNC_LABEL, Decoder, NativeRunner  # noqa: E402
-from editx_cli.engine.stepaudio.generate import EOS, PAD, Job, Sampling, draw, guide, mask_repetition  # noqa: E402
-from editx_cli.engine.stepaudio.step1 import Step1Config, Step1ForCausalLM, alibi_slopes  # noqa: E402
+from editx_cli.engine.stepaudio.generate import EOS, Job, Sampling  # noqa: E402
+from editx_cli.engine.stepaudio.step1 import StaticCache, Step1Config, Step1ForCausalLM, alibi_slopes  # noqa: E402
 
 SHAPES = {
     "released": dict(hidden_size=3072, intermediate_size=8192, num_attention_heads=48, num_attention_groups=4,
                      num_hidden_layers=32, vocab_size=74752),
+    "medium": dict(hidden_size=3072, intermediate_size=8192, num_attention_heads=48, num_attention_groups=4,
+                   num_hidden_layers=2, vocab_size=74752),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_attention_groups=2,
                  num_hidden_layers=2, vocab_size=74752),
 }
-PROMPTS = {"released": (400, 800), "tiny": (100, 200)}
+AUDIO = (65536, 70656)
 
 
 def build(shape: str, device: str, dtype: torch.dtype) -> Step1ForCausalLM:
@@ -53,68 +73,44 @@ def build(shape: str, device: str, dtype: torch.dtype) -> Step1ForCausalLM:
                 p.fill_(1.0)
             else:
                 p.normal_(0.0, 0.02, generator=gen)
-        model.lm_head.weight[EOS] = 0.0  # never in the top 50: every run decodes its whole budget
+        model.lm_head.weight[EOS] = 0.0  # never in the top 50: rows end where the workload says
     model.slopes = alibi_slopes(cfg.num_attention_heads).to(device)
     return model.to(dtype).eval()
 
 
-def jobs(batch: int, shape: str, budget: int) -> list[Job]:
-    lo, hi = PROMPTS[shape]
-    out = []
-    for i in range(batch):
-        g = torch.Generator().manual_seed(i)
-        n = lo + (hi - lo) * i // max(1, batch - 1)
-        out.append(Job([1, 4] + torch.randint(65536, 70656, (n - 2,), generator=g).tolist(), seed=i, budget=budget))
-    return out
+def workload(name: str, slots: int, seed: int = 0, fixed_prompt: int = 500,
+             fixed_budget: int = 96) -> tuple[list[Job], int]:
+    """The jobs, and the cache length their real budgets would need (end-of-turn is drawn: a
+    job's `budget` here is where it ends)."""
+    rng = random.Random(seed)
 
+    def ids(n: int) -> list[int]:
+        return [1, 4] + [rng.randrange(*AUDIO) for _ in range(n - 2)]
 
-def legacy_run(jobs: list[Job], model: Step1ForCausalLM, device: str) -> None:
-    """The loop this decoder replaced: a growing cache concatenated every step and reordered
-    when rows end, the bias rebuilt every step, one row at a time sampled on the host."""
-    rows = [(j, False) for j in range(len(jobs))]
-    seqs = [jobs[j].prompt for j, _ in rows]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), PAD, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for r, s in enumerate(seqs):
-        ids[r, width - len(s):] = torch.tensor(s)
-        mask[r, width - len(s):] = True
-    ids, mask = ids.to(device), mask.to(device)
-    gens = [torch.Generator(device=device).manual_seed(int(job.seed)) for job in jobs]
-    histories = [list(job.prompt) for job in jobs]
-    logits, past = model(ids, mask, None)
-    logits = logits[:, -1]
-    while rows:
-        step: dict[int, int] = {}
-        for r, (j, _) in enumerate(rows):
-            lg = guide(logits[r], logits[r], 1.0)
-            token = draw(mask_repetition(lg, histories[j]), gens[j])
-            jobs[j].tokens.append(token)
-            histories[j].append(token)
-            step[j] = token
-        keep = [r for r, (j, _) in enumerate(rows) if step[j] != EOS and len(jobs[j].tokens) < jobs[j].budget]
-        if not keep:
-            break
-        rows = [rows[r] for r in keep]
-        index = torch.tensor(keep, device=device)
-        past = [(k[index], v[index]) for k, v in past]
-        mask = torch.cat([mask[index], torch.ones((len(keep), 1), dtype=torch.bool, device=device)], dim=1)
-        new = torch.tensor([[step[j]] for j, _ in rows], device=device)
-        logits, past = model(new, mask, past)
-        logits = logits[:, -1]
+    jobs, longest = [], 0
+    if name == "fixed":
+        for i in range(slots):
+            jobs.append(Job(ids(fixed_prompt - 8 * (i % 4)), seed=i, budget=fixed_budget))
+        return jobs, fixed_prompt + fixed_budget
+    for i in range(4 * slots):
+        if name == "edit30":
+            audio = rng.randint(1150, 1300)  # 27-31 s of input audio tokens
+            prompt, budget = audio + 80, 2 * audio + 50  # its budget as the engine sets it
+            ends = int(min(budget, max(200, rng.gauss(audio, 0.15 * audio))))
+        else:  # clone
+            prompt, budget = rng.randint(200, 300), 1300
+            ends = rng.randint(100, 600)
+        guided = name == "edit30" and i % 4 == 3
+        job = Job(ids(prompt), seed=i, budget=ends, guidance=1.5 if guided else 1.0,
+                  reference=ids(prompt - 30) if guided else None)
+        jobs.append(job)
+        longest = max(longest, prompt + budget)
+    return jobs, longest
 
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def timed(fn, device: str) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def copy_bandwidth(device: str) -> float:
@@ -123,7 +119,13 @@ def copy_bandwidth(device: str) -> float:
     src = torch.empty(n, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    best = min(timed(lambda: dst.copy_(src), device) for _ in range(5))
+    best = float("inf")
+    for _ in range(5):
+        sync(device)
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
     return 2 * n / best
 
 
@@ -132,108 +134,185 @@ def weight_bytes(model: Step1ForCausalLM) -> int:
     return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "embed_tokens" not in n)
 
 
-def per_step(run, batch: int, shape: str, budget: int, short: int, device: str) -> float:
-    """Seconds a decode step: (long run - short run) / (budget - short), prefill cancelling out."""
-    run(jobs(batch, shape, short))  # warm-up (allocations, graph capture paths)
-    t_short = min(timed(lambda: run(jobs(batch, shape, short)), device) for _ in range(2))
-    t_long = min(timed(lambda: run(jobs(batch, shape, budget)), device) for _ in range(2))
-    return (t_long - t_short) / (budget - short)
+def live_key_bytes(jobs: list[Job], steps: int, cfg: Step1Config, elem: int) -> float:
+    """Keys and values a step must read on average: every row's positions so far, over its life."""
+    positions = 0
+    for j in jobs:
+        for row in ([j.prompt, j.reference] if j.guided else [j.prompt]):
+            n = len(j.tokens)
+            positions += n * len(row) + n * (n - 1) // 2
+    per_position = 2 * cfg.num_hidden_layers * cfg.num_attention_groups * cfg.head_dim * elem
+    return positions * per_position / max(1, steps)
 
 
-def profile_counts(run, batch: int, shape: str, budget: int, short: int) -> tuple[float, float]:
-    """Torch ops and host syncs per decode step (CPU profiler, same difference method)."""
+class PeakRss:
+    """The process's peak resident memory while the block runs, above what it held before
+    (sampled every 2 ms: the CPU has no allocator statistics)."""
+
+    def __enter__(self) -> PeakRss:
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+
+    @property
+    def above(self) -> int:
+        return self.peak - self.base
+
+
+def run_once(model, slots: int, args, device: str, whole: bool, decoder=None):
+    jobs, longest = workload(args.workload, slots, fixed_prompt=args.fixed_prompt, fixed_budget=args.new_tokens)
+    capacity = args.cache_capacity or longest
+    if decoder is None:
+        decoder = Decoder(NativeRunner(model, capacity if whole else 8192), slots, Sampling(), device,
+                          cuda_graphs=not args.no_cuda_graphs, deterministic=whole)
+        decoder.reserve(capacity)  # sized as the real budgets would size it
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    t0 = time.perf_counter()
+    fig = decoder.run(jobs)
+    sync(device)
+    return decoder, jobs, fig, time.perf_counter() - t0
+
+
+def measure(model, slots: int, args, device: str, bandwidth: float, whole: bool) -> dict:
+    decoder, _, _, _ = run_once(model, slots, args, device, whole)  # warm: allocations, captures
+    with PeakRss() as rss:
+        _, jobs, fig, wall = run_once(model, slots, args, device, whole, decoder)
+    cfg, elem = model.config, model.lm_head.weight.element_size()
+    floor = (weight_bytes(model) + live_key_bytes(jobs, fig.steps, cfg, elem)) / bandwidth
+    row = {
+        "batch": slots, "workload": args.workload, "tasks": len(jobs),
+        "ms_per_step": 1000 * fig.decode_seconds / fig.steps,
+        "task_tokens_per_s": fig.task_tokens / wall,
+        "row_tokens_per_s": fig.row_tokens / wall,
+        "occupancy": fig.occupancy,
+        "running_share": fig.decode_seconds / (fig.decode_seconds + fig.prefill_seconds),
+        "prefill_s": fig.prefill_seconds, "wall_s": wall,
+        "graphs": fig.graphs, "attention": fig.attention, "keys": fig.keys, "cache_length": fig.cache_length,
+        "captures": fig.captures, "capture_s": fig.capture_seconds,
+        "peak_memory_bytes": torch.cuda.max_memory_allocated() if device.startswith("cuda") else rss.peak,
+        "floor_ms_per_step": 1000 * floor,
+    }
+    row["x_floor"] = row["ms_per_step"] / row["floor_ms_per_step"]
+    if not device.startswith("cuda"):
+        row["ops_per_step"], row["syncs_per_step"] = profile_counts(model, slots, args, device, whole, decoder)
+    return row
+
+
+def profile_counts(model, slots: int, args, device: str, whole: bool, decoder) -> tuple[float, float]:
+    """Torch ops and host syncs per decode step (CPU profiler over a whole run)."""
     from torch.profiler import ProfilerActivity, profile
 
-    def counts(n: int) -> tuple[int, int]:
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            run(jobs(batch, shape, n))
-        ops = syncs = 0
-        for e in prof.key_averages():
-            if e.key.startswith("aten::"):
-                ops += e.count
-            if e.key in ("aten::_local_scalar_dense", SYNC_LABEL):
-                syncs += e.count
-        return ops, syncs
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _, _, fig, _ = run_once(model, slots, args, device, whole, decoder)
+    ops = syncs = 0
+    for e in prof.key_averages():
+        if e.key.startswith("aten::"):
+            ops += e.count
+        if e.key in ("aten::_local_scalar_dense", SYNC_LABEL):
+            syncs += e.count
+    return ops / fig.steps, syncs / fig.steps
 
-    (o1, s1), (o2, s2) = counts(short), counts(budget)
-    return (o2 - o1) / (budget - short), (s2 - s1) / (budget - short)
+
+def prefill_memory(model, width: int, device: str) -> dict:
+    """One prompt of `width` ids prefilled into a one-slot cache: peak memory above the weights
+    and the cache, and what the one-shot W x W bias it replaced would take."""
+    cfg = model.config
+    cache = StaticCache(cfg, 1, width + 1, device, model.lm_head.weight.dtype)
+    ids = torch.randint(*AUDIO, (1, width), device=device)
+    sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    with torch.inference_mode(), PeakRss() as rss:
+        model.prefill(ids, [width - 1], torch.tensor([0], device=device), cache)
+        sync(device)
+    above = torch.cuda.max_memory_allocated() - base if device.startswith("cuda") else rss.above
+    one_shot = cfg.num_attention_heads * width * width * (4 + 4 + model.lm_head.weight.element_size())
+    return {"prefill_width": width, "seconds": time.perf_counter() - t0, "peak_above_weights_and_cache": above,
+            "one_shot_bias_bytes": one_shot}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
-    ap.add_argument("--batch-sizes", default="1,2,4,8,16,32,64")
-    ap.add_argument("--new-tokens", type=int, default=None, help="default: 400 on CUDA, 96 on the CPU")
+    ap.add_argument("--batch-sizes", default=None, help="default: 1,2,4,8,16,32,64 on CUDA, 1,8 on the CPU")
+    ap.add_argument("--workload", choices=("edit30", "clone", "fixed"), default="edit30")
+    ap.add_argument("--cache-capacity", type=int, default=None, help="cache positions (default: the jobs' need)")
+    ap.add_argument("--fixed-prompt", type=int, default=500, help="prompt length of the fixed workload")
+    ap.add_argument("--new-tokens", type=int, default=96, help="tokens a row of the fixed workload")
+    ap.add_argument("--prefill", type=int, default=None, metavar="W", help="measure one W-id prefill and stop")
+    ap.add_argument("--compare", choices=("whole",), default=None, help="also attend over the whole cache")
     ap.add_argument("--no-cuda-graphs", action="store_true")
-    ap.add_argument("--no-baseline", action="store_true", help="skip the old loop")
-    ap.add_argument("--baseline-up-to", type=int, default=64, help="largest batch to run the old loop at")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     cuda = args.device.startswith("cuda")
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if cuda else torch.float32)
-    budget = args.new_tokens or (400 if cuda else 96)
-    short = 16
+    if not cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
     model = build(args.shape, args.device, dtype)
-    floor = weight_bytes(model) / copy_bandwidth(args.device)
-    rows = []
-    with torch.inference_mode():
-        for b in [int(x) for x in args.batch_sizes.split(",")]:
-            def new(js, b=b):
-                Decoder(NativeRunner(model, 8192), b, Sampling(), args.device, cuda_graphs=not args.no_cuda_graphs
-                        ).run(js)
-
-            def old(js):
-                legacy_run(js, model, args.device)
-
-            row = {"batch": b, "new_ms": 1000 * per_step(new, b, args.shape, budget, short, args.device)}
-            row["new_tokens_s"] = b / row["new_ms"] * 1000
-            row["floor_ratio"] = row["new_ms"] / 1000 / floor
-            if not args.no_baseline and b <= args.baseline_up_to:
-                row["old_ms"] = 1000 * per_step(old, b, args.shape, budget, short, args.device)
-                row["old_tokens_s"] = b / row["old_ms"] * 1000
-                row["speedup"] = row["old_ms"] / row["new_ms"]
-            if not cuda:
-                row["new_ops"], row["new_syncs"] = profile_counts(new, b, args.shape, budget // 2, short)
-                if "old_ms" in row:
-                    row["old_ops"], row["old_syncs"] = profile_counts(old, b, args.shape, budget // 2, short)
-            rows.append(row)
-            if not args.json:
-                print(_line(row), flush=True) if len(rows) > 1 else print(_header(cuda) + "\n" + _line(row), flush=True)
     meta = {"shape": args.shape, "device": args.device, "dtype": str(dtype).replace("torch.", ""),
-            "new_tokens": budget, "cuda_graphs": cuda and not args.no_cuda_graphs,
-            "floor_ms": round(floor * 1000, 3), "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if cuda else None}
+            "workload": args.workload, "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if cuda else None, "threads": torch.get_num_threads()}
+    if args.prefill:
+        out = {"meta": meta, "prefill": prefill_memory(model, args.prefill, args.device)}
+        print(json.dumps(out, indent=1) if args.json else out)
+        return
+    bandwidth = copy_bandwidth(args.device)
+    meta["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
+    sizes = args.batch_sizes or ("1,2,4,8,16,32,64" if cuda else "1,8")
+    rows = []
+    for b in [int(x) for x in sizes.split(",")]:
+        row = measure(model, b, args, args.device, bandwidth, whole=False)
+        if args.compare:
+            base = measure(model, b, args, args.device, bandwidth, whole=True)
+            row["whole_ms_per_step"] = base["ms_per_step"]
+            row["whole_task_tokens_per_s"] = base["task_tokens_per_s"]
+            row["speedup"] = base["ms_per_step"] / row["ms_per_step"]
+        rows.append(row)
+        if not args.json:
+            print((_header() + "\n" if len(rows) == 1 else "") + _line(row), flush=True)
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}, indent=1))
     else:
         print(f"\n{meta}")
-        one = next((r for r in rows if r["batch"] == 1), None)
-        eight = next((r for r in rows if r["batch"] == 8), None)
-        if one and eight:
-            print(f"batch 8 / batch 1 tokens/s: {eight['new_tokens_s'] / one['new_tokens_s']:.2f}x", end="")
-            if "new_ops" in one:
-                print(f"; ops a step, batch 8 / batch 1: {eight['new_ops'] / one['new_ops']:.2f}x", end="")
-            print()
 
 
-def _header(cuda: bool) -> str:
-    cols = "batch | new ms/step | new tok/s | x floor | old ms/step | old tok/s | speed-up"
-    return cols + ("" if cuda else " | new ops/step | new syncs/step | old ops/step | old syncs/step")
+def _header() -> str:
+    return ("batch | ms/step | task tok/s | occupancy | running | x floor | keys | graphs | captures (s) | "
+            "peak MiB | whole ms/step | speed-up | ops/step | syncs/step")
 
 
 def _line(r: dict) -> str:
     def f(key: str, fmt: str) -> str:
         return format(r[key], fmt) if key in r else "-"
 
-    out = (f"{r['batch']:>5} | {f('new_ms', '11.2f')} | {f('new_tokens_s', '9.0f')} | {f('floor_ratio', '7.1f')} | "
-           f"{f('old_ms', '11.2f')} | {f('old_tokens_s', '9.0f')} | {f('speedup', '7.1f')}x")
-    if "new_ops" in r:
-        out += (f" | {f('new_ops', '12.0f')} | {f('new_syncs', '14.3f')} | {f('old_ops', '12.0f')} | "
-                f"{f('old_syncs', '14.2f')}")
-    return out
+    keys = f"{r['keys'][0]}-{r['keys'][-1]}" if len(r["keys"]) > 1 else str(r["keys"][0])
+    return (f"{r['batch']:>5} | {f('ms_per_step', '7.2f')} | {f('task_tokens_per_s', '10.0f')} | "
+            f"{f('occupancy', '9.2f')} | {f('running_share', '7.2f')} | {f('x_floor', '7.2f')} | {keys} | "
+            f"{len(r['graphs'])} | {r['captures']} ({r['capture_s']:.2f}) | {r['peak_memory_bytes'] / 2**20:8.0f} | "
+            f"{f('whole_ms_per_step', '13.2f')} | {f('speedup', '7.2f')}x | {f('ops_per_step', '8.0f')} | "
+            f"{f('syncs_per_step', '10.3f')}")
 
 
 if __name__ == "__main__":

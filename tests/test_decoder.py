@@ -121,3 +121,108 @@ def test_slots_are_refilled_and_compacted_as_rows_end(endless):
         for j in alone:
             Decoder(NativeRunner(endless, 8192), 1, Sampling(), "cpu").run([j])
     assert [j.tokens for j in alone] == [j.tokens for j in jobs]
+
+
+# -- reading only live keys; prefill in chunks; one decoder kept across runs -------------------
+
+
+def _full_bias_decode(model, tokens, pos, cache):
+    """The step as it was: every row against the whole cache, one bias of the cache's length."""
+    return model.decode(tokens, pos, cache, cache.length)
+
+
+def test_attention_over_a_bucket_equals_attention_over_the_whole_cache(endless):
+    from editx_cli.engine.stepaudio.step1 import StaticCache
+
+    g = torch.Generator().manual_seed(3)
+    lengths = [70, 23, 51]
+    cache = StaticCache(endless.config, 3, 1024, "cpu", torch.float32)
+    with torch.no_grad():
+        rows = [torch.randint(65536, 70656, (n,), generator=g).tolist() for n in lengths]
+        width = max(lengths)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+        one_shot = endless.prefill(ids, [n - 1 for n in lengths], torch.arange(3), cache, chunk=width)
+        tokens, pos = torch.tensor([70000, 70001, 70002]), torch.tensor(lengths)
+        bucket = endless.decode(tokens, pos, cache, 128)
+        full = _full_bias_decode(endless, tokens, pos, cache)
+    assert (bucket - full).abs().max() <= 1e-5
+    # chunked prefill (13 positions a forward, into other slots of the same cache) equals one shot
+    cache2 = StaticCache(endless.config, 3, 1024, "cpu", torch.float32)
+    with torch.no_grad():
+        chunked = endless.prefill(ids, [n - 1 for n in lengths], torch.tensor([2, 0, 1]), cache2, chunk=13)
+    assert (chunked - one_shot).abs().max() <= 1e-5
+    for k in (cache2.k, cache2.v):
+        a = k[:, [2, 0, 1]]
+        b = (cache.k if k is cache2.k else cache.v)[:, :3]
+        for r, n in enumerate(lengths):
+            assert (a[:, r, :, :n] - b[:, r, :, :n]).abs().max() <= 1e-5
+
+
+def test_buckets_grow_by_at_most_half_and_end_at_the_cache_length():
+    from editx_cli.engine.stepaudio.decoder import buckets
+
+    b = buckets(8192)
+    assert b[:5] == [256, 384, 512, 768, 1024] and b[-1] == 8192
+    assert all(1 < y / x <= 1.5 for x, y in zip(b, b[1:], strict=False))
+    assert buckets(100) == [100]
+
+
+def test_one_decoder_serves_many_runs_with_one_cache(endless):
+    """Later runs reuse the cache (and, on CUDA, the graphs); a longer job grows it once; the
+    tokens are the same as from fresh decoders."""
+    decoder = Decoder(NativeRunner(endless, 8192), 4, Sampling(), "cpu")
+    figs, got = [], []
+    for budget in (20, 12, 1500, 30):
+        jobs = _jobs(5, budget)
+        with torch.inference_mode():
+            figs.append(decoder.run(jobs))
+        got.append([j.tokens for j in jobs])
+    assert [f.allocations for f in figs] == [1, 0, 1, 0]
+    assert [f.cache_length for f in figs] == [1024, 1024, 2048, 2048]
+    assert figs[2].keys[-1] > 1024 and figs[0].keys == [256]  # steps read the keys rows have
+    for budget, tokens in zip((20, 12, 1500, 30), got, strict=True):
+        fresh = _jobs(5, budget)
+        with torch.inference_mode():
+            Decoder(NativeRunner(endless, 8192), 4, Sampling(), "cpu").run(fresh)
+        assert [j.tokens for j in fresh] == tokens
+
+
+def test_newcomers_prefilled_in_chunks_beside_decoding_rows_change_no_token(endless):
+    """Prompts of several chunks, admitted while other rows decode, a share of the time at a
+    time; every task decodes as it does alone."""
+    runner = NativeRunner(endless, 8192)
+    runner.chunk = 16
+    budgets = [40, 12, 25, 9, 33, 18, 12, 27]
+    jobs = [Job(j.prompt, j.seed, b) for j, b in zip(_jobs(len(budgets), 1), budgets, strict=True)]
+    with torch.inference_mode():
+        fig = Decoder(runner, 4, Sampling(), "cpu").run(jobs)
+    assert fig.prefill_chunks >= 12 and fig.prefill_seconds > 0  # 3-5 chunks a prompt, some beside decoding
+    assert fig.task_tokens == sum(budgets) == fig.row_tokens
+    alone = [Job(j.prompt, j.seed, j.budget) for j in jobs]
+    with torch.inference_mode():
+        for j in alone:
+            Decoder(NativeRunner(endless, 8192), 1, Sampling(), "cpu").run([j])
+    assert [j.tokens for j in alone] == [j.tokens for j in jobs]
+
+
+class _Rehearsing(Decoder):
+    """Warms every new shape mid-run as a CUDA capture does (two steps, state put back)."""
+
+    def _graph(self, w, keys, fig):
+        if (w, keys) not in self.graphs:
+            self._warm(w, keys)
+            self.graphs[(w, keys)] = None
+        return None
+
+
+def test_warming_a_new_shape_mid_run_changes_no_token(endless):
+    budgets = [60, 8, 8, 8, 30, 8, 300]
+    make = lambda: [Job(j.prompt, j.seed, b, guidance=1.5 if i % 3 == 0 else 1.0,  # noqa: E731
+                        reference=j.prompt[:30]) for i, (j, b) in enumerate(zip(_jobs(7, 1), budgets, strict=True))]
+    plain, warmed = make(), make()
+    with torch.inference_mode():
+        Decoder(NativeRunner(endless, 8192), 4, Sampling(), "cpu").run(plain)
+        decoder = _Rehearsing(NativeRunner(endless, 8192), 4, Sampling(), "cpu")
+        decoder.run(warmed)
+    assert len(decoder.graphs) >= 3  # widths and key buckets changed during the run
+    assert [j.tokens for j in warmed] == [j.tokens for j in plain]

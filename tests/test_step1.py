@@ -67,11 +67,11 @@ def test_static_cache_prefill_and_decode_equal_a_full_pass(native):
         full, _ = native(torch.tensor([ids]), torch.ones(1, 40, dtype=torch.bool), all_logits=True)
         cache = StaticCache(native.config, 3, 64, "cpu", torch.float32)
         # two rows prefilled together into slots 2 and 0, right-padded to one width
-        first = native.prefill(torch.tensor([ids[:30], ids[:20] + [0] * 10]), torch.tensor([29, 19]),
+        first = native.prefill(torch.tensor([ids[:30], ids[:20] + [0] * 10]), [29, 19],
                                torch.tensor([2, 0]), cache)
         assert torch.allclose(first, full[0, [29, 19]], atol=1e-4)
         for i in range(30, 40):  # slot 2 decodes on; slots 0 and 1 take part with junk
-            step = native.decode(torch.tensor([5, 6, ids[i]]), torch.tensor([20, 0, i]), cache)
+            step = native.decode(torch.tensor([5, 6, ids[i]]), torch.tensor([20, 0, i]), cache, 64)
             assert torch.allclose(step[2], full[0, i], atol=1e-4), i
 
 

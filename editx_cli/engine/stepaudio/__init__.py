@@ -77,6 +77,7 @@ class StepAudioEngine(Engine):
         self.speaker_encoder = None
         self.max_batch = int(config.get("batch_size") or 8)
         self.slots = self.max_batch
+        self.decoder = None  # made on the first call, kept with its cache and graphs
         self.stats = DecodeStats()
         self.vocode_stats = VocodeStats()
 
@@ -419,25 +420,27 @@ class StepAudioEngine(Engine):
             f.write("".join(json.dumps(r) + "\n" for r in rows))
 
     def _decode(self, jobs: list, on_done=None) -> None:
-        """Decode every job through `max_batch` slots, longest budget first (the short ones fill
-        the slots at the end), on_done(job) as each finishes; on CUDA out-of-memory, halve the
-        slots and go on with the jobs that had not finished."""
+        """Decode every job through the engine's decoder (its cache and graphs kept from call to
+        call), longest budget first (the short ones fill the slots at the end), on_done(job) as
+        each finishes; on CUDA out-of-memory, halve the slots and go on with the jobs that had
+        not finished."""
         import torch
 
         from editx_cli.engine.stepaudio.decoder import Decoder
 
         todo = sorted(jobs, key=lambda j: j.budget, reverse=True)
         while todo:
-            decoder = Decoder(self.runner, self.max_batch, self.sampling, self.device, cuda_graphs=self.cuda_graphs,
-                              row_prefill=self.deterministic, full_window=self.deterministic)
+            if self.decoder is None:
+                self.decoder = Decoder(self.runner, self.max_batch, self.sampling, self.device,
+                                       cuda_graphs=self.cuda_graphs, deterministic=self.deterministic)
             t0 = time.perf_counter()
             try:
-                figures = decoder.run(todo, on_done)
+                figures = self.decoder.run(todo, on_done)
             except torch.cuda.OutOfMemoryError:
                 if self.max_batch == 1:
                     raise
-                del decoder
-                self.runner.close()
+                self.decoder.close()
+                self.decoder = None
                 torch.cuda.empty_cache()
                 self.max_batch //= 2
                 log.warning("GPU out of memory: going on with %d decoder slots", self.max_batch)
@@ -446,6 +449,11 @@ class StepAudioEngine(Engine):
             self.stats.add(todo, figures, time.perf_counter() - t0)
             self.slots = figures.slots
             return
+
+    def close(self) -> None:
+        if self.decoder is not None:
+            self.decoder.close()
+            self.decoder = None
 
     def _vocode(self, group: list[_Prepared], tasks: int) -> list[Result | Exception]:
         """The group's audio in one vocoder call (a task without audio tokens fails alone)."""
@@ -519,8 +527,13 @@ class DecodeStats:
         self.slot_steps = 0
         self.row_tokens = 0
         self.syncs = 0
+        self.allocations = 0
+        self.captures = 0
         self.capture_seconds = 0.0
-        self.graphs: set[int] = set()
+        self.prefill_seconds = 0.0
+        self.attention = ""
+        self.graphs: set[str] = set()
+        self.keys: set[int] = set()
         self.batch_sizes: Counter[int] = Counter()  # decoder slots -> calls
 
     def add(self, jobs: list, fig: Any, seconds: float) -> None:
@@ -532,8 +545,13 @@ class DecodeStats:
         self.slot_steps += fig.steps * fig.slots
         self.row_tokens += fig.row_tokens
         self.syncs += fig.syncs
+        self.allocations += fig.allocations
+        self.captures += fig.captures
         self.capture_seconds += fig.capture_seconds
+        self.prefill_seconds += fig.prefill_seconds
+        self.attention = fig.attention
         self.graphs.update(fig.graphs)
+        self.keys.update(fig.keys)
         self.batch_sizes[fig.slots] += 1
 
     def summary(self) -> dict[str, Any]:
@@ -547,8 +565,13 @@ class DecodeStats:
             "padding_waste": round(1 - self.prompt_tokens / self.padded_tokens, 4) if self.padded_tokens else None,
             "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
             "host_syncs_per_step": round(self.syncs / self.steps, 4) if self.steps else None,
-            "cuda_graphs": sorted(self.graphs),
+            "attention": self.attention,
+            "attended_keys": sorted(self.keys),
+            "cache_allocations": self.allocations,
+            "cuda_graphs": sorted(self.graphs, key=lambda g: tuple(map(int, g.split("x")))),
+            "graph_captures": self.captures,
             "graph_capture_seconds": round(self.capture_seconds, 3),
+            "prefill_beside_decode_seconds": round(self.prefill_seconds, 3),
         }
 
 

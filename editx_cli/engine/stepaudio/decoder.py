@@ -5,15 +5,31 @@ row and its reference row); then every step samples one token for every slot at
 once on the device (`generate.sample`) and feeds it back (`Step1.decode` over the
 static cache). Nothing is read back to the host on a step: every `SYNC_EVERY`
 steps one small transfer brings the rows' done flags and lengths, finished tasks
-leave, and queued tasks are prefilled into the freed slots, several at once. A
-row that ends between two syncs idles for at most SYNC_EVERY - 1 steps (its extra
-tokens are not recorded); at 41.7 tokens a second of speech a task is hundreds of
-steps long, so that costs under 2 % while the host never waits on the device
-inside the loop.
+leave, and queued tasks take the freed slots. A row that ends between two syncs
+idles for at most SYNC_EVERY - 1 steps (its extra tokens are not recorded); at
+41.7 tokens a second of speech a task is hundreds of steps long, so that costs
+under 2 % while the host never waits on the device inside the loop.
 
-The step has fixed shapes for a given number of rows, so on CUDA it is captured
-once per row count (powers of two up to the slot count) as a CUDA graph and
-replayed; near the end, rows are moved down so a smaller graph serves them.
+Newcomers' prompts are prefilled a chunk (`step1.PREFILL_CHUNK` positions) at a
+time between decode periods, taking at most `PREFILL_SHARE` of the time while
+most slots are decoding, so the running rows keep producing while the queue
+drains (vLLM's chunked prefill, between steps rather than inside them). A row
+being prefilled is idle in the steps and writes to a scratch position.
+
+A step attends over the first `keys` cache positions, `keys` the smallest of a
+few bucket lengths above the longest live row (`buckets`): a step reads the keys
+its rows have, not the cache's length. Buckets rather than FlexAttention: plain
+SDPA over a slice runs on every backend and device with no compiler, is captured
+in a CUDA graph as it is, and the per-step bias is the bucket's size; FlexAttention
+needs torch.compile (Triton, or a C++ toolchain on the CPU) and a block mask
+rebuilt from the lengths outside the graph. The cost is at most 1.5x the live keys
+and about two graph shapes per doubling of the length.
+
+On CUDA each (rows, keys) shape is captured as a graph the first time it is
+needed and replayed after; near the end, rows are moved down so a smaller graph
+serves them. The cache, the state and the graphs belong to the decoder, which an
+engine keeps for its life: later runs reuse them, growing the cache only when a
+longer job arrives.
 """
 
 from __future__ import annotations
@@ -32,35 +48,48 @@ log = logging.getLogger("editx")
 
 SYNC_EVERY = 8
 SYNC_LABEL = "editx::sync"  # profiler range around each device-to-host read
-PREFILL_TOKENS = 8192  # most prompt positions (rows x padded width) prefilled in one forward
+PREFILL_TOKENS = 8192  # most keys (rows x positions so far) one prefill forward attends over
+PREFILL_SHARE = 0.2  # of the time, for newcomers' prefill while most slots are decoding
+LENGTH_STEP = 1024  # the cache grows in steps of this many positions
 
 
 class NativeRunner:
     """The native Step1 over a static cache."""
 
+    attention = "sdpa over live-key buckets"
+
     def __init__(self, model: Any, window: int) -> None:
+        from editx_cli.engine.stepaudio.step1 import PREFILL_CHUNK
+
         self.model = model
         self.vocab = model.config.vocab_size
-        self.window = min(window, model.config.max_seq_len)
+        self.window = min(window, model.config.max_seq_len - 1)  # one position more is the scratch row
+        self.chunk = PREFILL_CHUNK
         self.can_capture = True
         self.cache = None
 
     def allocate(self, slots: int, length: int, device: str) -> None:
         from editx_cli.engine.stepaudio.step1 import StaticCache
 
-        self.cache = None  # free the last run's cache before allocating this one
+        self.cache = None  # free the old cache before allocating the new one
         self.cache = StaticCache(self.model.config, slots, length, device, self.model.lm_head.weight.dtype)
 
-    def prefill(self, rows: list[list[int]], slots: list[int], device: str) -> torch.Tensor:
-        width = max(len(r) for r in rows)
+    def prefill(self, rows: list[list[int]], slots: list[int], start: int,
+                device: str) -> tuple[list[int], torch.Tensor]:
+        """Positions start..start+chunk-1 of each row into its slot; the rows whose prompt ends
+        in this chunk (their indices) and the logits at their last position."""
+        width = min(self.chunk, max(len(r) for r in rows) - start)
         ids = torch.full((len(rows), width), PAD, dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-        last = torch.tensor([len(r) - 1 for r in rows], device=device)
-        return self.model.prefill(ids.to(device), last, torch.tensor(slots, device=device), self.cache)
+            part = r[start:start + width]
+            ids[i, : len(part)] = torch.tensor(part, dtype=torch.long)
+        h = self.model.extend(to_device(ids, device), start, to_device(torch.tensor(slots), device), self.cache)
+        ended = [i for i, r in enumerate(rows) if start <= len(r) - 1 < start + width]
+        at = [len(rows[i]) - 1 - start for i in ended]
+        return ended, self.model.lm_head(h[ended, at]).float()
 
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        return self.model.decode(tokens, pos, self.cache)
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, keys: int) -> torch.Tensor:
+        return self.model.decode(tokens, pos, self.cache, keys)
 
     def move(self, src: int, dst: int) -> None:
         self.cache.move(src, dst)
@@ -77,8 +106,11 @@ class UnpaddedRunner:
     every row runs alone over its whole sequence each step, so padding never reaches it.
     Slow; a comparison path."""
 
+    attention = "checkpoint code over each whole sequence"
+
     def __init__(self, model: Any, vocab: int, window: int) -> None:
         self.model, self.vocab, self.window = model, vocab, window
+        self.chunk = window  # a prompt in one piece: there is no cache to extend
         self.can_capture = False
         self.seqs: list[list[int] | None] = []
 
@@ -88,12 +120,13 @@ class UnpaddedRunner:
     def _logits(self, seq: list[int], device: str) -> torch.Tensor:
         return self.model(input_ids=torch.tensor([seq], device=device)).logits[0, -1].float()
 
-    def prefill(self, rows: list[list[int]], slots: list[int], device: str) -> torch.Tensor:
+    def prefill(self, rows: list[list[int]], slots: list[int], start: int,
+                device: str) -> tuple[list[int], torch.Tensor]:
         for row, s in zip(rows, slots, strict=True):
             self.seqs[s] = list(row)
-        return torch.stack([self._logits(r, device) for r in rows])
+        return list(range(len(rows))), torch.stack([self._logits(r, device) for r in rows])
 
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, keys: int) -> torch.Tensor:
         out = torch.zeros(len(tokens), self.vocab, device=tokens.device)
         for r, t in enumerate(tokens.tolist()):
             if self.seqs[r] is not None:
@@ -111,6 +144,24 @@ class UnpaddedRunner:
         self.seqs = []
 
 
+def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
+    """A host tensor onto the device without the host waiting: pinned, then an async copy."""
+    if device.startswith("cuda"):
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def buckets(length: int) -> list[int]:
+    """The key lengths a decode step may attend over: 256, 384, 512, 768, 1024, ... (alternately
+    x1.5 and x1.33), then the cache's length. A step reads at most 1.5x the keys its longest
+    row needs, with about two graph shapes per doubling of the length."""
+    out, b = [], 256
+    while b < length:
+        out.append(b)
+        b = b * 3 // 2 if b & (b - 1) == 0 else b * 4 // 3
+    return out + [length]
+
+
 @dataclass
 class Figures:
     """What one `Decoder.run` did, for the report and the benchmark."""
@@ -118,12 +169,21 @@ class Figures:
     slots: int = 0
     steps: int = 0
     row_tokens: int = 0  # tokens recorded over all rows (a guided task's two rows count twice)
+    task_tokens: int = 0  # tokens of the tasks (a guided task's two rows make one)
     syncs: int = 0
     prefill_rows: int = 0
     prefill_tokens: int = 0
     prefill_padded: int = 0
+    prefill_chunks: int = 0
+    prefill_seconds: float = 0.0  # prefill run while rows were decoding (device time)
+    decode_seconds: float = 0.0  # decode steps, sync to sync
+    allocations: int = 0  # static caches allocated (0: the last run's was reused)
+    captures: int = 0
     capture_seconds: float = 0.0
-    graphs: list[int] = field(default_factory=list)
+    cache_length: int = 0
+    attention: str = ""
+    graphs: list[str] = field(default_factory=list)  # "rows x keys" shapes replayed from CUDA graphs
+    keys: list[int] = field(default_factory=list)  # the key lengths the steps attended over
 
     @property
     def occupancy(self) -> float:
@@ -134,27 +194,37 @@ class Figures:
 class _Row:
     job: Job
     reference: bool  # the guidance reference row of a guided task
+    filled: bool = False  # its whole prompt is in the cache
+    offset: int = 0  # the next prompt position to prefill
+
+    @property
+    def ids(self) -> list[int]:
+        return self.job.reference if self.reference else self.job.prompt
 
 
 class Decoder:
-    """Decodes a queue of jobs through `slots` rows kept full."""
+    """Decodes queues of jobs through `slots` rows kept full, over one static cache and one
+    set of CUDA graphs kept from run to run (an engine makes one decoder)."""
 
     def __init__(self, runner: Any, slots: int, sampling: Sampling, device: str, *, cuda_graphs: bool = False,
-                 row_prefill: bool = False, full_window: bool = False) -> None:
-        """`row_prefill`: prefill each prompt alone and `full_window`: size the cache to the
-        model's window whatever the jobs: both keep a row's arithmetic independent of the
-        other rows (used with --deterministic)."""
+                 deterministic: bool = False) -> None:
+        """`deterministic`: prefill each prompt alone and attend over the whole cache, sized to
+        the model's window whatever the jobs: a row's arithmetic is then independent of the
+        other rows (--deterministic), at the cost of reading every key each step."""
         self.runner, self.slots, self.sampling, self.device = runner, max(1, slots), sampling, device
         self.cuda_graphs = cuda_graphs and runner.can_capture and device.startswith("cuda")
-        self.row_prefill, self.full_window = row_prefill, full_window
+        self.deterministic = deterministic
+        self.length = 0  # positions per slot in the cache (0: none allocated); one more is scratch
+        self.graphs: dict[tuple[int, int], Any] = {}
+        self.pool = None
 
-    # -- the step (captured as a CUDA graph per width) ------------------------------------
+    # -- the step (captured as a CUDA graph per rows x keys) ---------------------------------
 
-    def _step(self, w: int) -> None:
+    def _step(self, w: int, keys: int) -> None:
         live = ~self.done[:w]
-        at = self.step[:w].clamp(max=self.max_budget - 1)[:, None]
+        at = self.step[:w].clamp(max=self.length - 1)[:, None]
         uniform = self.uniforms[:w].gather(1, at)[:, 0]
-        token = sample(self.logits[:w], self.partner[:w] if self.guided else None, self.weight[:w],
+        token = sample(self.logits[:w], self.partner[:w], self.weight[:w],
                        self.history[:w], self.seen[:w], uniform, self.sampling)
         token = token.index_select(0, self.owner[:w])  # a reference row takes its task's token
         self.tokens[:w].scatter_(1, at, torch.where(live, token, self.tokens[:w].gather(1, at)[:, 0])[:, None])
@@ -162,104 +232,158 @@ class Decoder:
         self.seen[:w] += 1
         self.step[:w] += live
         self.done[:w] |= live & ((token == EOS) | (self.step[:w] >= self.budget[:w]))
-        self.logits[:w] = self.runner.decode(token, self.pos[:w])
-        self.pos[:w] = (self.pos[:w] + 1).clamp(max=self.length - 1)
+        self.logits[:w] = self.runner.decode(token, self.pos[:w], keys)
+        self.pos[:w] = (self.pos[:w] + live).clamp(max=self.length)  # an ended row stays where it was
 
-    def _capture(self, widths: list[int]) -> dict[int, Any]:
-        """One CUDA graph per width, captured while every slot is empty (the warm-up steps
-        touch only dead rows, whose state admission resets)."""
-        graphs: dict[int, Any] = {}
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for w in widths:
-                for _ in range(2):
-                    self._step(w)
-        torch.cuda.current_stream().wait_stream(side)
-        pool = None
-        for w in sorted(widths, reverse=True):  # the largest first, the others reuse its memory pool
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                self._step(w)
-            pool = g.pool()
-            graphs[w] = g
-        torch.cuda.synchronize()
-        return graphs
+    def _state(self) -> tuple[torch.Tensor, ...]:
+        return (self.logits, self.tokens, self.uniforms, self.history, self.step, self.budget, self.pos,
+                self.seen, self.done, self.partner, self.owner, self.weight)
+
+    def _warm(self, w: int, keys: int) -> None:
+        """Two steps of this shape (allocations, library handles) with the decoder's state put back
+        after: rows that are decoding go on as if nothing ran. The keys the steps wrote are
+        written again, identically, by the real steps before any query reads them."""
+        saved = [t.clone() for t in self._state()]
+        for _ in range(2):
+            self._step(w, keys)
+        for t, old in zip(self._state(), saved, strict=True):
+            t.copy_(old)
+
+    def _graph(self, w: int, keys: int, fig: Figures) -> Any:
+        """The CUDA graph of this shape, captured the first time it is needed, then kept (graphs
+        share one memory pool: only one ever runs at a time)."""
+        if not self.cuda_graphs:
+            return None
+        if (w, keys) not in self.graphs:
+            t0 = time.perf_counter()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            try:
+                with torch.cuda.stream(side):
+                    self._warm(w, keys)
+                torch.cuda.current_stream().wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=self.pool):
+                    self._step(w, keys)
+                self.pool = graph.pool()
+                self.graphs[(w, keys)] = graph
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:  # an op that cannot be captured (4-bit kernels?): run eagerly
+                log.warning("CUDA graph capture failed, decoding eagerly: %s", str(e).splitlines()[0])
+                self.cuda_graphs = False
+                return None
+            torch.cuda.synchronize()
+            fig.captures += 1
+            fig.capture_seconds += time.perf_counter() - t0
+        return self.graphs[(w, keys)]
 
     # -- the loop --------------------------------------------------------------------------
 
     @torch.inference_mode()
     def run(self, jobs: list[Job], on_done=None) -> Figures:
         """Decode every job to its end-of-turn or its budget; fills `job.tokens`, and calls
-        on_done(job) as each finishes (the vocoder takes it from there while decoding goes on)."""
-        fig = Figures()
+        on_done(job) as each finishes (the vocoder takes it from there while decoding goes on).
+
+        Newcomers' prompts are prefilled a chunk at a time between decode periods, within a
+        share of the time (`PREFILL_SHARE`) while most slots are decoding, so running rows
+        keep producing while the queue drains; at full speed while most slots are empty."""
+        fig = Figures(attention=self.runner.attention)
         if not jobs:
             return fig
-        need = max(2 if j.guided else 1 for j in jobs)
-        slots = max(self.slots, need)
-        rows_of = {id(j): [j.prompt, j.reference] if j.guided else [j.prompt] for j in jobs}
-        if self.full_window:
-            length = self.runner.window
-        else:  # the longest row the jobs can make, rounded up
-            longest = max(len(r) + j.budget for j in jobs for r in rows_of[id(j)])
-            length = min(-(-longest // 64) * 64, self.runner.window)
-        self.length, self.max_budget = length, max(j.budget for j in jobs)
-        self.guided = any(j.guided for j in jobs)
-        self._allocate(slots, length)
-        fig.slots = slots
-        widths = sorted({min(2**i, slots) for i in range(slots.bit_length() + 1)})
-        graphs: dict[int, Any] = {}
-        if self.cuda_graphs:
-            t0 = time.perf_counter()
-            try:
-                graphs = self._capture(widths)
-            except torch.cuda.OutOfMemoryError:
-                raise
-            except Exception as e:  # an op that cannot be captured (4-bit kernels?): run eagerly
-                log.warning("CUDA graph capture failed, decoding eagerly: %s", str(e).splitlines()[0])
-                self.done.fill_(True)
-            fig.capture_seconds = time.perf_counter() - t0
-            fig.graphs = sorted(graphs)
-
+        self._reserve(jobs, fig)
+        fig.slots, fig.cache_length = self.slots, self.length
+        widths = sorted({min(2**i, self.slots) for i in range(self.slots.bit_length() + 1)})
+        sizes = [self.length] if self.deterministic else buckets(self.length)
+        used: set[tuple[int, int]] = set()
         queue = deque(jobs)
-        self.rows: list[_Row | None] = [None] * slots
+        self.rows: list[_Row | None] = [None] * self.slots
+        self.done.fill_(True)
+        self.pos.fill_(self.length)
+        self.steps_seen = [0] * self.slots  # each row's steps at the last sync
+        credit = 0.0  # seconds of prefill earned by decode periods while newcomers wait
         self._admit(queue, fig)
         while any(self.rows):
-            w = next(x for x in widths if x > max(i for i, r in enumerate(self.rows) if r))
+            live = [s for s, r in enumerate(self.rows) if r and r.filled]
+            if len(live) * 2 < self.slots:  # most slots idle: fill them at full speed
+                self._fill(fig, chunks=None)
+                if not live:
+                    continue
+            elif any(r and not r.filled for r in self.rows):
+                if credit > 0:
+                    credit -= self._fill(fig, chunks=1)
+            else:
+                credit = 0.0
+            live = [s for s, r in enumerate(self.rows) if r and r.filled]
+            w = next(x for x in widths if x > max(live))
+            need = max(len(self.rows[s].ids) + self.steps_seen[s] + SYNC_EVERY for s in live)
+            keys = next(k for k in sizes if k >= min(need, self.length))
+            used.add((w, keys))
+            graph = self._graph(w, keys, fig)
+            t0 = time.perf_counter()
             for _ in range(SYNC_EVERY):
-                if w in graphs:
-                    graphs[w].replay()
+                if graph is not None:
+                    graph.replay()
                 else:
-                    self._step(w)
+                    self._step(w, keys)
             fig.steps += SYNC_EVERY
             with torch.profiler.record_function(SYNC_LABEL):  # the one read-back per SYNC_EVERY steps
                 flags = torch.stack([self.done[:w].long(), self.step[:w]]).cpu().tolist()
             fig.syncs += 1
-            ended = [s for s in range(w) if self.rows[s] and not self.rows[s].reference and flags[0][s]]
-            if ended:
-                with torch.profiler.record_function(SYNC_LABEL):
-                    got = self.tokens[ended].cpu().tolist()
-                for s, toks in zip(ended, got, strict=True):
-                    job = self.rows[s].job
-                    job.tokens = toks[: flags[1][s]]
-                    if on_done is not None:
-                        on_done(job)
-                    for r in range(slots):
-                        if self.rows[r] and self.rows[r].job is job:
-                            self.rows[r] = None
-                            self.runner.release(r)
-                            fig.row_tokens += len(job.tokens)
+            period = time.perf_counter() - t0
+            fig.decode_seconds += period
+            credit += period * PREFILL_SHARE / (1 - PREFILL_SHARE)
+            for s in live:
+                self.steps_seen[s] = flags[1][s]
+            self._finish([s for s in live if not self.rows[s].reference and flags[0][s]], flags[1], fig, on_done)
             self._compact(widths)
             self._admit(queue, fig)
-        self.runner.close()
+        fig.graphs = sorted(f"{w}x{k}" for w, k in used if (w, k) in self.graphs)
+        fig.keys = sorted({k for _, k in used})
         return fig
 
-    def _allocate(self, slots: int, length: int) -> None:
+    def _finish(self, ended: list[int], steps: list[int], fig: Figures, on_done) -> None:
+        """Hand over the tasks whose rows ended and free their slots."""
+        if not ended:
+            return
+        with torch.profiler.record_function(SYNC_LABEL):
+            got = self.tokens[ended].cpu().tolist()
+        for s, toks in zip(ended, got, strict=True):
+            job = self.rows[s].job
+            job.tokens = toks[: steps[s]]
+            fig.task_tokens += len(job.tokens)
+            if on_done is not None:
+                on_done(job)
+            for r, row in enumerate(self.rows):
+                if row and row.job is job:
+                    self.rows[r] = None
+                    self.runner.release(r)
+                    fig.row_tokens += len(job.tokens)
+
+    def _reserve(self, jobs: list[Job], fig: Figures) -> None:
+        """A cache and state big enough for these jobs: the one already made when it is (its
+        graphs with it), else a new one (growing in steps of LENGTH_STEP positions)."""
+        slots = max(self.slots, *(2 if j.guided else 1 for j in jobs))
+        longest = max(len(r) + j.budget for j in jobs for r in ([j.prompt, j.reference] if j.guided else [j.prompt]))
+        self.reserve(longest, slots, fig)
+
+    def reserve(self, positions: int, slots: int = 0, fig: Figures | None = None) -> None:
+        """Make the cache hold `positions` a row (rounded up) in at least `slots` slots, unless it
+        already does (a server can size it once for its longest request)."""
+        slots = max(slots, self.slots)
+        if self.deterministic:
+            length = self.runner.window
+        else:
+            length = min(max(-(-positions // LENGTH_STEP) * LENGTH_STEP, self.length), self.runner.window)
+        if self.length >= length and self.slots >= slots:
+            return
+        self.graphs, self.pool = {}, None
+        self.slots, self.length = slots, length
         dev, window = self.device, max(1, self.sampling.repetition_window)
-        self.runner.allocate(slots, length, dev)
+        self.runner.allocate(slots, length + 1, dev)  # position `length`: where idle rows write
         self.logits = torch.zeros(slots, self.runner.vocab, device=dev)
-        self.tokens = torch.zeros(slots, self.max_budget, dtype=torch.long, device=dev)
-        self.uniforms = torch.zeros(slots, self.max_budget, device=dev)
+        self.tokens = torch.zeros(slots, length, dtype=torch.long, device=dev)
+        self.uniforms = torch.zeros(slots, length, device=dev)
         self.history = torch.zeros(slots, window, dtype=torch.long, device=dev)
         self.step, self.budget, self.pos, self.seen = (torch.zeros(slots, dtype=torch.long, device=dev)
                                                        for _ in range(4))
@@ -267,9 +391,19 @@ class Decoder:
         self.partner = torch.arange(slots, device=dev)
         self.owner = torch.arange(slots, device=dev)
         self.weight = torch.ones(slots, device=dev)
+        if fig is not None:
+            fig.allocations += 1
+
+    def close(self) -> None:
+        """Free the cache, the state and the graphs (the engine is being released)."""
+        self.graphs, self.pool, self.length = {}, None, 0
+        for name in ("logits", "tokens", "uniforms", "history", "step", "budget", "pos", "seen", "done",
+                     "partner", "owner", "weight"):
+            self.__dict__.pop(name, None)
+        self.runner.close()
 
     def _admit(self, queue: deque, fig: Figures) -> None:
-        """Prefill queued jobs into free slots (lowest first), several prompts per forward."""
+        """Give queued jobs the free slots (lowest first); their prompts wait to be prefilled."""
         free = [s for s, r in enumerate(self.rows) if r is None]
         new: list[tuple[int, _Row]] = []
         while queue and len(free) >= (2 if queue[0].guided else 1):
@@ -282,52 +416,85 @@ class Decoder:
         for s, row in new:
             self.rows[s] = row
         self._set_state(new)
-        # Prefill in groups of similar length, at most PREFILL_TOKENS padded positions each.
-        order = sorted(new, key=lambda sr: len(self._ids(sr[1])))
-        group: list[tuple[int, _Row]] = []
-        for item in order:
-            width = len(self._ids(item[1]))
-            if group and (self.row_prefill or width * (len(group) + 1) > PREFILL_TOKENS):
-                self._prefill(group, fig)
-                group = []
-            group.append(item)
-        self._prefill(group, fig)
 
-    @staticmethod
-    def _ids(row: _Row) -> list[int]:
-        return row.job.reference if row.reference else row.job.prompt
+    def _fill(self, fig: Figures, chunks: int | None) -> float:
+        """Prefill waiting prompts, `chunks` forwards (None: all of them), rows at the same offset
+        and of similar lengths together, at most PREFILL_TOKENS positions of keys a forward;
+        start the tasks whose rows are all in. Returns the seconds it took on the device."""
+        t0 = time.perf_counter()
+        done = 0
+        while chunks is None or done < chunks:
+            # the rows furthest along first (they start soonest), similar lengths together
+            waiting = sorted((-r.offset, len(r.ids), s) for s, r in enumerate(self.rows) if r and not r.filled)
+            if not waiting:
+                break
+            offset = -waiting[0][0]
+            group: list[int] = []
+            for o, n, s in waiting:
+                if -o != offset or (group and (self.deterministic or
+                                              (len(group) + 1) * min(n, offset + self.runner.chunk) > PREFILL_TOKENS)):
+                    break
+                group.append(s)
+            rows = [self.rows[s].ids for s in group]
+            ended, logits = self.runner.prefill(rows, group, offset, self.device)
+            if ended:
+                self.logits[to_device(torch.tensor([group[i] for i in ended]), self.device)] = logits
+            width = min(self.runner.chunk, max(map(len, rows)) - offset)
+            for i, s in enumerate(group):
+                self.rows[s].offset += width
+                self.rows[s].filled = i in ended
+            fig.prefill_chunks += 1
+            fig.prefill_tokens += sum(max(0, min(width, len(r) - offset)) for r in rows)
+            fig.prefill_padded += len(rows) * width
+            fig.prefill_rows += len(ended)
+            done += 1
+            self._start([s for i, s in enumerate(group) if i in ended])
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()  # so the time is the device's
+        seconds = time.perf_counter() - t0
+        if any(r and r.filled for r in self.rows):
+            fig.prefill_seconds += seconds
+        return seconds
 
-    def _prefill(self, group: list[tuple[int, _Row]], fig: Figures) -> None:
-        rows = [self._ids(r) for _, r in group]
-        slots = [s for s, _ in group]
-        logits = self.runner.prefill(rows, slots, self.device)
-        self.logits[torch.tensor(slots, device=self.device)] = logits
-        fig.prefill_rows += len(rows)
-        fig.prefill_tokens += sum(map(len, rows))
-        fig.prefill_padded += len(rows) * max(map(len, rows))
+    def _start(self, filled: list[int]) -> None:
+        """Rows whose tasks have every row in the cache start decoding (a guided task's two rows
+        start together: each step reads both)."""
+        ready = []
+        for s in filled:
+            job = self.rows[s].job
+            mine = [r for r, row in enumerate(self.rows) if row and row.job is job]
+            if all(self.rows[r].filled for r in mine):
+                ready += [r for r in mine if r not in ready]
+        if not ready:
+            return
+        for s in ready:
+            self.steps_seen[s] = 0
+        at = to_device(torch.tensor(ready), self.device)
+        self.pos[at] = to_device(torch.tensor([len(self.rows[s].ids) for s in ready]), self.device)
+        self.done[at] = False
 
     def _set_state(self, new: list[tuple[int, _Row]]) -> None:
-        """Reset the slots' per-row state for their new rows (host-built, copied in at once)."""
+        """Reset the slots' per-row state for their new rows (host-built, copied in at once); they
+        stay idle, writing to the scratch position, until their prompts are in."""
         window = self.history.shape[1]
-        slots = torch.tensor([s for s, _ in new], device=self.device)
-        hist, seen, budget, pos, uni = [], [], [], [], []
+        hist, seen, budget, uni = [], [], [], []
         for _, r in new:
             prompt = r.job.prompt  # the repetition window runs over the task's own sequence
             hist.append(([0] * window + prompt)[-window:])
             seen.append(len(prompt))
             budget.append(r.job.budget)
-            pos.append(len(self._ids(r)))
-            u = torch.zeros(self.max_budget)
+            u = torch.zeros(self.length)
             u[: r.job.budget] = r.job.uniforms()
             uni.append(u)
         dev = self.device
-        self.history[slots] = torch.tensor(hist, device=dev)
-        self.seen[slots] = torch.tensor(seen, device=dev)
-        self.budget[slots] = torch.tensor(budget, device=dev)
-        self.pos[slots] = torch.tensor(pos, device=dev)
-        self.uniforms[slots] = torch.stack(uni).to(dev)
+        slots = to_device(torch.tensor([s for s, _ in new]), dev)
+        self.history[slots] = to_device(torch.tensor(hist), dev)
+        self.seen[slots] = to_device(torch.tensor(seen), dev)
+        self.budget[slots] = to_device(torch.tensor(budget), dev)
+        self.uniforms[slots] = to_device(torch.stack(uni), dev)
+        self.pos[slots] = self.length
         self.step[slots] = 0
-        self.done[slots] = False
+        self.done[slots] = True
         self._link()
 
     def _link(self) -> None:
@@ -341,17 +508,18 @@ class Decoder:
                     owner[s] = slot_of[(id(r.job), False)]
                 else:
                     partner[s], weight[s] = slot_of[(id(r.job), True)], r.job.guidance
-        self.owner.copy_(torch.tensor(owner))
-        self.partner.copy_(torch.tensor(partner))
-        self.weight.copy_(torch.tensor(weight))
+        self.owner.copy_(to_device(torch.tensor(owner), self.device), non_blocking=True)
+        self.partner.copy_(to_device(torch.tensor(partner), self.device), non_blocking=True)
+        self.weight.copy_(to_device(torch.tensor(weight), self.device), non_blocking=True)
 
     def _compact(self, widths: list[int]) -> None:
-        """Move rows down when the busy ones would fit a smaller width (fewer rows per step)."""
+        """Move decoding rows down when the busy slots would fit a smaller width (fewer rows a
+        step); rows still being prefilled stay where they are."""
         busy = [s for s, r in enumerate(self.rows) if r]
         if not busy:
             return
         target = next(x for x in widths if x >= len(busy))
-        movers = [s for s in busy if s >= target]
+        movers = [s for s in busy if s >= target and self.rows[s].filled]
         if not movers:
             return
         free = [s for s in range(target) if self.rows[s] is None]
@@ -361,6 +529,8 @@ class Decoder:
             for t in state:
                 t[dst] = t[src]
             self.done[src] = True
+            self.pos[src] = self.length
             self.runner.move(src, dst)
             self.rows[dst], self.rows[src] = self.rows[src], None
+            self.steps_seen[dst] = self.steps_seen[src]
         self._link()

@@ -9,11 +9,19 @@ on i - j), which is what makes batches of different lengths correct.
 Two ways to run it:
 - `forward(ids, key_mask, past)`: whole sequences with a growing cache; the
   plain reference path (tests, the conformance suite, the old decode loop).
-- `prefill(...)` / `decode(...)` over a `StaticCache`: preallocated slots written
+- `extend(...)` / `decode(...)` over a `StaticCache`: preallocated slots written
   in place, each slot holding one sequence from position 0, so no padding mask is
   needed and nothing is copied when a row ends. Attention runs on the key/value
   groups directly: with one query per step, the heads a group serves are folded
   into the query axis, so every SDPA backend takes it without repeating keys.
+
+Both read only the keys that can matter. A prompt is run in chunks of at most
+`PREFILL_CHUNK` positions, each against the keys before it, so prefill memory
+grows with the prompt's length, not its square (a one-shot W x W bias is 30 GB
+near W = 8,192 at the released shape). A decode step attends over the first
+`keys` positions of the cache, which the caller sets to a bucket just above the
+longest live row (see decoder.py); its bias is (rows, heads, keys), never the
+cache's length.
 """
 
 from __future__ import annotations
@@ -29,6 +37,10 @@ from torch import nn
 from torch.nn import functional as F
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+# Positions a prefill forward takes at once: bias and scores stay rows x heads x 256 x keys,
+# and at 256 a forward of the 3B shape is already as long on compute as on reading weights.
+PREFILL_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -127,10 +139,12 @@ class Attention(nn.Module):
 
     def forward_static(self, x: torch.Tensor, bias: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
                        slots: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
-        """Attention that writes this call's keys/values into the static cache in place.
+        """Attention that writes this call's keys/values into the static cache in place, then
+        attends over the first `bias.shape[-1]` positions of the rows' cache.
 
-        Prefill (`slots` given): rows start at position 0 and attend to their own new keys.
-        Decode (`slots` None): row r is slot r, one query at `pos[r]`, attending to the cache.
+        Prefill (`slots` given): the rows in cache `slots`, queries at positions `pos` (rows, s),
+        against their keys so far (earlier chunks and this one).
+        Decode (`slots` None): row r is slot r, one query at `pos[r]`.
         `bias` is (rows or 1, groups, rep * s, keys), the head-folded layout of `fold`.
         """
         b, s, _ = x.shape
@@ -142,11 +156,12 @@ class Attention(nn.Module):
         where = (rows[:, None, None], g[None, None, :], pos[:, :, None])  # (b, s, groups)
         cache_k.index_put_(where, k)
         cache_v.index_put_(where, v)
-        if slots is not None:
-            keys, values = k.transpose(1, 2), v.transpose(1, 2)
+        keys = bias.shape[-1]
+        if slots is not None:  # only the positions this chunk can see are gathered
+            keys_, values = cache_k[:, :, :keys].index_select(0, slots), cache_v[:, :, :keys].index_select(0, slots)
         else:
-            keys, values = cache_k[:b, :, : bias.shape[-1]], cache_v[:b, :, : bias.shape[-1]]
-        out = F.scaled_dot_product_attention(fold(q, self.groups), keys, values, attn_mask=bias)
+            keys_, values = cache_k[:b, :, :keys], cache_v[:b, :, :keys]
+        out = F.scaled_dot_product_attention(fold(q, self.groups), keys_, values, attn_mask=bias)
         return self.o_proj(unfold(out, self.groups, s))
 
 
@@ -243,33 +258,45 @@ class Step1ForCausalLM(nn.Module):
     def folded_bias(self, q_pos: torch.Tensor, keys: int, dtype: torch.dtype) -> torch.Tensor:
         """The ALiBi-sqrt causal bias for queries at positions `q_pos` (rows, s) against key
         positions 0..keys-1 of the same sequence, in the head-folded layout of `fold`:
-        (rows, groups, rep * s, keys)."""
-        dist = (q_pos[:, :, None] - torch.arange(keys, device=q_pos.device)).to(torch.float32)
-        bias = -self.slopes[None, :, None, None] * dist.clamp(min=0).sqrt()[:, None]  # (rows, heads, s, keys)
-        bias = bias.masked_fill((dist < 0)[:, None], float("-inf"))
+        (rows, groups, rep * s, keys). Built in place: one float32 tensor of that size."""
+        dist = (q_pos[:, None, :, None] - torch.arange(keys, device=q_pos.device)).to(torch.float32)
+        future = dist < 0
+        bias = dist.clamp_(min=0).sqrt_().mul(-self.slopes[None, :, None, None])  # (rows, heads, s, keys)
+        bias.masked_fill_(future, float("-inf"))
         rows, s = q_pos.shape
         return bias.to(dtype).view(rows, self.config.num_attention_groups, -1, keys)
 
-    def prefill(self, input_ids: torch.Tensor, last: torch.Tensor, slots: torch.Tensor,
-                cache: StaticCache) -> torch.Tensor:
-        """Run right-padded prompts (rows, width) into cache `slots` from position 0; return the
-        logits (rows, vocab) at each row's last real position `last`. Padding sits after a
-        row's tokens, so no real query sees it; its cache entries are overwritten by the
-        decode steps before any query reaches them."""
+    def extend(self, input_ids: torch.Tensor, start: int, slots: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        """Run positions start..start+s-1 of the rows in cache `slots` (whose positions before
+        `start` are already there) and return their final hidden states (rows, s, hidden).
+        Rows are right-padded: a padded position sits after every real one of its row, so no
+        real query sees it, and the decode steps overwrite it before any query reaches it."""
         rows, width = input_ids.shape
-        pos = torch.arange(width, device=input_ids.device).expand(rows, width)
-        bias = self.folded_bias(pos[:1], width, cache.k.dtype)
+        pos = torch.arange(start, start + width, device=input_ids.device)
+        bias = self.folded_bias(pos[None], start + width, cache.k.dtype)
         x = self.model.embed_tokens(input_ids)
         for i, layer in enumerate(self.model.layers):
-            x = layer.forward_static(x, bias, cache.k[i], cache.v[i], slots, pos)
-        h = x[torch.arange(rows, device=x.device), last]
-        return self.lm_head(self.model.norm(h)).float()
+            x = layer.forward_static(x, bias, cache.k[i], cache.v[i], slots, pos.expand(rows, width))
+        return self.model.norm(x)
 
-    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: StaticCache) -> torch.Tensor:
-        """One step for slots 0..rows-1: token `tokens[r]` at position `pos[r]`; logits (rows, vocab).
-        Fixed shapes whatever the positions (keys span the whole cache), so it can be
-        captured once per row count in a CUDA graph."""
-        bias = self.folded_bias(pos[:, None], cache.length, cache.k.dtype)
+    def prefill(self, input_ids: torch.Tensor, last: list[int], slots: torch.Tensor, cache: StaticCache,
+                chunk: int = PREFILL_CHUNK) -> torch.Tensor:
+        """Run right-padded prompts (rows, width) into cache `slots` from position 0, `chunk`
+        positions a forward; return the logits (rows, vocab) at each row's last real position."""
+        rows, width = input_ids.shape
+        out = torch.empty(rows, self.config.hidden_size, device=input_ids.device, dtype=cache.k.dtype)
+        for start in range(0, width, chunk):
+            h = self.extend(input_ids[:, start:start + chunk], start, slots, cache)
+            for r, end in enumerate(last):
+                if start <= end < start + chunk:
+                    out[r] = h[r, end - start]
+        return self.lm_head(out).float()
+
+    def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: StaticCache, keys: int) -> torch.Tensor:
+        """One step for slots 0..rows-1: token `tokens[r]` at position `pos[r]`, attending over
+        cache positions 0..keys-1 (every live row's `pos` below `keys`); logits (rows, vocab).
+        Fixed shapes for given rows and keys, so it can be captured as a CUDA graph."""
+        bias = self.folded_bias(pos[:, None], keys, cache.k.dtype)
         x = self.model.embed_tokens(tokens[:, None])
         for i, layer in enumerate(self.model.layers):
             x = layer.forward_static(x, bias, cache.k[i], cache.v[i], None, pos[:, None])
