@@ -46,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from editx_cli.engine.stepaudio.decoder import SYNC_LABEL, Decoder, NativeRunner  # noqa: E402
+from editx_cli.engine.stepaudio.decoder import SYNC_EVERY, SYNC_LABEL, Decoder, NativeRunner  # noqa: E402
 from editx_cli.engine.stepaudio.generate import EOS, Job, Sampling  # noqa: E402
 from editx_cli.engine.stepaudio.step1 import StaticCache, Step1Config, Step1ForCausalLM, alibi_slopes  # noqa: E402
 
@@ -174,8 +174,12 @@ class PeakRss:
         return self.peak - self.base
 
 
-def run_once(model, slots: int, args, device: str, whole: bool, decoder=None):
+def run_once(model, slots: int, args, device: str, whole: bool, decoder=None, cap: int | None = None):
+    """The workload through a decoder (a new one when none is given); `cap`: the same prompts,
+    at most that many tokens each (the warm-up, and the profiler's short runs)."""
     jobs, longest = workload(args.workload, slots, fixed_prompt=args.fixed_prompt, fixed_budget=args.new_tokens)
+    if cap:
+        jobs = [Job(j.prompt, j.seed, min(j.budget, cap), j.guidance, j.reference) for j in jobs]
     capacity = args.cache_capacity or longest
     if decoder is None:
         decoder = Decoder(NativeRunner(model, capacity if whole else 8192), slots, Sampling(), device,
@@ -191,7 +195,7 @@ def run_once(model, slots: int, args, device: str, whole: bool, decoder=None):
 
 
 def measure(model, slots: int, args, device: str, bandwidth: float, whole: bool) -> dict:
-    decoder, _, _, _ = run_once(model, slots, args, device, whole)  # warm: allocations, captures
+    decoder, _, _, _ = run_once(model, slots, args, device, whole, cap=4 * SYNC_EVERY)  # allocations, graphs
     with PeakRss() as rss:
         _, jobs, fig, wall = run_once(model, slots, args, device, whole, decoder)
     cfg, elem = model.config, model.lm_head.weight.element_size()
@@ -199,8 +203,9 @@ def measure(model, slots: int, args, device: str, bandwidth: float, whole: bool)
     row = {
         "batch": slots, "workload": args.workload, "tasks": len(jobs),
         "ms_per_step": 1000 * fig.decode_seconds / fig.steps,
-        "task_tokens_per_s": fig.task_tokens / wall,
-        "row_tokens_per_s": fig.row_tokens / wall,
+        # over the whole run (prefill and admissions in), captures apart
+        "task_tokens_per_s": fig.task_tokens / (wall - fig.capture_seconds),
+        "row_tokens_per_s": fig.row_tokens / (wall - fig.capture_seconds),
         "occupancy": fig.occupancy,
         "running_share": fig.decode_seconds / (fig.decode_seconds + fig.prefill_seconds),
         "prefill_s": fig.prefill_seconds, "wall_s": wall,
@@ -216,18 +221,24 @@ def measure(model, slots: int, args, device: str, bandwidth: float, whole: bool)
 
 
 def profile_counts(model, slots: int, args, device: str, whole: bool, decoder) -> tuple[float, float]:
-    """Torch ops and host syncs per decode step (CPU profiler over a whole run)."""
+    """Torch ops and host syncs per decode step (CPU profiler): the difference between runs of
+    the same tasks capped at 48 and at 16 tokens, over the difference in steps (so the prompts'
+    prefill cancels out; a profile of a whole run would hold millions of events)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        _, _, fig, _ = run_once(model, slots, args, device, whole, decoder)
-    ops = syncs = 0
-    for e in prof.key_averages():
-        if e.key.startswith("aten::"):
-            ops += e.count
-        if e.key in ("aten::_local_scalar_dense", SYNC_LABEL):
-            syncs += e.count
-    return ops / fig.steps, syncs / fig.steps
+    def counts(cap: int) -> tuple[int, int, int]:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            _, _, fig, _ = run_once(model, slots, args, device, whole, decoder, cap=cap)
+        ops = syncs = 0
+        for e in prof.key_averages():
+            if e.key.startswith("aten::"):
+                ops += e.count
+            if e.key in ("aten::_local_scalar_dense", SYNC_LABEL):
+                syncs += e.count
+        return ops, syncs, fig.steps
+
+    (o1, s1, n1), (o2, s2, n2) = counts(2 * SYNC_EVERY), counts(6 * SYNC_EVERY)
+    return (o2 - o1) / (n2 - n1), (s2 - s1) / (n2 - n1)
 
 
 def prefill_memory(model, width: int, device: str) -> dict:

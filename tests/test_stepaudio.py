@@ -11,6 +11,8 @@ import pytest
 import soundfile as sf
 from conftest import CLIPS, invoke, model_args, write_manifest
 
+from editx_cli.engine.stepaudio.decoder import buckets
+
 OFFICIAL_SRC = os.environ.get("EDITX_SRC")  # read before the fixtures clear EDITX_*
 needs_official = pytest.mark.skipif(
     OFFICIAL_SRC is None or not (Path(OFFICIAL_SRC) / "stepvocoder" / "cosyvoice2").is_dir(),
@@ -213,6 +215,7 @@ def test_deterministic_outputs_do_not_depend_on_the_batch(tiny, tmp_path):
     assert ids == DETERMINISTIC_IDS
     one, eight = (reports[s]["run"]["engine_info"]["decode"] for s in ("1", "8"))
     assert reports["8"]["run"]["engine_info"]["deterministic"] is True
+    assert eight["attended_keys"] == [8192]  # every step reads the whole window: no neighbour changes it
     # batch 1 still needs two slots for the guided tasks; 8 slots decode all six tasks at once
     assert set(one["batch_sizes"]) <= {"1", "2"} and eight["batch_sizes"] == {"8": 1}
     assert eight["steps"] < one["steps"] and eight["generated_tokens"] == one["generated_tokens"]
@@ -237,7 +240,21 @@ def test_continuous_batching_figures_and_shared_features(tiny, tmp_path):
     assert 0.5 < decode["slot_occupancy"] <= 1
     assert decode["steps"] * 3 >= sum(t["info"]["generated_tokens"] for t in tasks)
     assert 0 <= decode["padding_waste"] < 1 and decode["tokens_per_second"] > 0
-    assert decode["cuda_graphs"] == []  # on the CPU the step runs eagerly
+    assert decode["cuda_graphs"] == [] and decode["graph_captures"] == 0  # on the CPU the step runs eagerly
+    # the steps read the keys their rows have, in buckets, not the whole window
+    assert decode["attention"] == "sdpa over live-key buckets"
+    assert set(decode["attended_keys"]) <= set(buckets(8192)) and max(decode["attended_keys"]) < 8192
+
+
+def test_one_decoder_and_one_cache_serve_every_engine_call(tiny, tmp_path):
+    """Twelve tasks through two slots: the engine is handed four slots' worth a call (two calls),
+    and the decoder made on the first keeps its cache for the others."""
+    rows = [edit_row(f"e{i}", "emotion", info) for i, info in enumerate(["happy", "sad", "angry"] * 4)]
+    m = write_manifest(tmp_path / "m.csv", HEADER, rows)
+    r = invoke("batch", m, *model_args(tiny), "-o", tmp_path / "out", "--batch-size", "2", "-q")
+    assert r.exit_code == 0, r.stderr
+    decode = json.loads((tmp_path / "out" / "report.json").read_text())["run"]["engine_info"]["decode"]
+    assert decode["batch_sizes"] == {"2": 2} and decode["cache_allocations"] == 1
 
 
 def test_clone_budgets_fit_the_target_whatever_its_script():

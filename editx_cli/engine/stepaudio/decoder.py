@@ -422,6 +422,7 @@ class Decoder:
         and of similar lengths together, at most PREFILL_TOKENS positions of keys a forward;
         start the tasks whose rows are all in. Returns the seconds it took on the device."""
         t0 = time.perf_counter()
+        beside = any(r and r.filled for r in self.rows)  # rows are decoding: this time is taken from them
         done = 0
         while chunks is None or done < chunks:
             # the rows furthest along first (they start soonest), similar lengths together
@@ -452,7 +453,7 @@ class Decoder:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()  # so the time is the device's
         seconds = time.perf_counter() - t0
-        if any(r and r.filled for r in self.rows):
+        if beside:
             fig.prefill_seconds += seconds
         return seconds
 
