@@ -58,10 +58,14 @@ def run(
     planned: list[PlannedTask],
     engine: Engine,
     options: RunOptions,
+    transcriber=None,
 ) -> tuple[list[Outcome], float]:
     """Run every task not already done; return the outcomes and the engine load time.
 
-    The engine loads only if some task needs it.
+    The engine loads only if some task needs it. `transcriber`: a Whisper already open (a
+    server's, kept for its life); else one is made when the options ask for it. A task that
+    fails on its input (unreadable, untranscribable, refused by the engine, undeliverable)
+    has `info["refused"]`, so a server can tell its client's fault from its own.
     """
     outcomes = {p.task.id: outcome_of(p.task) for p in planned}
     todo = [p for p in planned if not p.skip]
@@ -108,7 +112,7 @@ def run(
     # Shortest input first when tasks are decoded together, so a batch holds prompts of similar
     # length (little padding).
     sched = Scheduler(planned, options.fail_fast, finished, key=seconds_of if size > 1 else None)
-    transcriber = _transcriber(engine, options)
+    transcriber = transcriber or _transcriber(engine, options)
     checker = _checker(engine, options, transcriber)
     active: list[_Work] = []
     longs: dict[int, _Long] = {}  # id of a chunk's work -> the long task it is part of
@@ -177,6 +181,8 @@ def run(
             last: list[_Work] = []  # works whose final pass this was
             for w, result in zip(wave, results, strict=True):
                 if isinstance(result, BaseException):
+                    if isinstance(result, ValueError):  # the engine's word on this input
+                        (longs[id(w)].w if id(w) in longs else w).o.info["refused"] = True
                     end(w, "failed", _one_line(result))
                     continue
                 w.absorb(result)
@@ -359,6 +365,8 @@ class _Work:
             return ""
         except Exception as e:  # one task's failure must not stop the others
             log.debug("task %s failed", t.id, exc_info=True)
+            if isinstance(e, ValueError):  # not deliverable as asked (too short or silent to level...)
+                o.info["refused"] = True
             return _one_line(e)
         finally:
             self.close()
@@ -391,6 +399,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: Run
             o.info["transcribed_by"] = transcriber.backend
     except Exception as e:
         o.error = _one_line(e)
+        o.info["refused"] = True  # the input could not be read or heard
         return _Work(p, o, None, 0, str(p.source), text, "")
     o.input_seconds = round(len(x) / sr, 3)
     return _Work(p, o, x, sr, str(p.source), text, digest, input_loudness=level)

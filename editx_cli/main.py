@@ -65,15 +65,6 @@ def _common(f):
         click.option("--match-input", is_flag=True, default=None, envvar="EDITX_MATCH_INPUT",
                      help="Give each output the loudness of its input (an edit's input audio, a clone's "
                           "prompt)."),
-        click.option("--qa", is_flag=True, envvar="EDITX_QA",
-                     help="Check every output: Whisper's transcript against the text it should say (WER; CER "
-                          "for Chinese and Japanese), speaker similarity to the prompt or input, duration and "
-                          "level. Scores go in the report; uses --whisper-model."),
-        click.option("--retry-below", envvar="EDITX_RETRY_BELOW", default=None, metavar="wer=N,sim=N",
-                     help="With --qa implied: regenerate an output that scores worse than this with the next "
-                          f"seed, keeping the best attempt [thresholds of --qa alone: {DEFAULT_THRESHOLDS}]."),
-        click.option("--max-retries", envvar="EDITX_MAX_RETRIES", type=click.IntRange(0, 20), default=None,
-                     help="Retries per output under --retry-below [default: 2]."),
         click.option("--chunk-seconds", envvar="EDITX_CHUNK_SECONDS", type=click.FloatRange(5, 600), default=None,
                      help="Cut inputs (and clone texts) longer than this into chunks at pauses, edit them "
                           "together and join them [default: stepaudio cuts above its 30 s window into chunks "
@@ -81,7 +72,26 @@ def _common(f):
         click.option("-q", "--quiet", is_flag=True, envvar="EDITX_QUIET", help="No progress bar, warnings only."),
         click.option("-v", "--verbose", is_flag=True, help="Debug logging."),
     ]
-    return functools.reduce(lambda g, opt: opt(g), reversed(options + _model_options()), f)
+    return functools.reduce(lambda g, opt: opt(g), reversed(options + _quality_options() + _model_options()), f)
+
+
+def _quality_options() -> list:
+    """--qa, --retry-below, --max-retries: for batch, clone and edit, and for serve's responses."""
+    return [
+        click.option("--qa", is_flag=True, envvar="EDITX_QA",
+                     help="Check every output: Whisper's transcript against the text it should say (WER; CER "
+                          "for Chinese and Japanese), speaker similarity to the prompt or input, duration and "
+                          "level. Scores go in the report (serve: in X-Editx-QA-* headers); uses --whisper-model."),
+        click.option("--retry-below", envvar="EDITX_RETRY_BELOW", default=None, metavar="wer=N,sim=N",
+                     help="With --qa implied: regenerate an output that scores worse than this with the next "
+                          f"seed, keeping the best attempt [thresholds of --qa alone: {DEFAULT_THRESHOLDS}]."),
+        click.option("--max-retries", envvar="EDITX_MAX_RETRIES", type=click.IntRange(0, 20), default=None,
+                     help="Retries per output under --retry-below [default: 2]."),
+    ]
+
+
+def _with_quality_options(f):
+    return functools.reduce(lambda g, opt: opt(g), reversed(_quality_options()), f)
 
 
 def _with_model_options(f):
@@ -628,12 +638,14 @@ def list_tags() -> None:
 @click.option("--whisper-model", envvar="EDITX_WHISPER_MODEL", default=None,
               help=WHISPER_HELP + " Transcribes edits sent without audio_text (default: such edits are refused).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@_with_quality_options
 @_with_model_options
 def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | None, insecure: bool,
           allowed_hosts: str, cors_origins: tuple[str, ...], body_timeout: float, no_docs: bool, idle_unload: float,
           max_batch: int, max_queue: int, voices_dir: str | None, max_upload_mb: float,
           max_audio_seconds: float, max_text_chars: int, cache_dir: str | None, no_cache: bool,
-          whisper_model: str | None, verbose: bool, **model) -> None:
+          whisper_model: str | None, verbose: bool, qa: bool, retry_below: str | None, max_retries: int | None,
+          **model) -> None:
     """Serve the model over HTTP: an OpenAI-compatible API (/v1/audio/speech, /v1/audio/edits,
     /v1/voices, /v1/models), /healthz and docs at /docs. One engine, loaded on the first
     request that needs it and released when idle. Needs editx[serve]."""
@@ -659,6 +671,9 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
     problems = engine_cls.check_config(config)
     if problems:
         raise UsageError(f"--engine {engine}: " + "; ".join(problems))
+    quality = _quality({"qa": qa, "retry_below": retry_below, "max_retries": max_retries})
+    if quality["qa"] and not whisper_model:
+        raise UsageError("--qa and --retry-below hear each response: they need --whisper-model")
     if whisper_model:
         from editx_cli.transcribe import TranscriptionError, resolve
 
@@ -677,7 +692,7 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
                                   max_text_chars=max_text_chars, whisper_model=whisper_model, host=host,
                                   allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
                                   cors_origins=tuple(o.rstrip("/") for o in cors_origins), body_timeout=body_timeout,
-                                  docs=not no_docs)
+                                  docs=not no_docs, quality=quality)
     app = server.create_app(options)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
                 http=guard.header_timeout_protocol(body_timeout))

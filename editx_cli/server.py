@@ -18,6 +18,7 @@ a client never names a path.
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -31,11 +32,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
-from editx_cli import audio, deliver
-from editx_cli.engine import Engine, Request
+from editx_cli import audio, deliver, loop
+from editx_cli.engine import Engine
 from editx_cli.errors import InvalidInput
 from editx_cli.guard import SECURITY_HEADERS, Guard, GuardOptions
 from editx_cli.manifest import ID_PATTERN, validate
+from editx_cli.resume import PlannedTask
 from editx_cli.service import Busy, Service
 from editx_cli.tasks import Task
 
@@ -75,6 +77,7 @@ class ServeOptions:
     max_audio_channels: int = 2  # with max_audio_seconds and 96 kHz, the decoded size an upload may have
     max_text_chars: int = 2000
     whisper_model: str | None = None  # transcribe edits sent without audio_text (a resolved checkpoint or name)
+    quality: dict | None = None  # qa, thresholds, max_retries: each response heard and scored (retried below)
 
 
 class ApiError(Exception):
@@ -101,8 +104,12 @@ def create_app(options: ServeOptions):
     # --max-batch is the decoder's slots; an engine that refills its slots from a queue of its own
     # as rows end (continuous batching) is handed several slots' worth of requests at once.
     per_call = options.max_batch * (engine_cls.wave_factor if engine_cls.batches else 1)
+    wave_options = loop.RunOptions(progress=False, batch_size=options.max_batch,
+                                   transcribe=bool(options.whisper_model), whisper_model=options.whisper_model or "",
+                                   **(options.quality or {}))
     service = Service(lambda: engine_cls(dict(options.engine_config or {}), cache), max_batch=per_call,
-                      max_queue=options.max_queue, idle_unload=options.idle_unload)
+                      max_queue=options.max_queue, idle_unload=options.idle_unload,
+                      run_wave=lambda engine, planned: run_wave(engine, planned))
     voices = Path(options.voices_dir)
     scratch = Path(tempfile.mkdtemp(prefix="editx-serve-"))
     @contextlib.asynccontextmanager
@@ -182,6 +189,9 @@ def create_app(options: ServeOptions):
 
     # -- running one task
     async def run(task: Task, fmt: str, http: HttpRequest, speed: float = 1.0) -> Response:
+        """One task through the batch loop, in a wave with whatever other requests wait: long
+        inputs and texts cut and joined, iterations, a missing transcript heard, the output
+        delivered as `batch` writes it; the response is that output."""
         t0 = time.perf_counter()
         src = task.prompt_audio or task.input_audio
         field = "voice" if task.task == "clone" else "file"
@@ -192,68 +202,71 @@ def create_app(options: ServeOptions):
             raise ApiError(400, private(f"not usable audio: {e}"), field) from None
         if len(x) / sr > options.max_audio_seconds:
             raise ApiError(400, f"the audio is {len(x) / sr:.1f} s; at most {options.max_audio_seconds:g} s", field)
-        request = Request(kind=task.task, audio=x, sr=sr, audio_text=task.prompt_text or task.audio_text,
-                          text=task.text, edit_type=task.edit_type, edit_info=task.edit_info,
-                          intensity=task.intensity, seed=task.seed, audio_digest=audio.samples_digest(x, sr),
-                          path=str(src), task_id="request")
-        transcript = ""
-        if (options.whisper_model and task.task == "edit" and not task.audio_text.strip()
-                and engine_cls.wants_transcript(task.edit_type, task.intensity)):
-            future = queued(service.call, lambda e: transcriber(e)(x, sr, request.audio_digest)[0])
-            try:
-                transcript = await settled(future, http)
-            except ApiError:
-                raise
-            except Exception as e:
-                raise ApiError(422, f"audio_text: missing, and the upload could not be transcribed "
-                                    f"({_one_line(e)})", "audio_text") from None
-            request.audio_text = transcript
-        level = None
-        if task.delivery.match_input:
-            from editx_cli import loudness
-
-            level = await asyncio.to_thread(loudness.integrated, x, sr)
-        load_seconds, batch = 0.0, 0
-        for n in range(task.iterations):
-            future = queued(service.submit, request)
+        folder = Path(tempfile.mkdtemp(dir=scratch))
+        stretch = speed != 1.0  # OpenAI's speed: applied to the output, then delivered again
+        try:
+            job = dataclasses.replace(task, id=folder.name,
+                                      output=folder / ("out.wav" if fmt == "pcm" or stretch else f"out.{fmt}"))
+            future = queued(service.submit, PlannedTask(job, "serve", Path(src), False))
             try:
                 served = await settled(future, http)
             except ApiError:
                 raise
-            except ValueError as e:  # the engine's word on this input (silent, too short...)
-                raise ApiError(422, f"the engine cannot use this input: {_one_line(e)}", field) from None
-            except Exception as e:
-                raise ApiError(500, f"the engine failed: {_one_line(e)}", kind="server_error") from None
-            load_seconds, batch = load_seconds + served.load_seconds, max(batch, served.batch)
-            result = served.result
-            if n + 1 < task.iterations:
-                text = task.text if task.edit_type == "paralinguistic" else request.audio_text
-                request = Request(**{**request.__dict__, "audio": result.audio, "sr": result.sr, "audio_text": text,
-                                     "audio_digest": audio.samples_digest(result.audio, result.sr), "path": ""})
-        y = result.audio
-        if speed != 1.0:
-            from editx_cli.engine.dsp import time_stretch  # Rubber Band, as the dsp speed edit
+            except Exception as e:  # the whole wave failed (out of memory...)
+                raise ApiError(500, private(f"the engine failed: {_one_line(e)}"), kind="server_error") from None
+            done = served.result
+            if done.status != "done":
+                if done.info.get("refused"):  # the input's fault: silent, too short, not transcribable...
+                    raise ApiError(422, private(f"the engine cannot use this input: {done.error}"), field)
+                raise ApiError(500, private(f"the engine failed: {done.error}"), kind="server_error")
+            data, rate, level = job.output.read_bytes(), done.sample_rate, done.loudness_after
+            if stretch:
+                from editx_cli import loudness
+                from editx_cli.engine.dsp import time_stretch  # Rubber Band, as the dsp speed edit
 
-            y = await asyncio.to_thread(time_stretch, y, result.sr, speed)
-        suffix = ".wav" if fmt == "pcm" else f".{fmt}"
-        try:
-            data, rate, measures = await asyncio.to_thread(deliver.render, y, result.sr, suffix, task.delivery,
-                                                           level)
-        except ValueError as e:  # too short or silent to normalise, NaN from the engine
-            raise ApiError(422, _one_line(e), "loudness" if task.delivery.loudness is not None else None) from None
+                y, r = audio.decode(data)
+                y = await asyncio.to_thread(time_stretch, y, r, speed)
+                before = await asyncio.to_thread(loudness.integrated, x, sr) if task.delivery.match_input else None
+                try:
+                    data, rate, measures = await asyncio.to_thread(
+                        deliver.render, y, r, ".wav" if fmt == "pcm" else f".{fmt}", task.delivery, before)
+                except ValueError as e:  # too short or silent to normalise
+                    raise ApiError(422, _one_line(e), "loudness" if task.delivery.loudness is not None else None
+                                   ) from None
+                level = measures.get("loudness_after")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         if fmt == "pcm":
             import io
 
             import soundfile as sf
 
             data = sf.read(io.BytesIO(data), dtype="int16")[0].astype("<i2").tobytes()
-        headers = {"X-Editx-Load-Seconds": f"{load_seconds:.3f}", "X-Editx-Batch": str(batch),
+        headers = {"X-Editx-Load-Seconds": f"{served.load_seconds:.3f}", "X-Editx-Batch": str(served.batch),
                    "X-Editx-Seconds": f"{time.perf_counter() - t0:.3f}", "X-Editx-Sample-Rate": str(rate)}
-        if "loudness_after" in measures:
-            headers["X-Editx-Loudness"] = f"{measures['loudness_after']:.2f}"
-        if transcript:
-            headers["X-Editx-Transcript"] = quote(transcript)  # headers are Latin-1: percent-encoded UTF-8
+        if level is not None:
+            headers["X-Editx-Loudness"] = f"{level:.2f}"
+        if isinstance(done.info.get("chunks"), list):  # a long input or text, cut and joined as `batch` does
+            headers["X-Editx-Chunks"] = str(len(done.info["chunks"]))
+        scores = done.info.get("qa")
+        if isinstance(scores, dict):  # --qa: what the checks found (the kept attempt's, under --retry-below)
+            headers["X-Editx-QA-Passed"] = str(bool(scores.get("passed"))).lower()
+            for key in ("wer", "cer", "similarity", "duration_ratio"):
+                if scores.get(key) is not None:
+                    headers[f"X-Editx-QA-{key.replace('_', '-').title()}"] = str(scores[key])
+            if scores.get("problems"):
+                headers["X-Editx-QA-Problems"] = quote(scores["problems"])
+            headers["X-Editx-QA-Attempts"] = str(len(done.info.get("qa_attempts") or [scores]))
+        if done.info.get("transcribed_by"):  # what the server heard, as the edit used it
+            # headers are Latin-1: percent-encoded UTF-8
+            headers["X-Editx-Transcript"] = quote(done.info.get("transcript", ""))
         return Response(data, media_type=MEDIA[fmt], headers=headers)
+
+    def run_wave(engine: Engine, planned: list) -> list:
+        """The engine thread's wave: the requests waiting, through the batch loop as one run."""
+        outcomes, _ = loop.run(planned, engine, wave_options,
+                               transcriber=transcriber(engine) if options.whisper_model else None)
+        return outcomes
 
     whisper: dict[str, Any] = {}
 

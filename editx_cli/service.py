@@ -2,9 +2,10 @@
 after a while without requests, and fed by one thread that decodes concurrent requests
 together.
 
-Callers (the HTTP server) hand in engine Requests and wait for their Results; the thread
-takes whatever is waiting, up to `max_batch` at a time, and gives it to the engine's
-run_batch in one call, so eight clients at once make one or two decode batches, not eight.
+Callers (the HTTP server) hand in work items and wait for their results; the thread takes
+whatever is waiting, up to `max_batch` at a time, and runs it as one wave (`run_wave`: the
+server's is the batch loop itself; by default the engine's run_batch on engine Requests),
+so eight clients at once make one or two decode batches, not eight.
 The queue is bounded: past `max_queue` waiting requests, `submit` refuses at once
 (the server answers 503 with Retry-After) rather than letting latency grow without bound.
 """
@@ -17,11 +18,12 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from editx_cli.engine import Engine, Request, Result
+from editx_cli.engine import Engine
 
 log = logging.getLogger("editx")
 
@@ -32,19 +34,20 @@ class Busy(RuntimeError):
 
 @dataclass
 class Served:
-    result: Result
+    result: Any  # what the wave gave for this item (a Result, an Outcome)
     load_seconds: float  # the engine load this request waited for (0 when it was loaded already)
     batch: int  # requests decoded together with this one, itself included
 
 
 class Service:
     def __init__(self, make_engine, *, max_batch: int = 16, max_queue: int = 64, idle_unload: float = 300.0,
-                 gather: float = 0.01) -> None:
+                 gather: float = 0.01, run_wave: Callable[[Engine, list], list] | None = None) -> None:
         self._make = make_engine  # () -> Engine, not loaded
+        self._run_wave = run_wave or (lambda engine, requests: engine.run_batch(requests))
         self.max_batch, self.max_queue, self.idle_unload, self.gather = max_batch, max_queue, idle_unload, gather
         self.engine: Engine | None = None
         self.running = 0  # requests the engine thread has in hand (loading for them, or decoding them)
-        self._waiting: deque[tuple[Request, Future]] = deque()
+        self._waiting: deque[tuple[Any, Future]] = deque()
         self._lock = threading.Condition()
         self._closed = False
         self._last = time.monotonic()
@@ -54,9 +57,9 @@ class Service:
         self._thread.start()
 
     # -- callers
-    def submit(self, request: Request) -> Future:
+    def submit(self, item: Any) -> Future:
         """A future of Served; raises Busy when the queue is full."""
-        return self._enqueue(request)
+        return self._enqueue(item)
 
     def call(self, fn) -> Future:
         """Run fn(engine) on the engine thread, alone, the engine loaded (work that is not a
@@ -166,12 +169,12 @@ class Service:
         log.info("engine %s loaded on %s in %.2f s", engine.name, engine.device, seconds)
         return seconds
 
-    def _run(self, batch: list[tuple[Request, Future]], load_seconds: float) -> None:
+    def _run(self, batch: list[tuple[Any, Future]], load_seconds: float) -> None:
         self.stats["batches"] += 1
         self.stats["requests"] += len(batch)
         self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
         try:
-            results = self.engine.run_batch([r for r, _ in batch])
+            results = self._run_wave(self.engine, [r for r, _ in batch])
         except Exception as e:  # the whole batch failed (out of memory...): each request hears why
             results = [e] * len(batch)
         for (_, future), result in zip(batch, results, strict=True):

@@ -5,17 +5,19 @@ concurrent requests decoded together, idle release and reload, the full queue, t
 from __future__ import annotations
 
 import io
+import json
 import re
 import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import ARTIFACTS, CLIPS, EDITX, ROOT, chromium_page, invoke, model_args, needs_chromium
+from conftest import ARTIFACTS, CLIPS, EDITX, ROOT, chromium_page, invoke, long_speech, model_args, needs_chromium
 
 httpx = pytest.importorskip("httpx", reason="needs editx[serve] and httpx")
 pytest.importorskip("fastapi", reason="needs editx[serve]")
@@ -200,6 +202,52 @@ def model_server(tiny, tmp_path_factory):
     server.stop()
 
 
+def test_long_uploads_and_texts_are_cut_and_joined_as_batch_does(model_server, tiny, tmp_path):
+    """The model edits about 30 s at a time: a 45 s upload is cut in its pauses and each piece
+    edited; a long text is spoken in pieces; both come back whole, as `editx batch` makes them."""
+    long = tmp_path / "long.wav"
+    long_speech(long, seconds=45)
+    r = model_server.edit(long, edit_type="denoise", edit_info="", timeout=600)
+    assert r.status_code == 200, r.text
+    m = tmp_path / "m.csv"
+    m.write_text(f"id,task,input_audio,edit_type\nlong,edit,{long},denoise\n")
+    b = invoke("batch", m, *model_args(tiny), "-o", tmp_path / "out", "-q")
+    assert b.exit_code == 0, b.stderr
+    task = json.loads((tmp_path / "out" / "report.json").read_text())["tasks"][0]
+    assert int(r.headers["x-editx-chunks"]) == len(task["info"]["chunks"]) >= 2
+    short = model_server.edit(NARRATION, edit_type="denoise", edit_info="", timeout=300)
+    assert short.status_code == 200 and "x-editx-chunks" not in short.headers
+    with open(NARRATION, "rb") as f:
+        v = httpx.post(model_server.url + "/v1/voices", files={"file": ("ref.wav", f.read())},
+                       data={"name": "teller", "text": "The quick brown fox jumps over the lazy dog."}, timeout=300)
+    assert v.status_code == 201, v.text
+    story = " ".join(f"Sentence number {i} of a story that goes on." for i in range(30))  # about 50 s
+    speech = httpx.post(model_server.url + "/v1/audio/speech", json={"input": story, "voice": "teller",
+                                                                     "response_format": "wav"}, timeout=600)
+    assert speech.status_code == 200, speech.text
+    assert int(speech.headers["x-editx-chunks"]) >= 2
+    assert httpx.delete(model_server.url + "/v1/voices/teller").status_code == 200  # the module's server is shared
+
+
+def test_responses_are_heard_scored_and_retried_as_batch_outputs_are(tiny, tmp_path):
+    """--retry-below on a server: each response is heard by Whisper and scored; one that misses
+    the thresholds is made again with the next seed and the better attempt is sent, its scores in
+    the headers. --qa without a Whisper model to hear with is refused before anything starts."""
+    refused = invoke("serve", *model_args(tiny), "--qa")
+    assert refused.exit_code == 2 and "--whisper-model" in refused.stderr
+    server = Server(tmp_path, *model_args(tiny), "--whisper-model", str(tiny / "whisper-tiny.pt"),
+                    "--retry-below", "sim=1", "--max-retries", "1")
+    try:
+        r = server.edit(edit_type="emotion", edit_info="happy", audio_text="A line.", timeout=600)
+        assert r.status_code == 200, r.text
+        assert r.headers["x-editx-qa-passed"] == "false"  # no output is ever identical to its input's voice
+        assert 0 < float(r.headers["x-editx-qa-similarity"]) < 1
+        assert "similarity" in unquote(r.headers["x-editx-qa-problems"])
+        assert r.headers["x-editx-qa-attempts"] == "2" and float(r.headers["x-editx-qa-wer"]) >= 0
+    finally:
+        server.stop()
+
+
 def test_voices_and_speech_with_the_openai_client(model_server):
     openai = pytest.importorskip("openai", reason="needs the openai package")
     server = model_server
@@ -303,8 +351,6 @@ def test_the_compose_file_restarts_and_needs_a_key():
 
 
 def test_an_edit_without_its_transcript_is_transcribed(model_server):
-    from urllib.parse import unquote
-
     r = model_server.edit(edit_type="emotion", edit_info="sad", response_format="flac")
     assert r.status_code == 200, r.text
     assert unquote(r.headers["x-editx-transcript"]).strip()  # what the server heard, as the edit used it
