@@ -53,7 +53,7 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
     """
     from editx_cli import engine as engines
     from editx_cli import report as reports
-    from editx_cli.cache import DEFAULT_SIZE_LIMIT, CacheError, FeatureCache, NullCache
+    from editx_cli.cache import CacheError, open_cache
 
     started = time.time()
     t_wall = time.perf_counter()
@@ -65,10 +65,7 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
                         f"{window:g} s (it edits and speaks at most that at a time)")
     if problems:
         raise InvalidInput([Problem(f"--engine {config.engine}", None, None, p) for p in problems])
-    if config.use_cache:
-        cache = FeatureCache(config.cache_dir, config.cache_size or DEFAULT_SIZE_LIMIT)
-    else:
-        cache = NullCache()
+    cache = open_cache(config.cache_dir, config.cache_size, config.use_cache)
     try:
         engine = engine_cls(config.engine_config, cache)
         check_transcription(tasks, engine, config.options)

@@ -290,3 +290,12 @@ class NullCache:
 
     def close(self) -> None:
         pass
+
+
+def open_cache(directory: str | os.PathLike | None = None, size_limit: int | None = None,
+               enabled: bool = True) -> FeatureCache | NullCache:
+    """The feature cache a run, a worker or a server uses: the folder (default: the user cache
+    folder) at its size limit, or nothing at all (--no-cache). The one place caches are made."""
+    if not enabled:
+        return NullCache()
+    return FeatureCache(directory, size_limit or DEFAULT_SIZE_LIMIT)

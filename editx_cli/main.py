@@ -439,7 +439,7 @@ def qa_outputs(out_dir: str, thresholds: str, engine: str, gpu: int | None, cach
     duration and level. Writes OUT_DIR/qa.json and qa.csv, and the scores into OUT_DIR's
     report (and review page) when there is one. Exit 1 when an output is below the thresholds."""
     from editx_cli import qa_folder, review
-    from editx_cli.cache import DEFAULT_SIZE_LIMIT, CacheError, FeatureCache, NullCache
+    from editx_cli.cache import CacheError, open_cache
     from editx_cli.qa import Checker, ThresholdError, Thresholds
     from editx_cli.transcribe import Transcriber, TranscriptionError, resolve
 
@@ -463,7 +463,7 @@ def qa_outputs(out_dir: str, thresholds: str, engine: str, gpu: int | None, cach
         log.warning("%s", line)
     if not found:
         raise UsageError(f"{folder}: no output of an editx run to check here")
-    cache = NullCache() if no_cache else FeatureCache(cache_dir, DEFAULT_SIZE_LIMIT)
+    cache = open_cache(cache_dir, enabled=not no_cache)
     try:
         cache.open()
     except CacheError as e:

@@ -99,9 +99,9 @@ def _limit_threads(threads: int | None) -> None:
 
 def _build(spec: WorkerSpec):
     from editx_cli import engine as engines
-    from editx_cli.cache import DEFAULT_SIZE_LIMIT, FeatureCache, NullCache
+    from editx_cli.cache import open_cache
 
-    cache = FeatureCache(spec.cache_dir, spec.cache_size or DEFAULT_SIZE_LIMIT) if spec.use_cache else NullCache()
+    cache = open_cache(spec.cache_dir, spec.cache_size, spec.use_cache)
     return engines.get(spec.engine)(spec.engine_config, cache), cache
 
 

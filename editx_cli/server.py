@@ -96,10 +96,10 @@ def create_app(options: ServeOptions):
     from starlette.exceptions import HTTPException
 
     from editx_cli import engine as engines
-    from editx_cli.cache import FeatureCache, NullCache
+    from editx_cli.cache import open_cache
 
     engine_cls: type[Engine] = engines.get(options.engine)
-    cache = FeatureCache(options.cache_dir) if options.use_cache else NullCache()
+    cache = open_cache(options.cache_dir, enabled=options.use_cache)
     cache.open()
     # --max-batch is the decoder's slots; an engine that refills its slots from a queue of its own
     # as rows end (continuous batching) is handed several slots' worth of requests at once.
