@@ -662,7 +662,7 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
     try:
         import uvicorn
 
-        from editx_cli import guard, server
+        from editx_cli import guard, serve
     except ImportError as e:
         raise UsageError(f"editx serve needs the serve extra ({e.name} is missing): "
                          "pip install 'editx[serve]'") from None
@@ -685,7 +685,7 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
         import platformdirs
 
         voices_dir = platformdirs.user_data_dir("editx") + "/voices"
-    options = server.ServeOptions(engine=engine, engine_config=config, cache_dir=cache_dir, use_cache=not no_cache,
+    options = serve.ServeOptions(engine=engine, engine_config=config, cache_dir=cache_dir, use_cache=not no_cache,
                                   voices_dir=Path(voices_dir), api_key=api_key or None, idle_unload=idle_unload,
                                   max_batch=max_batch, max_queue=max_queue,
                                   max_upload_bytes=int(max_upload_mb * 2**20), max_audio_seconds=max_audio_seconds,
@@ -693,7 +693,7 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
                                   allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
                                   cors_origins=tuple(o.rstrip("/") for o in cors_origins), body_timeout=body_timeout,
                                   docs=not no_docs, quality=quality)
-    app = server.create_app(options)
+    app = serve.create_app(options)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
                 http=guard.header_timeout_protocol(body_timeout))
 

@@ -22,7 +22,7 @@ pytest.importorskip("fastapi", reason="needs editx[serve]")
 from fastapi.testclient import TestClient  # noqa: E402
 from test_serve import Server, httpx  # noqa: E402
 
-from editx_cli.server import ServeOptions, create_app  # noqa: E402
+from editx_cli.serve import ServeOptions, create_app  # noqa: E402
 from editx_cli.service import Busy, Service  # noqa: E402
 
 NARRATION = CLIPS / "narration.wav"

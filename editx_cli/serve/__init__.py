@@ -1,0 +1,24 @@
+"""`editx serve`: one process, one engine, an OpenAI-compatible HTTP API.
+
+    POST /v1/audio/speech   OpenAI's request shape: speak `input` in a registered voice
+    POST /v1/audio/edits    multipart audio + edit settings; returns the edited audio
+    POST /v1/voices         register a voice: a reference clip and its transcript
+    GET  /v1/voices, DELETE /v1/voices/{name}
+    GET  /v1/models, GET /healthz, OpenAPI docs at /docs
+
+Requests are checked by the same validation as manifest rows (the same messages, naming
+the request's field) and run as tasks of the batch loop in waves through the shared
+Service (lazy load, idle release, concurrent requests batched): long inputs cut, QA,
+delivery as batch does it. Uploads go to a private temporary folder under names the server
+picks; a client never names a path.
+
+    app.py      the app factory         state.py   the serving objects, request -> task -> response
+    routes.py   speech, edits, models, the page, health
+    voices.py   the voice store and its routes      models.py  request bodies
+    errors.py   OpenAI's error shape    options.py what a server is started with    page.py  the web page
+"""
+
+from editx_cli.serve.app import create_app
+from editx_cli.serve.options import ServeOptions
+
+__all__ = ["ServeOptions", "create_app"]

@@ -1,0 +1,46 @@
+"""What a server is started with, and the limits and names of its API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_ID = "step-audio-editx"
+RESPONSE_FORMATS = ("wav", "flac", "mp3", "opus", "ogg", "pcm")
+PCM_RATE = 24000  # OpenAI's "pcm": 16-bit little-endian mono at 24 kHz
+MEDIA = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg; codecs=opus",
+         "ogg": "audio/ogg", "pcm": "audio/pcm"}
+UPLOAD_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
+RATES = (8000, 192000)  # sample rates an upload may have
+FORM_OVERHEAD = 2**20  # a request body may exceed the upload limit by its other form fields
+VOICE_RATE = 48000  # a registered voice is kept at most at this rate, mono
+# Swagger UI's page runs one inline script of FastAPI's; its files come from the installed package
+DOCS_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+               "img-src 'self' data:; frame-ancestors 'none'")
+
+
+VOICE_NAME_CHARS = 64
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    engine: str = "stepaudio"
+    engine_config: dict | None = None
+    cache_dir: str | None = None
+    use_cache: bool = True
+    voices_dir: Path = Path("voices")
+    api_key: str | None = None
+    host: str = "127.0.0.1"  # the bound address: with the loopback names, the Host names answered
+    allowed_hosts: tuple[str, ...] = ()  # more names to answer (a proxy's), "*" for any
+    cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API from their pages
+    body_timeout: float = 30.0  # a request body that sends nothing for this long is dropped (408)
+    docs: bool = True  # /docs (Swagger UI, from the installed fastapi-offline package)
+    idle_unload: float = 300.0
+    max_batch: int = 16
+    max_queue: int = 64
+    max_upload_bytes: int = 50 * 2**20
+    max_audio_seconds: float = 60.0
+    max_audio_channels: int = 2  # with max_audio_seconds and 96 kHz, the decoded size an upload may have
+    max_text_chars: int = 2000
+    whisper_model: str | None = None  # transcribe edits sent without audio_text (a resolved checkpoint or name)
+    quality: dict | None = None  # qa, thresholds, max_retries: each response heard and scored (retried below)

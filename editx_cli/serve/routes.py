@@ -1,0 +1,89 @@
+"""The model's routes: speech (OpenAI's shape), edits, models, the web page, health."""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
+import shutil
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import Request as HttpRequest
+from fastapi.responses import HTMLResponse, Response
+
+from editx_cli.serve.errors import ApiError
+from editx_cli.serve.models import Speech
+from editx_cli.serve.options import MEDIA, MODEL_ID, PCM_RATE, RESPONSE_FORMATS
+from editx_cli.serve.voices import record
+
+router = APIRouter()
+
+
+@router.post("/v1/audio/speech", response_class=Response,
+             responses={200: {"content": {m: {} for m in MEDIA.values()}}})
+async def speech(body: Speech, http: HttpRequest):
+    """Speak `input` in a registered voice (OpenAI's request shape)."""
+    serving = http.app.state.serving
+    serving.text_limit(body.input, "input")
+    voice = record(serving.voices, body.voice)
+    row = {"id": "request", "task": "clone", "prompt_audio": str(serving.voices / f"{body.voice}.wav"),
+           "prompt_text": voice["text"], "text": body.input, "seed": body.seed,
+           "output": "out." + ("wav" if body.response_format == "pcm" else body.response_format),
+           "loudness": body.loudness, "peak": body.peak,
+           "sample_rate": PCM_RATE if body.response_format == "pcm" else body.sample_rate,
+           "bitrate": body.bitrate}
+    task = serving.checked({k: v for k, v in row.items() if v is not None},
+                           {"prompt_audio": "voice", "prompt_text": "voice", "text": "input",
+                            "output": "response_format", "task": "model"})
+    return await serving.run(task, body.response_format, http, body.speed)
+
+
+@router.post("/v1/audio/edits", response_class=Response,
+             responses={200: {"content": {m: {} for m in MEDIA.values()}}})
+async def edits(http: HttpRequest, file: UploadFile = File(...), edit_type: str = Form(...),
+                edit_info: str = Form(""), intensity: float = Form(1.0, allow_inf_nan=False),
+                iterations: int = Form(1), seed: int = Form(0), audio_text: str = Form(""), text: str = Form(""),
+                response_format: str = Form("wav"), loudness: float | None = Form(None, allow_inf_nan=False),
+                peak: float | None = Form(None, allow_inf_nan=False), match_input: bool = Form(False),
+                sample_rate: int | None = Form(None), bitrate: int | None = Form(None)):
+    """Edit an uploaded clip; post the result back for a chain of edits."""
+    serving = http.app.state.serving
+    if response_format not in RESPONSE_FORMATS:
+        raise ApiError(400, f"unknown format {response_format!r} (one of: {', '.join(RESPONSE_FORMATS)})",
+                       "response_format")
+    for value, field in ((audio_text, "audio_text"), (text, "text")):
+        serving.text_limit(value, field)
+    path = await serving.save_upload(file, "file")
+    try:
+        row = {"id": "request", "task": "edit", "input_audio": str(path), "edit_type": edit_type,
+               "edit_info": edit_info, "intensity": intensity, "iterations": iterations, "seed": seed,
+               "audio_text": audio_text, "text": text, "loudness": loudness, "peak": peak,
+               "match_input": match_input or None, "bitrate": bitrate,
+               "sample_rate": PCM_RATE if response_format == "pcm" else sample_rate,
+               "output": "out." + ("wav" if response_format == "pcm" else response_format)}
+        task = serving.checked({k: v for k, v in row.items() if v is not None},
+                               {"input_audio": "file", "output": "response_format", "task": "edit_type"})
+        return await serving.run(task, response_format, http)
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@router.get("/v1/models")
+async def models(http: HttpRequest):
+    return {"object": "list", "data": [{"id": MODEL_ID, "object": "model", "created": 0, "owned_by": "editx",
+                                        "engine": http.app.state.serving.options.engine}]}
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def ui(http: HttpRequest):
+    """The web page: clone and every edit, upload or record, a history of chained edits."""
+    page, policy = http.app.state.page
+    return HTMLResponse(page, headers={"Content-Security-Policy": policy})
+
+
+@router.get("/healthz")
+async def healthz(http: HttpRequest):
+    """Alive; whether the model is loaded; queue depth; device memory; decode statistics."""
+    serving = http.app.state.serving
+    options, service, cache = serving.options, serving.service, serving.cache
+    return {"status": "ok", "engine": options.engine, "loaded": service.loaded, "queue": service.queued,
+            "running": service.running,
+            "device": service.engine.device if service.engine is not None else None,
+            "device_memory": service.device_memory(), "stats": dict(service.stats),
+            "cache": cache.stats() if hasattr(cache, "stats") and options.use_cache else None}

@@ -1,0 +1,223 @@
+"""The serving objects of one app (kept on `app.state.serving`): the engine's Service, the
+feature cache, the voices folder, the private scratch folder, the one Whisper; and what the
+routes share: turning a request into a task of the batch loop and its output into a response."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from editx_cli import audio, deliver, loop
+from editx_cli.engine import Engine
+from editx_cli.errors import InvalidInput
+from editx_cli.manifest import validate
+from editx_cli.resume import PlannedTask
+from editx_cli.serve.errors import ApiError, one_line
+from editx_cli.serve.options import MEDIA, RATES, UPLOAD_SUFFIXES, ServeOptions
+from editx_cli.service import Busy, Service
+from editx_cli.tasks import Task
+
+if TYPE_CHECKING:
+    from fastapi import Request as HttpRequest
+    from fastapi import UploadFile
+    from fastapi.responses import Response
+
+
+class Serving:
+    def __init__(self, options: ServeOptions) -> None:
+        from editx_cli import engine as engines
+        from editx_cli.cache import open_cache
+
+        self.options = options
+        self.engine_cls: type[Engine] = engines.get(options.engine)
+        self.cache = open_cache(options.cache_dir, enabled=options.use_cache)
+        self.cache.open()
+        # --max-batch is the decoder's slots; an engine that refills its slots from a queue of its
+        # own as rows end (continuous batching) is handed several slots' worth of requests at once.
+        per_call = options.max_batch * (self.engine_cls.wave_factor if self.engine_cls.batches else 1)
+        self.wave_options = loop.RunOptions(progress=False, batch_size=options.max_batch,
+                                            transcribe=bool(options.whisper_model),
+                                            whisper_model=options.whisper_model or "", **(options.quality or {}))
+        self.service = Service(lambda: self.engine_cls(dict(options.engine_config or {}), self.cache),
+                               max_batch=per_call, max_queue=options.max_queue, idle_unload=options.idle_unload,
+                               run_wave=self.run_wave)
+        self.voices = Path(options.voices_dir)
+        self.scratch = Path(tempfile.mkdtemp(prefix="editx-serve-"))
+        self.whisper = None  # opened by the first request that needs it, kept for the server's life
+
+    def close(self) -> None:
+        self.service.close()
+        self.cache.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    async def settled(self, future, http: HttpRequest):
+        """The engine's answer; once the client has gone, work still queued for it is dropped (a
+        decode already under way finishes) and a 499 is raised that nobody reads."""
+        waiter = asyncio.wrap_future(future)
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=0.2)
+            if done:
+                return waiter.result()
+            if await http.is_disconnected():
+                self.service.withdraw(future)
+                raise ApiError(499, "the client closed the request", kind="client_closed")
+
+    def queued(self, enqueue, work):
+        """Hand work to the engine thread; a full queue (one limit for every route) answers 503."""
+        try:
+            return enqueue(work)
+        except Busy as e:
+            raise ApiError(503, f"the server is busy ({e}); retry shortly", kind="server_busy",
+                           headers={"Retry-After": "2"}) from None
+
+    async def run(self, task: Task, fmt: str, http: HttpRequest, speed: float = 1.0) -> Response:
+        """One task through the batch loop, in a wave with whatever other requests wait: long
+        inputs and texts cut and joined, iterations, a missing transcript heard, the output
+        delivered as `batch` writes it; the response is that output."""
+        t0 = time.perf_counter()
+        src = task.prompt_audio or task.input_audio
+        field = "voice" if task.task == "clone" else "file"
+        # decoding, measuring and encoding run off the event loop: other requests keep flowing
+        try:
+            x, sr = await asyncio.to_thread(audio.load, src)
+        except audio.AudioError as e:
+            raise ApiError(400, self.private(f"not usable audio: {e}"), field) from None
+        if len(x) / sr > self.options.max_audio_seconds:
+            raise ApiError(400, f"the audio is {len(x) / sr:.1f} s; at most {self.options.max_audio_seconds:g} s",
+                           field)
+        folder = Path(tempfile.mkdtemp(dir=self.scratch))
+        stretch = speed != 1.0  # OpenAI's speed: applied to the output, then delivered again
+        try:
+            job = dataclasses.replace(task, id=folder.name,
+                                      output=folder / ("out.wav" if fmt == "pcm" or stretch else f"out.{fmt}"))
+            future = self.queued(self.service.submit, PlannedTask(job, "serve", Path(src), False))
+            try:
+                served = await self.settled(future, http)
+            except ApiError:
+                raise
+            except Exception as e:  # the whole wave failed (out of memory...)
+                raise ApiError(500, self.private(f"the engine failed: {one_line(e)}"), kind="server_error") from None
+            done = served.result
+            if done.status != "done":
+                if done.info.get("refused"):  # the input's fault: silent, too short, not transcribable...
+                    raise ApiError(422, self.private(f"the engine cannot use this input: {done.error}"), field)
+                raise ApiError(500, self.private(f"the engine failed: {done.error}"), kind="server_error")
+            data, rate, level = job.output.read_bytes(), done.sample_rate, done.loudness_after
+            if stretch:
+                from editx_cli import loudness
+                from editx_cli.engine.dsp import time_stretch  # Rubber Band, as the dsp speed edit
+
+                y, r = audio.decode(data)
+                y = await asyncio.to_thread(time_stretch, y, r, speed)
+                before = await asyncio.to_thread(loudness.integrated, x, sr) if task.delivery.match_input else None
+                try:
+                    data, rate, measures = await asyncio.to_thread(
+                        deliver.render, y, r, ".wav" if fmt == "pcm" else f".{fmt}", task.delivery, before)
+                except ValueError as e:  # too short or silent to normalise
+                    raise ApiError(422, one_line(e), "loudness" if task.delivery.loudness is not None else None
+                                   ) from None
+                level = measures.get("loudness_after")
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        if fmt == "pcm":
+            import io
+
+            import soundfile as sf
+
+            data = sf.read(io.BytesIO(data), dtype="int16")[0].astype("<i2").tobytes()
+        headers = {"X-Editx-Load-Seconds": f"{served.load_seconds:.3f}", "X-Editx-Batch": str(served.batch),
+                   "X-Editx-Seconds": f"{time.perf_counter() - t0:.3f}", "X-Editx-Sample-Rate": str(rate)}
+        if level is not None:
+            headers["X-Editx-Loudness"] = f"{level:.2f}"
+        if isinstance(done.info.get("chunks"), list):  # a long input or text, cut and joined as `batch` does
+            headers["X-Editx-Chunks"] = str(len(done.info["chunks"]))
+        scores = done.info.get("qa")
+        if isinstance(scores, dict):  # --qa: what the checks found (the kept attempt's, under --retry-below)
+            headers["X-Editx-QA-Passed"] = str(bool(scores.get("passed"))).lower()
+            for key in ("wer", "cer", "similarity", "duration_ratio"):
+                if scores.get(key) is not None:
+                    headers[f"X-Editx-QA-{key.replace('_', '-').title()}"] = str(scores[key])
+            if scores.get("problems"):
+                headers["X-Editx-QA-Problems"] = quote(scores["problems"])
+            headers["X-Editx-QA-Attempts"] = str(len(done.info.get("qa_attempts") or [scores]))
+        if done.info.get("transcribed_by"):  # what the server heard, as the edit used it
+            # headers are Latin-1: percent-encoded UTF-8
+            headers["X-Editx-Transcript"] = quote(done.info.get("transcript", ""))
+        from fastapi.responses import Response
+
+        return Response(data, media_type=MEDIA[fmt], headers=headers)
+
+    def run_wave(self, engine: Engine, planned: list) -> list:
+        """The engine thread's wave: the requests waiting, through the batch loop as one run."""
+        outcomes, _ = loop.run(planned, engine, self.wave_options,
+                               transcriber=self.transcriber(engine) if self.options.whisper_model else None)
+        return outcomes
+
+    def transcriber(self, engine: Engine):
+        """One Whisper model for the server's life, on the engine's device (engine thread only)."""
+        if self.whisper is None:
+            from editx_cli.transcribe import Transcriber
+
+            self.whisper = Transcriber(self.options.whisper_model, engine.device, self.cache)
+        return self.whisper
+
+    def private(self, message: str) -> str:
+        """A message with the server's own paths taken out: a client sees "upload" or "voice"."""
+        for folder, word in ((self.scratch, "upload"), (self.voices.resolve(), "voice"), (self.voices, "voice")):
+            message = re.sub(re.escape(str(folder)) + r"[^\s':)]*", word, message)
+        return message
+
+    def checked(self, row: dict[str, Any], labels: dict[str, str]) -> Task:
+        try:
+            return validate([row], source="request", base_dir=self.scratch, out_dir=self.scratch,
+                            engine=self.engine_cls, field_labels=labels, transcribe=bool(self.options.whisper_model),
+                            transcript_hint=("the upload", "start the server with --whisper-model"))[0]
+        except InvalidInput as e:
+            p = e.problems[0]
+            message = "; ".join(f"{q.field}: {q.message}" if q.field else q.message for q in e.problems)
+            raise ApiError(400, self.private(message), p.field) from None
+
+    async def save_upload(self, upload: UploadFile, field: str) -> Path:
+        suffix = Path(upload.filename or "").suffix.lower()
+        folder = Path(tempfile.mkdtemp(dir=self.scratch))
+        path = folder / ("upload" + (suffix if suffix in UPLOAD_SUFFIXES else ""))
+        size = 0
+        with open(path, "wb") as f:
+            while block := await upload.read(1 << 20):
+                size += len(block)
+                if size > self.options.max_upload_bytes:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    raise ApiError(413, f"the upload is over {self.options.max_upload_bytes} bytes", field)
+                f.write(block)
+        try:
+            info = audio.probe(path)
+            problem = self.upload_problem(info)
+        except audio.AudioError as e:
+            problem = self.private(f"not usable audio: {e}")
+        if problem:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ApiError(400, problem, field)
+        return path
+
+    def upload_problem(self, info: audio.AudioInfo) -> str | None:
+        """What is wrong with an upload's header, before a sample of it is decoded."""
+        if not RATES[0] <= info.samplerate <= RATES[1]:
+            return f"a sample rate of {info.samplerate} Hz; from {RATES[0]} to {RATES[1]} Hz are taken"
+        if info.seconds > self.options.max_audio_seconds:
+            return f"the audio is {info.seconds:.1f} s; at most {self.options.max_audio_seconds:g} s"
+        most = int(self.options.max_audio_seconds * 96000 * self.options.max_audio_channels)
+        if info.frames * info.channels > most:
+            return (f"the audio decodes to {info.frames * info.channels} samples ({info.channels} channels at "
+                    f"{info.samplerate} Hz); at most {most}")
+        return None
+
+    def text_limit(self, value: str, field: str) -> None:
+        if len(value) > self.options.max_text_chars:
+            raise ApiError(400, f"{len(value)} characters; at most {self.options.max_text_chars}", field)
