@@ -102,7 +102,7 @@ def test_a_chain_of_edits_by_posting_the_result_back(dsp, tmp_path):
     ({"intensity": "strong"}, 400, "intensity: Input should be a valid number, unable to parse string as a number",
      "intensity"),
     ({"iterations": "0"}, 400, "iterations: 0 is outside 1–10", "iterations"),
-    ({"response_format": "aac"}, 400, "unknown format 'aac' (one of: wav, flac, mp3, opus, ogg, pcm)",
+    ({"response_format": "aac"}, 400, "unknown format 'aac' (one of: wav, flac, mp3, ogg, opus, pcm)",
      "response_format"),
     ({"loudness": "3"}, 400, "loudness: 3.0 is outside -60–-5 LUFS", "loudness"),
     ({"edit_info": "fastest"}, 400, "edit_info: unknown speed 'fastest' (one of: faster, slower, more faster, "

@@ -329,3 +329,10 @@ def test_the_docs_load_nothing_from_elsewhere(tmp_path):
         assert json.loads(c.get("/openapi.json").text)["info"]["title"] == "editx"
     with _client(tmp_path, docs=False) as c:
         assert c.get("/docs").status_code == 404 and c.get("/openapi.json").status_code == 404
+
+
+def test_the_response_formats_are_batchs_and_each_has_a_media_type():
+    from editx_cli.deliver import FORMATS
+    from editx_cli.serve.options import MEDIA, RESPONSE_FORMATS
+
+    assert RESPONSE_FORMATS == (*FORMATS, "pcm") and set(MEDIA) == set(RESPONSE_FORMATS)

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from editx_cli.serve.options import MODEL_ID
+from editx_cli.serve.options import MODEL_ID, RESPONSE_FORMATS
 
 
 class Speech(BaseModel):
@@ -14,7 +14,7 @@ class Speech(BaseModel):
     model: str = MODEL_ID
     input: str = Field(min_length=1)
     voice: str
-    response_format: Literal["wav", "flac", "mp3", "opus", "ogg", "pcm"] = "mp3"
+    response_format: Literal[RESPONSE_FORMATS] = "mp3"  # the tuple subscripts as its members
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     seed: int = Field(default=0, ge=0, lt=2**32)
     loudness: float | None = None

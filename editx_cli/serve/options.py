@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from editx_cli.deliver import FORMATS
+
 MODEL_ID = "step-audio-editx"
-RESPONSE_FORMATS = ("wav", "flac", "mp3", "opus", "ogg", "pcm")
+RESPONSE_FORMATS = (*FORMATS, "pcm")  # batch's formats, and OpenAI's raw 16-bit PCM
 PCM_RATE = 24000  # OpenAI's "pcm": 16-bit little-endian mono at 24 kHz
 MEDIA = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg; codecs=opus",
          "ogg": "audio/ogg", "pcm": "audio/pcm"}

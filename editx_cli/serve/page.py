@@ -15,9 +15,10 @@ def ui_page(engine_cls: type[Engine]) -> tuple[str, str]:
     its Content-Security-Policy: its own inline script and style (by hash), nothing else inline."""
     from importlib import resources
 
+    from editx_cli.deliver import FORMATS
     from editx_cli.tasks import EDIT_INFOS
 
-    options = {"formats": ["wav", "mp3", "flac", "opus", "ogg"],
+    options = {"formats": list(FORMATS),
                "edit_types": [t for t in EDIT_INFOS if t in engine_cls.edit_types],
                "edit_infos": {t: list(v) for t, v in EDIT_INFOS.items()}, "clone": "clone" in engine_cls.task_kinds}
     page = resources.files("editx_cli").joinpath("ui.html").read_text(encoding="utf-8")
