@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,13 +114,11 @@ def run(
     transcriber = transcriber or _transcriber(engine, options)
     checker = _checker(engine, options, transcriber)
     active: list[_Work] = []
-    longs: dict[int, _Long] = {}  # id of a chunk's work -> the long task it is part of
-
     def end(w: _Work, state: str, error: str = "") -> None:
         if w not in active:  # a chunk whose task another chunk's failure has ended
             return
         active.remove(w)
-        whole = longs.pop(id(w), None)
+        whole = w.whole
         if whole is None:
             w.close()
             w.o.status, w.o.error = state, error
@@ -136,8 +133,7 @@ def run(
         else:  # one chunk failed or was cancelled: so is its task, and its other chunks go
             error = f"chunk {whole.chunks.index(w) + 1} ({whole.span(w)}): {error}"
             for other in whole.chunks:
-                if id(other) in longs:
-                    longs.pop(id(other))
+                if other in active:
                     active.remove(other)
                     other.close()
         whole.w.close()
@@ -166,9 +162,7 @@ def run(
                     continue
                 if whole is not None:  # its chunks run in its place, as tasks of their own
                     active.remove(w)
-                    running = [c for i, c in enumerate(whole.chunks) if i not in whole.done]
-                    active.extend(running)
-                    longs.update((id(c), whole) for c in running)
+                    active.extend(c for i, c in enumerate(whole.chunks) if i not in whole.done)
             if not active:
                 if starting:  # all failed to start: others may be ready now
                     continue
@@ -182,7 +176,7 @@ def run(
             for w, result in zip(wave, results, strict=True):
                 if isinstance(result, BaseException):
                     if isinstance(result, ValueError):  # the engine's word on this input
-                        (longs[id(w)].w if id(w) in longs else w).o.info["refused"] = True
+                        (w.whole.w if w.whole else w).o.info["refused"] = True
                     end(w, "failed", _one_line(result))
                     continue
                 w.absorb(result)
@@ -190,7 +184,7 @@ def run(
                     last.append(w)
             if checker is not None and last:
                 try:
-                    _judge(last, checker, options.max_retries, lambda w: id(w) in longs)
+                    _judge(last, checker, options.max_retries)
                 except Exception as e:  # Whisper or the speaker model failed: these tasks, not the run
                     log.debug("quality checks failed", exc_info=True)
                     for w in last:
@@ -199,7 +193,7 @@ def run(
             for w in last:
                 if w.passes == 0:  # below the thresholds: back in the queue with the next seed
                     continue
-                error = "" if id(w) in longs else w.commit()  # a chunk is joined, not written
+                error = "" if w.whole else w.commit()  # a chunk is joined, not written
                 end(w, "failed" if error else "done", error)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
         for w in active:
@@ -212,11 +206,11 @@ def run(
     return [outcomes[p.task.id] for p in planned], load_seconds
 
 
-def _judge(works: list[_Work], checker: Checker, max_retries: int, chunk: Callable[[_Work], bool]) -> None:
+def _judge(works: list[_Work], checker: Checker, max_retries: int) -> None:
     """Score the final pass of each work in one group; keep the best attempt of those that are
     done, and send the others round again with the next seed. An output is scored as it will
     be written (levelled, encoded, decoded again); a chunk as the engine made it."""
-    checks = [w.check(delivered=not chunk(w)) for w in works]
+    checks = [w.check(delivered=w.whole is None) for w in works]
     scores, seconds = checker(checks)
     share = sum(seconds.values()) / len(works)
     for w, s in zip(works, scores, strict=True):
@@ -249,6 +243,7 @@ class _Work:
     attempts: list | None = None  # every attempt's scores, with its seed
     rendered: tuple | None = None  # the output as it will be written, once made (see render)
     best: tuple | None = None  # (rank, audio, rate, engine info, scores) of the best attempt so far
+    whole: _Long | None = None  # the long task this work is a chunk of
 
     def __post_init__(self) -> None:
         # What a retry starts again from
@@ -416,6 +411,8 @@ class _Long:
     def __init__(self, w: _Work, chunks: list[_Work], starts: list[int], ends: list[int],
                  pauses: list[float] | None, split_seconds: float) -> None:
         self.w, self.chunks, self.starts, self.ends, self.pauses = w, chunks, starts, ends, pauses
+        for c in chunks:
+            c.whole = self
         self.done: dict[int, tuple[Any, int, Outcome, str, str]] = {}  # audio, rate, outcome, transcript, expected
         self.w.o.stages["split"] = round(split_seconds, 4)
 
