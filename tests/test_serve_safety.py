@@ -253,7 +253,7 @@ def test_one_queue_limit_for_every_kind_of_work(tmp_path):
 
     options = ServeOptions(engine="dsp", voices_dir=tmp_path / "v", max_queue=1, max_batch=8)
     with TestClient(create_app(options), base_url=HOME) as c:
-        assert c.app.state.service.max_queue == 1  # as configured, not raised to the batch size
+        assert c.app.state.serving.service.max_queue == 1  # as configured, not raised to the batch size
     import threading
 
     gate = threading.Event()

@@ -33,7 +33,6 @@ def create_app(options: ServeOptions):
     else:
         app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, **about)
     app.state.serving = serving
-    app.state.service = serving.service
     app.state.page = ui_page(serving.engine_cls)
     if options.cors_origins:
         from starlette.middleware.cors import CORSMiddleware

@@ -304,17 +304,18 @@ class Decoder:
         credit = 0.0  # seconds of prefill earned by decode periods while newcomers wait
         self._admit(queue, fig)
         while any(self.rows):
-            live = [s for s, r in enumerate(self.rows) if r and r.filled]
+            live = self._live()
+            waiting = any(r and not r.filled for r in self.rows)
             if len(live) * 2 < self.slots:  # most slots idle: fill them at full speed
                 self._fill(fig, chunks=None)
                 if not live:
                     continue
-            elif any(r and not r.filled for r in self.rows):
-                if credit > 0:
-                    credit -= self._fill(fig, chunks=1)
-            else:
+                live = self._live()
+            elif waiting and credit > 0:
+                credit -= self._fill(fig, chunks=1)
+                live = self._live()
+            elif not waiting:
                 credit = 0.0
-            live = [s for s, r in enumerate(self.rows) if r and r.filled]
             w = next(x for x in widths if x > max(live))
             need = max(len(self.rows[s].ids) + self.steps_seen[s] + SYNC_EVERY for s in live)
             keys = next(k for k in sizes if k >= min(need, self.length))
@@ -341,6 +342,10 @@ class Decoder:
         fig.graphs = sorted(f"{w}x{k}" for w, k in used if (w, k) in self.graphs)
         fig.keys = sorted({k for _, k in used})
         return fig
+
+    def _live(self) -> list[int]:
+        """The slots whose rows are decoding (their prompts are in)."""
+        return [s for s, r in enumerate(self.rows) if r and r.filled]
 
     def _finish(self, ended: list[int], steps: list[int], fig: Figures, on_done) -> None:
         """Hand over the tasks whose rows ended and free their slots."""
