@@ -3,9 +3,11 @@
 A live server on 127.0.0.1 takes N edit requests at concurrency 1, 8 and 32 (requests per
 second, p50 and p95 latency, and how many decode batches they made); then `editx batch`
 runs the same N tasks from a manifest (tasks per second, the model's load time left
-out of both). By default on the tiny checkpoints the tests build (CPU), so the figures
-show the server's own cost and its batching, not a GPU's speed; pass --model-dir,
---tokenizer-dir and --editx-src for real weights.
+out of both). With the model, a long text (about 50 s of speech, cut in pieces) is then
+asked for whole and with `stream: true`: the seconds to its first audio and to its end.
+By default on the tiny checkpoints the tests build (CPU), so the figures show the server's
+own cost and its batching, not a GPU's speed; pass --model-dir and --tokenizer-dir for
+real weights.
 
     python benchmarks/serve.py [--requests 32] [--engine stepaudio|dsp]
 """
@@ -13,6 +15,7 @@ show the server's own cost and its batching, not a GPU's speed; pass --model-dir
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import socket
 import statistics
@@ -29,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EDITX = str(Path(sys.executable).with_name("editx"))
 CLIP = ROOT / "manifests" / "clips" / "narration.wav"
 TEXT = "The quick brown fox jumps over the lazy dog."
+STORY = " ".join(f"Sentence number {i} of a story that goes on." for i in range(30))
 
 
 def main() -> None:
@@ -37,19 +41,19 @@ def main() -> None:
     ap.add_argument("--engine", default="stepaudio", choices=["stepaudio", "dsp"])
     ap.add_argument("--model-dir")
     ap.add_argument("--tokenizer-dir")
-    ap.add_argument("--editx-src")
+    ap.add_argument("--editx-src", help="with --vocoder official, the official code's checkout")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="editx-serve-bench-"))
     model = []
     if args.engine == "stepaudio":
         if args.model_dir:
-            folders = (args.model_dir, args.tokenizer_dir, args.editx_src)
+            folders = (args.model_dir, args.tokenizer_dir)
         else:
             subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_checkpoints.py"), str(work / "tiny")],
                            check=True, capture_output=True)
-            folders = (work / "tiny" / "Step-Audio-EditX", work / "tiny" / "Step-Audio-Tokenizer",
-                       work / "tiny" / "editx-src")
-        model = ["--model-dir", str(folders[0]), "--tokenizer-dir", str(folders[1]), "--editx-src", str(folders[2])]
+            folders = (work / "tiny" / "Step-Audio-EditX", work / "tiny" / "Step-Audio-Tokenizer")
+        model = ["--model-dir", str(folders[0]), "--tokenizer-dir", str(folders[1]),
+                 *(["--editx-src", args.editx_src] if args.editx_src else [])]
     form = ({"edit_type": "emotion", "edit_info": "happy", "audio_text": TEXT} if args.engine == "stepaudio"
             else {"edit_type": "speed", "edit_info": "faster"})
     n = args.requests
@@ -99,10 +103,31 @@ def serve(work: Path, model: list[str], engine: str, form: dict, n: int) -> dict
             print(f"  serve, conc. {c:2d} : {n / wall:7.2f} req/s  p50 {statistics.median(latencies) * 1000:7.0f} ms  "
                   f"p95 {p95 * 1000:7.0f} ms  {after['batches'] - before['batches']:3d} decode batches "
                   f"(largest {after['largest_batch']})")
+        if engine == "stepaudio":
+            first_audio(url)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     return rates
+
+
+def first_audio(url: str) -> None:
+    """A long text answered whole, then streamed: seconds to the first byte of audio and to the end."""
+    voice = {"prompt_audio_base64": base64.b64encode(CLIP.read_bytes()).decode(), "prompt_text": TEXT}
+    body = {"input": STORY, "response_format": "wav", "step_audio": voice}
+    t0 = time.perf_counter()
+    whole = httpx.post(url + "/v1/audio/speech", json=body, timeout=600)
+    whole.raise_for_status()
+    whole_s = time.perf_counter() - t0
+    t0, first = time.perf_counter(), None
+    with httpx.stream("POST", url + "/v1/audio/speech", json={**body, "stream": True}, timeout=600) as r:
+        r.raise_for_status()
+        for _ in r.iter_bytes():
+            first = first or time.perf_counter() - t0
+    end = time.perf_counter() - t0
+    seconds = (len(whole.content) - 44) / 2 / int(whole.headers["x-editx-sample-rate"])
+    print(f"  long text ({len(STORY)} chars, {whole.headers['x-editx-chunks']} pieces, {seconds:.0f} s of audio): "
+          f"whole {whole_s:6.2f} s; stream: first audio {first:6.2f} s ({first / whole_s:4.2f}x), end {end:6.2f} s")
 
 
 def batch(work: Path, model: list[str], engine: str, form: dict, n: int) -> float:

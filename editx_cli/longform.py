@@ -256,45 +256,61 @@ def join(pieces: list[np.ndarray], pauses: list[float], sr: int) -> tuple[np.nda
     """Pieces in order with pauses[i] seconds between the speech of piece i and i+1, each pause
     made of the pieces' own edge sound (silence where they have less), crossfaded with
     equal-power curves in its middle. Returns the audio and each piece's span in it."""
-    fade = max(1, int(FADE_SECONDS * sr))
-    bounds = [speech_bounds(p, sr) for p in pieces]
-    out: list[np.ndarray] = []
-    spans: list[tuple[int, int]] = []
-    at = 0  # samples joined so far
-    for i, p in enumerate(pieces):
-        start, end = bounds[i]
+    joiner = Joiner(pauses, sr)
+    out = [joiner.add(p) for p in pieces]
+    out.append(joiner.finish())
+    return np.concatenate(out), joiner.spans
+
+
+class Joiner:
+    """`join` a piece at a time: each call returns the samples that are final once that piece is
+    known (all but the crossfade still to come), so a long output can be sent as it is made."""
+
+    def __init__(self, pauses: list[float] | None, sr: int) -> None:
+        # pauses None: the pieces end to end, as they were cut (in pauses): the join of an edit whose
+        # output length follows its input's, so the whole keeps that length to the sample
+        self.pauses, self.sr = pauses, sr
+        self.fade = max(1, int(FADE_SECONDS * sr))
+        self.spans: list[tuple[int, int]] = []
+        self._held = np.zeros(0, np.float32)  # the end of the last part, which the next may fade into
+        self._last = 0  # length of that last part (a crossfade needs `fade` samples of it)
+        self._at = 0  # samples joined so far
+
+    def add(self, p: np.ndarray) -> np.ndarray:
+        i = len(self.spans)
+        if self.pauses is None:
+            self.spans.append((self._at, self._at + len(p)))
+            self._at += len(p)
+            return np.asarray(p, np.float32)
+        fade, sr, pauses, last = self.fade, self.sr, self.pauses, i == len(self.pauses)
+        start, end = speech_bounds(p, sr)
         if i > 0:
             gap = max(int(round(pauses[i - 1] * sr)), fade)
             head = _edge(p[:start][::-1], (gap + fade) // 2)[::-1]  # this piece's lead-in, up to half
         else:
             head = p[:start]
-        if i < len(pieces) - 1:
+        if not last:
             gap = max(int(round(pauses[i] * sr)), fade)
             tail = _edge(p[end:], gap + fade - (gap + fade) // 2)
         else:
             tail = p[end:]
         body = np.concatenate([head, p[start:end], tail]).astype(np.float32)
-        if out and len(out[-1]) >= fade and len(body) >= fade:
+        if i > 0 and self._last >= fade and len(body) >= fade:
             theta = np.linspace(0, np.pi / 2, fade, dtype=np.float32)
-            prev = out.pop()
-            out += [prev[:-fade], prev[-fade:] * np.cos(theta) + body[:fade] * np.sin(theta), body[fade:]]
-            at -= fade
+            done = [self._held[:-fade], self._held[-fade:] * np.cos(theta) + body[:fade] * np.sin(theta)]
+            rest = body[fade:]
+            self._at -= fade
         else:
-            out.append(body)
-        spans.append((at, at + len(body)))
-        at += len(body)
-    return (np.concatenate(out) if out else np.zeros(0, np.float32)), spans
+            done, rest = [self._held], body
+        self.spans.append((self._at, self._at + len(body)))
+        self._at += len(body)
+        keep = min(fade, len(rest))
+        self._held, self._last = rest[len(rest) - keep:], len(rest)
+        return np.concatenate([*done, rest[:len(rest) - keep]])
 
-
-def concatenate(pieces: list[np.ndarray]) -> tuple[np.ndarray, list[tuple[int, int]]]:
-    """Pieces end to end, as they were cut (in pauses), with each piece's span: the join of an
-    edit whose output length follows its input's, so the whole keeps that length to the
-    sample; each chunk's edges are its share of the pause, edited like the rest of it."""
-    spans, at = [], 0
-    for p in pieces:
-        spans.append((at, at + len(p)))
-        at += len(p)
-    return (np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)), spans
+    def finish(self) -> np.ndarray:
+        held, self._held = self._held, np.zeros(0, np.float32)
+        return held
 
 
 def _edge(x: np.ndarray, n: int) -> np.ndarray:

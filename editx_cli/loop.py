@@ -12,9 +12,12 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from editx_cli import audio, deliver, longform, loudness
 from editx_cli.engine import Engine, Request, Result
@@ -58,6 +61,7 @@ def run(
     engine: Engine,
     options: RunOptions,
     transcriber=None,
+    on_audio: Callable[[str, np.ndarray, int], None] | None = None,
 ) -> tuple[list[Outcome], float]:
     """Run every task not already done; return the outcomes and the engine load time.
 
@@ -65,6 +69,9 @@ def run(
     server's, kept for its life); else one is made when the options ask for it. A task that
     fails on its input (unreadable, untranscribable, refused by the engine, undeliverable)
     has `info["refused"]`, so a server can tell its client's fault from its own.
+    `on_audio(task id, samples, rate)`: each output as its parts become final, in order, before
+    it is levelled and encoded (a long task's as its chunks are joined, each as soon as the
+    engine has made it when no check can still reject it): a streamed response.
     """
     outcomes = {p.task.id: outcome_of(p.task) for p in planned}
     todo = [p for p in planned if not p.skip]
@@ -150,6 +157,7 @@ def run(
                 break
             for p in starting:
                 w = _start(p, outcomes[p.task.id], engine, transcriber, options)
+                w.on_audio = on_audio
                 active.append(w)
                 if w.x is None:
                     end(w, "failed", w.o.error)
@@ -171,7 +179,14 @@ def run(
                 break
             wave = (sorted(active, key=lambda w: len(w.x) / w.sr) if size > 1 else active)[:size]
             bar.set_postfix_str(",".join(w.p.task.id for w in wave)[:40], refresh=False)
-            results = engine.run_batch([w.request() for w in wave])
+
+            def made(i: int, result: Result | Exception, wave: list[_Work] = wave) -> None:
+                """The engine's word that one request is done, before the wave ends."""
+                w = wave[i]
+                if checker is None and isinstance(result, Result) and w.passes + 1 == w.p.task.iterations:
+                    w.offer(result.audio, result.sr)
+
+            results = engine.run_batch([w.request() for w in wave], on_result=made if on_audio else None)
             last: list[_Work] = []  # works whose final pass this was
             for w, result in zip(wave, results, strict=True):
                 if isinstance(result, BaseException):
@@ -193,6 +208,8 @@ def run(
             for w in last:
                 if w.passes == 0:  # below the thresholds: back in the queue with the next seed
                     continue
+                if w.whole is None:
+                    w.offer(w.x, w.sr)
                 error = "" if w.whole else w.commit()  # a chunk is joined, not written
                 end(w, "failed" if error else "done", error)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
@@ -244,11 +261,23 @@ class _Work:
     rendered: tuple | None = None  # the output as it will be written, once made (see render)
     best: tuple | None = None  # (rank, audio, rate, engine info, scores) of the best attempt so far
     whole: _Long | None = None  # the long task this work is a chunk of
+    on_audio: Callable[[str, np.ndarray, int], None] | None = None  # see run()
+    offered: bool = False  # its final audio has gone to on_audio (or to its whole's join)
 
     def __post_init__(self) -> None:
         # What a retry starts again from
         self.start = (self.x, self.sr, self.path, self.audio_text, self.digest)
         self.pass_info: dict[str, Any] = {}
+
+    def offer(self, x: np.ndarray, sr: int) -> None:
+        """The final audio of this work, as soon as it is known: to on_audio, or to the whole's join."""
+        if self.offered:
+            return
+        self.offered = True
+        if self.whole is not None:
+            self.whole.offer(self.whole.chunks.index(self), x, sr)
+        elif self.on_audio is not None:
+            self.on_audio(self.p.task.id, x, sr)
 
     @property
     def say(self) -> str:
@@ -415,6 +444,12 @@ class _Long:
             c.whole = self
         self.done: dict[int, tuple[Any, int, Outcome, str, str]] = {}  # audio, rate, outcome, transcript, expected
         self.w.o.stages["split"] = round(split_seconds, 4)
+        # The join, made in order as chunks come in (each chunk's audio as soon as it is final)
+        self.made: dict[int, tuple[np.ndarray, int]] = {}
+        self.kept: set[int] = set()
+        self.joiner: longform.Joiner | None = None
+        self.joined: list[np.ndarray] = []
+        self.join_seconds = 0.0
 
     @property
     def left(self) -> int:
@@ -427,24 +462,48 @@ class _Long:
         return f"{self.starts[i] / self.w.sr:.1f}-{self.ends[i] / self.w.sr:.1f} s"
 
     def take(self, c: _Work) -> None:
-        self.done[self.chunks.index(c)] = (c.x, c.sr, c.o, c.start[3], c.expected)
+        i = self.chunks.index(c)
+        self.done[i] = (c.x, c.sr, c.o, c.start[3], c.expected)
+        c.offer(c.x, c.sr)
         c.close()
+
+    def offer(self, i: int, x: np.ndarray, sr: int) -> None:
+        self.made[i] = (x, sr)
+        self._join()
+
+    def _join(self) -> None:
+        """Join the chunks that are ready, in order; hand each newly final part to on_audio."""
+        t0 = time.perf_counter()
+        if self.joiner is None:  # the engine's rate: a kept chunk waits for the first it made
+            rate = next((r for i, (_, r) in sorted(self.made.items()) if i not in self.kept), None)
+            if rate is None:
+                return
+            self.joiner = longform.Joiner(self.pauses, rate)
+        n = len(self.joined)
+        while len(self.joined) < len(self.chunks) and len(self.joined) in self.made:
+            x, r = self.made.pop(len(self.joined))
+            self.joined.append(self.joiner.add(x if r == self.joiner.sr else audio.resample(x, r, self.joiner.sr)))
+        if len(self.joined) == len(self.chunks) and n < len(self.joined):
+            self.joined.append(self.joiner.finish())
+        self.join_seconds += time.perf_counter() - t0
+        if self.w.on_audio is not None:
+            for part in self.joined[n:]:
+                if len(part):
+                    self.w.on_audio(self.w.p.task.id, part, self.joiner.sr)
 
     def keep(self, i: int) -> None:
         """A chunk with no speech in it: the model would only make something up, so it stays as it was."""
         c = self.chunks[i]
         c.o.info["kept"] = "no speech: passed through unedited"
         self.done[i] = (c.x, c.sr, c.o, "", "")
+        self.kept.add(i)
+        self.made[i] = (c.x, c.sr)
 
     def commit(self) -> str:
         """Join the chunks in order, with the task's report of them, and write the output."""
         w, o = self.w, self.w.o
-        sr = next(self.done[i][1] for i, c in enumerate(self.chunks) if "kept" not in self.done[i][2].info)
-        pieces = [x if r == sr else audio.resample(x, r, sr)
-                  for x, r, *_ in (self.done[i] for i in range(len(self.chunks)))]
-        t0 = time.perf_counter()
-        y, spans = longform.join(pieces, self.pauses, sr) if self.pauses is not None else longform.concatenate(pieces)
-        o.stages["join"] = round(time.perf_counter() - t0, 4)
+        y, spans, sr = np.concatenate(self.joined), self.joiner.spans, self.joiner.sr
+        o.stages["join"] = round(self.join_seconds, 4)
         rows, scores, texts = [], [], []
         for i, c in enumerate(self.chunks):
             _, _, co, transcript, expected = self.done[i]

@@ -115,7 +115,7 @@ def _model_options() -> list:
         click.option("--vocoder-dtype", envvar="EDITX_VOCODER_DTYPE", default="float32", show_default=True,
                      type=click.Choice(["float32", "bfloat16", "float16"]),
                      help="The native vocoder's precision (float32 as upstream; the source and STFTs stay float32)."),
-        click.option("--variant", envvar="EDITX_VARIANT", type=click.Choice(["base", "bnb", "awq"]),
+        click.option("--variant", envvar="EDITX_VARIANT", type=click.Choice(["base", "awq", "bnb"]),
                      default="base", show_default=True, help="Model variant (sibling folders of --model-dir)."),
         click.option("--dtype", envvar="EDITX_DTYPE", default="auto", show_default=True,
                      type=click.Choice(["auto", "bfloat16", "float16", "float32"]),
@@ -630,8 +630,14 @@ def list_tags() -> None:
 @click.option("--voices-dir", envvar="EDITX_VOICES_DIR", type=click.Path(file_okay=False), default=None,
               help="Registered voices (default: the user data folder).")
 @click.option("--max-upload-mb", type=click.FloatRange(0.01), default=50.0, show_default=True)
-@click.option("--max-audio-seconds", type=click.FloatRange(0.5), default=60.0, show_default=True)
-@click.option("--max-text-chars", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--max-audio-seconds", type=click.FloatRange(0.5), default=300.0, show_default=True,
+              help="Longest upload; inputs longer than the model's window are cut and joined as batch does.")
+@click.option("--max-text-chars", type=click.IntRange(1), default=5000, show_default=True)
+@click.option("--allow-url-fetch", is_flag=True, envvar="EDITX_ALLOW_URL_FETCH",
+              help="Fetch the Step-Audio API's prompt_audio_url / input_audio_url (public addresses only, "
+                   "--max-upload-mb and --url-fetch-timeout bound each); refused without it.")
+@click.option("--url-fetch-timeout", type=click.FloatRange(0.1), default=30.0, show_default=True,
+              help="Seconds a URL fetch may take in all.")
 @click.option("--cache-dir", envvar="EDITX_CACHE_DIR", type=click.Path(file_okay=False), default=None,
               help="Feature cache folder: the same one batch runs use by default.")
 @click.option("--no-cache", is_flag=True, envvar="EDITX_NO_CACHE", help="Neither read nor write the cache.")
@@ -643,12 +649,14 @@ def list_tags() -> None:
 def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | None, insecure: bool,
           allowed_hosts: str, cors_origins: tuple[str, ...], body_timeout: float, no_docs: bool, idle_unload: float,
           max_batch: int, max_queue: int, voices_dir: str | None, max_upload_mb: float,
-          max_audio_seconds: float, max_text_chars: int, cache_dir: str | None, no_cache: bool,
-          whisper_model: str | None, verbose: bool, qa: bool, retry_below: str | None, max_retries: int | None,
+          max_audio_seconds: float, max_text_chars: int, allow_url_fetch: bool, url_fetch_timeout: float,
+          cache_dir: str | None, no_cache: bool, whisper_model: str | None, verbose: bool, qa: bool,
+          retry_below: str | None, max_retries: int | None,
           **model) -> None:
     """Serve the model over HTTP: an OpenAI-compatible API (/v1/audio/speech, /v1/audio/edits,
-    /v1/voices, /v1/models), /healthz and docs at /docs. One engine, loaded on the first
-    request that needs it and released when idle. Needs editx[serve]."""
+    /v1/voices, /v1/models) that also takes the Step-Audio API's requests (step_audio,
+    /v1/audio/speech/upload, /v1/tags), /healthz and docs at /docs. One engine, loaded on the
+    first request that needs it and released when idle. Needs editx[serve]."""
     import ipaddress
 
     _setup({"verbose": verbose, "quiet": False, "gpu": gpu})
@@ -692,7 +700,8 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
                                   max_text_chars=max_text_chars, whisper_model=whisper_model, host=host,
                                   allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
                                   cors_origins=tuple(o.rstrip("/") for o in cors_origins), body_timeout=body_timeout,
-                                  docs=not no_docs, quality=quality)
+                                  docs=not no_docs, quality=quality, allow_url_fetch=allow_url_fetch,
+                                  url_fetch_timeout=url_fetch_timeout)
     app = serve.create_app(options)
     uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
                 http=guard.header_timeout_protocol(body_timeout))

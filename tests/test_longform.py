@@ -85,6 +85,30 @@ def test_join_keeps_the_pauses_and_does_not_click():
     assert spans[1][1] == len(y) and spans[0][0] == 0
 
 
+def test_a_join_made_piece_by_piece_holds_back_only_the_next_crossfade():
+    """What a streamed response sends: each piece's samples as soon as it is known, all but the
+    crossfade the next piece will make; in all, the very samples of the whole join."""
+    sr = 16000
+    rng = np.random.default_rng(3)
+    pieces = []
+    for n in (9000, 30, 12000, 400, 7000):  # pieces shorter than a crossfade too
+        x = (rng.standard_normal(n) * 1e-4).astype(np.float32)
+        x[n // 4: 3 * n // 4] += 0.3 * np.sin(np.arange(n // 2 - n // 2 % 1) * 0.05)[: 3 * n // 4 - n // 4]
+        pieces.append(x)
+    pauses = [0.2, 0.05, 0.4, 0.0]
+    whole, spans = longform.join(pieces, pauses, sr)
+    joiner = longform.Joiner(pauses, sr)
+    parts, sent = [], 0
+    for i, p in enumerate(pieces):
+        parts.append(joiner.add(p))
+        sent += len(parts[-1])
+        assert joiner.spans[i][1] - sent <= joiner.fade  # only the crossfade to come is held back
+    parts.append(joiner.finish())
+    assert np.array_equal(np.concatenate(parts), whole) and joiner.spans == spans
+    ends = longform.Joiner(None, sr)  # end to end, as cut
+    assert np.array_equal(np.concatenate([ends.add(p) for p in pieces]), np.concatenate(pieces))
+
+
 def test_a_long_edit_is_cut_in_pauses_and_keeps_its_length(long_file, tmp_path):
     """The dsp engine keeps a denoised file's length, so the joined output's length and seams
     are exact to check."""

@@ -134,7 +134,9 @@ def test_bad_uploads(dsp, tmp_path):
     assert r.status_code == 404
     assert r.json()["error"]["message"] == "voice 'nobody' not found (registered: none; POST /v1/voices adds one)"
     r = httpx.post(dsp.url + "/v1/audio/speech", json={"input": "hello"})
-    assert r.status_code == 400 and r.json()["error"]["message"] == "voice: Field required"
+    assert r.status_code == 400 and r.json()["error"] == {
+        "message": "missing: a registered voice (GET /v1/voices lists them)", "type": "invalid_request_error",
+        "param": "voice", "code": None}
     r = httpx.post(dsp.url + "/v1/audio/speech", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "JSON decode error" in r.json()["error"]["message"]
 

@@ -8,6 +8,7 @@ Heavy imports happen in `load()`.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -96,15 +97,19 @@ class Engine:
     def run(self, request: Request) -> Result:
         raise NotImplementedError
 
-    def run_batch(self, requests: list[Request]) -> list[Result | Exception]:
-        """One result (or the error that stopped it) per request, in order. Engines that
-        decode several requests at once override this; the default runs them in turn."""
+    def run_batch(self, requests: list[Request],
+                  on_result: Callable[[int, Result | Exception], None] | None = None) -> list[Result | Exception]:
+        """One result (or the error that stopped it) per request, in order; `on_result(index,
+        result)` as each is ready, before the call returns (from any thread). Engines that decode
+        several requests at once override this; the default runs them in turn."""
         results: list[Result | Exception] = []
-        for r in requests:
+        for i, r in enumerate(requests):
             try:
                 results.append(self.run(r))
             except Exception as e:  # one request's failure is that request's alone
                 results.append(e)
+            if on_result is not None:
+                on_result(i, results[-1])
         return results
 
     def seam_pause(self, edit_type: str, edit_info: str, intensity: float, seconds: float) -> float:

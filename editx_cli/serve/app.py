@@ -11,6 +11,7 @@ from editx_cli.serve.options import DOCS_POLICY, FORM_OVERHEAD, ServeOptions
 from editx_cli.serve.page import ui_page
 from editx_cli.serve.routes import router as model_routes
 from editx_cli.serve.state import Serving
+from editx_cli.serve.stepaudio_api import router as stepaudio_routes
 from editx_cli.serve.voices import router as voice_routes
 
 
@@ -42,11 +43,12 @@ def create_app(options: ServeOptions):
     # added last, so it runs first: hosts, origins, the key and body limits before any route
     app.add_middleware(Guard, options=GuardOptions(
         bind=options.host, allowed_hosts=options.allowed_hosts, cors_origins=options.cors_origins,
-        api_key=options.api_key, max_body_bytes=options.max_upload_bytes + FORM_OVERHEAD,
+        api_key=options.api_key, max_body_bytes=options.max_upload_bytes * 4 // 3 + FORM_OVERHEAD,  # base64 in JSON
         body_timeout=options.body_timeout, policies=(("/docs", DOCS_POLICY),)))
     install(app)
     app.include_router(model_routes)
     app.include_router(voice_routes)
+    app.include_router(stepaudio_routes)
     return app
 
 

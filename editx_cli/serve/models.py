@@ -5,19 +5,43 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from editx_cli.serve.options import MODEL_ID, RESPONSE_FORMATS
+from editx_cli.serve.options import MODEL_ID, RESPONSE_FORMATS, STEP_AUDIO_MODES, VARIANTS
+
+
+class StepAudio(BaseModel):
+    """The Step-Audio API's `step_audio` object: a clone or an edit, its audio inline, by URL or
+    (with /v1/audio/speech/upload) as a file."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    mode: Literal[STEP_AUDIO_MODES] = "clone"
+    model_variant: Literal[VARIANTS] | None = None  # unset: whichever the server serves
+    prompt_text: str | None = None
+    prompt_audio_base64: str | None = None
+    prompt_audio_url: str | None = None
+    input_audio_base64: str | None = None
+    input_audio_url: str | None = None
+    audio_text: str | None = None
+    edit_info: str | None = None
+    intensity: float = 1.0
+    n_edit_iter: int = 1
 
 
 class Speech(BaseModel):
+    """OpenAI's speech request; with `step_audio`, the Step-Audio API's."""
+
     model_config = ConfigDict(allow_inf_nan=False)  # NaN is no number, not "unset"
 
     model: str = MODEL_ID
     input: str = Field(min_length=1)
-    voice: str
-    response_format: Literal[RESPONSE_FORMATS] = "mp3"  # the tuple subscripts as its members
+    voice: str | None = None  # a registered voice (OpenAI's shape needs one)
+    response_format: Literal[RESPONSE_FORMATS] | None = None  # mp3, or wav with step_audio (each API's default)
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     seed: int = Field(default=0, ge=0, lt=2**32)
     loudness: float | None = None
     peak: float | None = None
     sample_rate: int | None = None
     bitrate: int | None = None
+    stream: bool = False  # the audio piece by piece as a long text's pieces are spoken (wav or pcm)
+    metadata: dict[str, str | int | float | bool] | None = None  # echoed as X-Metadata-<key> headers
+    step_audio: StepAudio | None = None

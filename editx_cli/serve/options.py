@@ -6,8 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from editx_cli.deliver import FORMATS
+from editx_cli.engine.stepaudio.layout import VARIANT_DIRS
+from editx_cli.tasks import EDIT_TYPES
 
 MODEL_ID = "step-audio-editx"
+STEP_AUDIO_MODES = ("clone", *EDIT_TYPES)  # the Step-Audio API's step_audio.mode
+VARIANTS = tuple(VARIANT_DIRS)
+STREAM_FORMATS = ("wav", "pcm")  # formats that can be sent before the whole is known
+METADATA_KEYS = 32  # metadata entries a request may ask to have echoed
 RESPONSE_FORMATS = (*FORMATS, "pcm")  # batch's formats, and OpenAI's raw 16-bit PCM
 PCM_RATE = 24000  # OpenAI's "pcm": 16-bit little-endian mono at 24 kHz
 MEDIA = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg; codecs=opus",
@@ -41,8 +47,10 @@ class ServeOptions:
     max_batch: int = 16
     max_queue: int = 64
     max_upload_bytes: int = 50 * 2**20
-    max_audio_seconds: float = 60.0
+    max_audio_seconds: float = 300.0
     max_audio_channels: int = 2  # with max_audio_seconds and 96 kHz, the decoded size an upload may have
-    max_text_chars: int = 2000
+    max_text_chars: int = 5000
+    allow_url_fetch: bool = False  # prompt_audio_url / input_audio_url: fetched (public addresses only)
+    url_fetch_timeout: float = 30.0
     whisper_model: str | None = None  # transcribe edits sent without audio_text (a resolved checkpoint or name)
     quality: dict | None = None  # qa, thresholds, max_retries: each response heard and scored (retried below)

@@ -1,15 +1,15 @@
 """The model's routes: speech (OpenAI's shape), edits, models, the web page, health."""
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
-import shutil
-
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, Response
 
+from editx_cli.serve import stepaudio_api
 from editx_cli.serve.errors import ApiError
 from editx_cli.serve.models import Speech
 from editx_cli.serve.options import MEDIA, MODEL_ID, PCM_RATE, RESPONSE_FORMATS
+from editx_cli.serve.state import echo_headers, remove
 from editx_cli.serve.voices import record
 
 router = APIRouter()
@@ -18,20 +18,30 @@ router = APIRouter()
 @router.post("/v1/audio/speech", response_class=Response,
              responses={200: {"content": {m: {} for m in MEDIA.values()}}})
 async def speech(body: Speech, http: HttpRequest):
-    """Speak `input` in a registered voice (OpenAI's request shape)."""
+    """Speak `input` in a registered voice (OpenAI's request shape); with `step_audio`, a clone
+    or an edit in the Step-Audio API's shape."""
+    echoed = echo_headers(body)
+    if body.step_audio is not None:
+        response = await stepaudio_api.speech(body, {}, http)
+    else:
+        response = await _openai_speech(body, http)
+    response.headers.update(echoed)
+    return response
+
+
+async def _openai_speech(body: Speech, http: HttpRequest):
     serving = http.app.state.serving
+    if not body.voice:
+        raise ApiError(400, "missing: a registered voice (GET /v1/voices lists them)", "voice")
     serving.text_limit(body.input, "input")
     voice = record(serving.voices, body.voice)
-    row = {"id": "request", "task": "clone", "prompt_audio": str(serving.voices / f"{body.voice}.wav"),
-           "prompt_text": voice["text"], "text": body.input, "seed": body.seed,
-           "output": "out." + ("wav" if body.response_format == "pcm" else body.response_format),
-           "loudness": body.loudness, "peak": body.peak,
-           "sample_rate": PCM_RATE if body.response_format == "pcm" else body.sample_rate,
-           "bitrate": body.bitrate}
-    task = serving.checked({k: v for k, v in row.items() if v is not None},
+    fmt = body.response_format or "mp3"  # OpenAI's default
+    row = {"task": "clone", "prompt_audio": str(serving.voices / f"{body.voice}.wav"),
+           "prompt_text": voice["text"], "text": body.input}
+    task = serving.checked(serving.request_row(row, body, fmt),
                            {"prompt_audio": "voice", "prompt_text": "voice", "text": "input",
                             "output": "response_format", "task": "model"})
-    return await serving.run(task, body.response_format, http, body.speed)
+    return await serving.run(task, fmt, http, body.speed, stream=body.stream)
 
 
 @router.post("/v1/audio/edits", response_class=Response,
@@ -59,9 +69,10 @@ async def edits(http: HttpRequest, file: UploadFile = File(...), edit_type: str 
                "output": "out." + ("wav" if response_format == "pcm" else response_format)}
         task = serving.checked({k: v for k, v in row.items() if v is not None},
                                {"input_audio": "file", "output": "response_format", "task": "edit_type"})
-        return await serving.run(task, response_format, http)
-    finally:
-        shutil.rmtree(path.parent, ignore_errors=True)
+    except BaseException:
+        remove((path,))
+        raise
+    return await serving.run(task, response_format, http, uploads=(path,))  # which removes the upload
 
 
 @router.get("/v1/models")

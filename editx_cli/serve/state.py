@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import shutil
 import tempfile
@@ -20,9 +21,19 @@ from editx_cli.errors import InvalidInput
 from editx_cli.manifest import validate
 from editx_cli.resume import PlannedTask
 from editx_cli.serve.errors import ApiError, one_line
-from editx_cli.serve.options import MEDIA, RATES, UPLOAD_SUFFIXES, ServeOptions
+from editx_cli.serve.options import (
+    MEDIA,
+    METADATA_KEYS,
+    PCM_RATE,
+    RATES,
+    STREAM_FORMATS,
+    UPLOAD_SUFFIXES,
+    ServeOptions,
+)
 from editx_cli.service import Busy, Service
 from editx_cli.tasks import Task
+
+log = logging.getLogger("editx")
 
 if TYPE_CHECKING:
     from fastapi import Request as HttpRequest
@@ -51,6 +62,10 @@ class Serving:
         self.voices = Path(options.voices_dir)
         self.scratch = Path(tempfile.mkdtemp(prefix="editx-serve-"))
         self.whisper = None  # opened by the first request that needs it, kept for the server's life
+        self.streams: dict[str, Any] = {}  # job id -> AudioStream, for requests sent as they are made
+        # the model variant served (the Step-Audio API's model_variant names one)
+        config = options.engine_config or {}
+        self.variant = (config.get("variant") or "base") if options.engine == "stepaudio" else None
 
     def close(self) -> None:
         self.service.close()
@@ -77,10 +92,25 @@ class Serving:
             raise ApiError(503, f"the server is busy ({e}); retry shortly", kind="server_busy",
                            headers={"Retry-After": "2"}) from None
 
-    async def run(self, task: Task, fmt: str, http: HttpRequest, speed: float = 1.0) -> Response:
+    async def run(self, task: Task, fmt: str, http: HttpRequest, speed: float = 1.0, stream: bool = False,
+                  uploads: tuple[Path, ...] = ()) -> Response:
         """One task through the batch loop, in a wave with whatever other requests wait: long
         inputs and texts cut and joined, iterations, a missing transcript heard, the output
-        delivered as `batch` writes it; the response is that output."""
+        delivered as `batch` writes it; the response is that output (`stream`: sent as it is
+        made, see streaming.py). `uploads`: the request's saved audio, removed once the task
+        is over (a streamed one's when its last byte has gone)."""
+        streaming = False
+        try:
+            if stream:
+                response = await self._streamed(task, fmt, speed, uploads)
+                streaming = True
+                return response
+            return await self._whole(task, fmt, http, speed)
+        finally:
+            if not streaming:
+                remove(uploads)
+
+    async def _whole(self, task: Task, fmt: str, http: HttpRequest, speed: float) -> Response:
         t0 = time.perf_counter()
         src = task.prompt_audio or task.input_audio
         field = "voice" if task.task == "clone" else "file"
@@ -154,10 +184,63 @@ class Serving:
 
         return Response(data, media_type=MEDIA[fmt], headers=headers)
 
+    async def _streamed(self, task: Task, fmt: str, speed: float, uploads: tuple[Path, ...]) -> Response:
+        """The response of a streamed request: its audio parts as the loop hands them over."""
+        from fastapi.responses import StreamingResponse
+
+        from editx_cli.serve.streaming import AudioStream
+
+        if fmt not in STREAM_FORMATS:
+            raise ApiError(400, f"a stream is sent as {' or '.join(STREAM_FORMATS)}, not {fmt}", "response_format")
+        d = task.delivery
+        for field, given in (("speed", speed != 1.0), ("loudness", d.loudness is not None),
+                             ("peak", d.peak is not None), ("match_input", d.match_input)):
+            if given:
+                raise ApiError(400, f"{field} needs the whole output before any of it is sent; not with stream",
+                               field)
+        folder = Path(tempfile.mkdtemp(dir=self.scratch))
+        job = dataclasses.replace(task, id=folder.name, output=folder / "out.wav")
+        parts = AudioStream(d.sample_rate, wav=fmt == "wav")
+        self.streams[job.id] = parts
+        try:
+            source = Path(task.prompt_audio or task.input_audio)
+            future = self.queued(self.service.submit, PlannedTask(job, "serve", source, False))
+        except ApiError:
+            self.streams.pop(job.id, None)
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+        async def body():
+            finished = False
+            try:
+                async for chunk in parts.chunks():
+                    yield chunk
+                done = (await asyncio.wrap_future(future)).result
+                if done.status != "done":  # the status line has gone: all a stream can do is stop short
+                    log.error("a streamed request failed: %s", self.private(done.error))
+                    raise RuntimeError("the streamed task failed")
+                finished = True
+            finally:
+                if not finished:  # failed, or the client went away: its queued work goes too
+                    self.service.withdraw(future)
+                self.streams.pop(job.id, None)
+                remove((folder / "out.wav", *uploads))
+
+        headers = {"X-Editx-Stream": "true", **({"X-Editx-Sample-Rate": str(d.sample_rate)} if d.sample_rate else {})}
+        return StreamingResponse(body(), media_type=MEDIA[fmt], headers=headers)
+
     def run_wave(self, engine: Engine, planned: list) -> list:
-        """The engine thread's wave: the requests waiting, through the batch loop as one run."""
-        outcomes, _ = loop.run(planned, engine, self.wave_options,
-                               transcriber=self.transcriber(engine) if self.options.whisper_model else None)
+        """The engine thread's wave: the requests waiting, through the batch loop as one run;
+        a streamed request's audio goes to its stream as the loop hands it over."""
+        streams = {p.task.id: self.streams[p.task.id] for p in planned if p.task.id in self.streams}
+        try:
+            outcomes, _ = loop.run(planned, engine, self.wave_options,
+                                   transcriber=self.transcriber(engine) if self.options.whisper_model else None,
+                                   on_audio=(lambda task_id, x, sr: streams[task_id].put(x, sr)
+                                             if task_id in streams else None) if streams else None)
+        finally:
+            for parts in streams.values():
+                parts.close()
         return outcomes
 
     def transcriber(self, engine: Engine):
@@ -185,24 +268,66 @@ class Serving:
             raise ApiError(400, self.private(message), p.field) from None
 
     async def save_upload(self, upload: UploadFile, field: str) -> Path:
+        """An uploaded file in a private folder of its own, its size bounded while it streams and
+        its header checked before a sample is decoded."""
         suffix = Path(upload.filename or "").suffix.lower()
-        folder = Path(tempfile.mkdtemp(dir=self.scratch))
-        path = folder / ("upload" + (suffix if suffix in UPLOAD_SUFFIXES else ""))
+        path = self.new_upload(suffix)
         size = 0
         with open(path, "wb") as f:
             while block := await upload.read(1 << 20):
                 size += len(block)
                 if size > self.options.max_upload_bytes:
-                    shutil.rmtree(folder, ignore_errors=True)
+                    shutil.rmtree(path.parent, ignore_errors=True)
                     raise ApiError(413, f"the upload is over {self.options.max_upload_bytes} bytes", field)
                 f.write(block)
+        return self.checked_upload(path, field)
+
+    async def save_inline(self, text: str, field: str) -> Path:
+        """Audio sent as base64 (a data: URL's prefix allowed), kept as an upload is."""
+        import base64
+        import binascii
+
+        text = text.split(",", 1)[1] if text.startswith("data:") else text
+        if len(text) * 3 // 4 > self.options.max_upload_bytes + 2:
+            raise ApiError(413, f"the audio is over {self.options.max_upload_bytes} bytes", field)
         try:
-            info = audio.probe(path)
-            problem = self.upload_problem(info)
+            data = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "not base64", field) from None
+        return self.saved(data, field)
+
+    async def save_fetched(self, url: str, field: str) -> Path:
+        """Audio from a URL, when the server was started with --allow-url-fetch."""
+        from editx_cli.serve.fetch import FetchError, fetch
+
+        if not self.options.allow_url_fetch:
+            raise ApiError(400, "this server does not fetch URLs (start it with --allow-url-fetch); "
+                                "send the audio inline or as a file", field)
+        try:
+            data = await asyncio.to_thread(fetch, url, self.options.max_upload_bytes, self.options.url_fetch_timeout)
+        except FetchError as e:
+            raise ApiError(400, str(e), field) from None
+        return self.saved(data, field)
+
+    def saved(self, data: bytes, field: str) -> Path:
+        if len(data) > self.options.max_upload_bytes:
+            raise ApiError(413, f"the audio is over {self.options.max_upload_bytes} bytes", field)
+        path = self.new_upload("")
+        path.write_bytes(data)
+        return self.checked_upload(path, field)
+
+    def new_upload(self, suffix: str) -> Path:
+        """A name the server picks for an upload, alone in a private folder (removed with it)."""
+        folder = Path(tempfile.mkdtemp(dir=self.scratch))
+        return folder / ("upload" + (suffix if suffix in UPLOAD_SUFFIXES else ""))
+
+    def checked_upload(self, path: Path, field: str) -> Path:
+        try:
+            problem = self.upload_problem(audio.probe(path))
         except audio.AudioError as e:
             problem = self.private(f"not usable audio: {e}")
         if problem:
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(path.parent, ignore_errors=True)
             raise ApiError(400, problem, field)
         return path
 
@@ -218,6 +343,45 @@ class Serving:
                     f"{info.samplerate} Hz); at most {most}")
         return None
 
+    def request_row(self, row: dict[str, Any], body: Any, fmt: str) -> dict[str, Any]:
+        """A speech request's task row: the task's fields, its seed and how it is delivered."""
+        full = {"id": "request", **row, "seed": body.seed, "output": "out." + ("wav" if fmt == "pcm" else fmt),
+                "loudness": body.loudness, "peak": body.peak, "bitrate": body.bitrate,
+                "sample_rate": PCM_RATE if fmt == "pcm" else body.sample_rate}
+        return {k: v for k, v in full.items() if v is not None}
+
     def text_limit(self, value: str, field: str) -> None:
         if len(value) > self.options.max_text_chars:
             raise ApiError(400, f"{len(value)} characters; at most {self.options.max_text_chars}", field)
+
+
+METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def echo_headers(body: Any) -> dict[str, str]:
+    """What the Step-Audio API echoes: the model asked for (X-StepAudio-Model) and each metadata
+    entry as X-Metadata-<key> (percent-encoded UTF-8, as headers are Latin-1)."""
+    import json
+
+    headers = {"X-StepAudio-Model": quote(body.model[:200], safe=SAFE)}
+    metadata = body.metadata or {}
+    if len(metadata) > METADATA_KEYS:
+        raise ApiError(400, f"{len(metadata)} entries; at most {METADATA_KEYS}", "metadata")
+    for key, value in metadata.items():
+        if not METADATA_KEY.fullmatch(key):
+            raise ApiError(400, f"{key[:40]!r} cannot be a header name (letters, digits, '-', '_'; at most 64)",
+                           "metadata")
+        text = value if isinstance(value, str) else json.dumps(value)
+        if len(text) > 1024:
+            raise ApiError(400, f"{key}: {len(text)} characters; at most 1024", "metadata")
+        headers[f"X-Metadata-{key}"] = quote(text, safe=SAFE)
+    return headers
+
+
+SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")  # printable ASCII goes as it is
+
+
+def remove(uploads) -> None:
+    """Each upload's private folder, with the upload in it."""
+    for path in uploads:
+        shutil.rmtree(Path(path).parent, ignore_errors=True)

@@ -25,6 +25,7 @@ import os
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -316,8 +317,10 @@ class StepAudioEngine(Engine):
             raise result
         return result
 
-    def run_batch(self, requests: list[Request]) -> list[Result | Exception]:
-        """Prepare every request, decode them all in one batch, vocode each."""
+    def run_batch(self, requests: list[Request],
+                  on_result: Callable[[int, Result | Exception], None] | None = None) -> list[Result | Exception]:
+        """Prepare every request, decode them all in one batch, vocode each (`on_result` as each
+        is vocoded, from the vocoder's thread)."""
         results: list[Result | Exception | None] = [None] * len(requests)
         prepared: dict[int, _Prepared] = {}
         shared: dict[str, tuple[dict, bool]] = {}  # rows with the same prompt audio share its features
@@ -329,7 +332,7 @@ class StepAudioEngine(Engine):
         if not prepared:
             return results  # type: ignore[return-value]
         # a task is vocoded as soon as the decoder has finished it, beside the decoding of the rest
-        line = VocodeLine(lambda group: self._vocode(group, len(prepared)), VOCODE_BATCH, self.device)
+        line = VocodeLine(lambda group: self._vocode(group, len(prepared)), VOCODE_BATCH, self.device, on_result)
         index = {id(p.job): i for i, p in prepared.items()}
         failed: Exception | None = None
         t0 = time.perf_counter()

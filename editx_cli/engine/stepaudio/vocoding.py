@@ -5,6 +5,7 @@ own). The thread takes whatever has finished, up to a group's worth, in one voco
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -12,11 +13,13 @@ from collections.abc import Callable
 from typing import Any
 
 _END = object()
+log = logging.getLogger("editx")
 
 
 class VocodeLine:
-    def __init__(self, vocode: Callable[[list], list], group: int, device: str) -> None:
-        self._vocode, self._group, self._device = vocode, group, device
+    def __init__(self, vocode: Callable[[list], list], group: int, device: str,
+                 on_result: Callable[[Any, Any], None] | None = None) -> None:
+        self._vocode, self._group, self._device, self._on_result = vocode, group, device, on_result
         self._queue: queue.Queue = queue.Queue()
         self.results: dict[Any, Any] = {}
         self.busy: list[tuple[float, float, int]] = []  # (start, end, tasks) of each vocoder call
@@ -68,6 +71,11 @@ class VocodeLine:
             self.busy.append((t0, time.perf_counter(), len(group)))
             for (key, _), out in zip(group, outs, strict=True):
                 self.results[key] = out
+                if self._on_result is not None:
+                    try:
+                        self._on_result(key, out)
+                    except Exception:  # a listener's failure is not the task's
+                        log.warning("a result listener failed", exc_info=True)
 
 
 class VocodeStats:
