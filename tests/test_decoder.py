@@ -208,10 +208,10 @@ def test_newcomers_prefilled_in_chunks_beside_decoding_rows_change_no_token(endl
 class _Rehearsing(Decoder):
     """Warms every new shape mid-run as a CUDA capture does (two steps, state put back)."""
 
-    def _graph(self, w, keys, fig):
-        if (w, keys) not in self.graphs:
-            self._warm(w, keys)
-            self.graphs[(w, keys)] = None
+    def _graph(self, shape, fig):
+        if shape not in self.graphs:
+            self._warm(shape)
+            self.graphs[shape] = None
         return None
 
 

@@ -1,6 +1,8 @@
-"""`editx serve` started for real on 127.0.0.1 (a free port), driven with httpx and the
-official openai client: every endpoint, bad requests with their exact status and message,
-concurrent requests decoded together, idle release and reload, the full queue, the API key."""
+"""`editx serve`'s app in this process, driven through Starlette's TestClient (httpx, no socket)
+and the official openai client: every endpoint, bad requests with their exact status and
+message, concurrent requests decoded together, idle release and reload, the full queue. The
+browser gets the same app on a real port (uvicorn in a thread); one server is started as the
+command line starts it, for the API key, the bind check and the image's health check."""
 
 from __future__ import annotations
 
@@ -31,34 +33,86 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class App:
+    """The app of `editx serve` with these ServeOptions, in this process."""
+
+    def __init__(self, tmp: Path, **options):
+        from fastapi.testclient import TestClient
+
+        from editx_cli.serve import ServeOptions, create_app
+
+        options = {"engine": "dsp", "voices_dir": tmp / "voices", "cache_dir": str(tmp / "cache"),
+                   "allowed_hosts": ("testserver",), **options}
+        self.client = TestClient(create_app(ServeOptions(**options)))
+        self.client.__enter__()  # the app's lifespan: its engine thread closes with stop()
+        self.get, self.post, self.delete = self.client.get, self.client.post, self.client.delete
+        self._server = self._thread = None
+        self.url = "http://testserver"
+
+    def listen(self) -> str:
+        """Serve the same app on a free port too, for a client that needs a socket (a browser)."""
+        import threading
+
+        import uvicorn
+
+        port = _free_port()
+        self._server = uvicorn.Server(uvicorn.Config(self.client.app, host="127.0.0.1", port=port, lifespan="off",
+                                                     log_level="warning"))
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{port}"
+
+    def health(self) -> dict:
+        return self.get("/healthz").json()
+
+    def edit(self, path: Path = NARRATION, headers: dict | None = None, **form):
+        return self.post("/v1/audio/edits", files={"file": (path.name, path.read_bytes())},
+                         data={"edit_type": "speed", "edit_info": "faster", **form}, headers=headers)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=30)
+        self.client.__exit__(None, None, None)
+
+
+def tiny_model(tiny: Path) -> dict:
+    return {"engine": "stepaudio", "engine_config": {"model_dir": str(tiny / "Step-Audio-EditX"),
+                                                     "tokenizer_dir": str(tiny / "Step-Audio-Tokenizer")}}
+
+
 class Server:
+    """`editx serve` as the command line starts it, on a free port."""
+
     def __init__(self, tmp: Path, *args: str):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / f"server-{self.port}.log", "w")
+        self.http = httpx.Client(base_url=self.url)
+        self.get, self.post = self.http.get, self.http.post
         self.proc = subprocess.Popen([EDITX, "serve", "--port", str(self.port), "--voices-dir", str(tmp / "voices"),
                                       "--cache-dir", str(tmp / "cache"), *args], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                if self.get("/healthz").status_code == 200:
                     return
             except httpx.TransportError:
                 time.sleep(0.2)
             assert self.proc.poll() is None, (tmp / f"server-{self.port}.log").read_text()
         raise AssertionError("the server did not start")
 
-    def health(self) -> dict:
-        return httpx.get(self.url + "/healthz").json()
-
-    def edit(self, path: Path = NARRATION, headers: dict | None = None, timeout: float = 120, **form):
-        with open(path, "rb") as f:
-            return httpx.post(self.url + "/v1/audio/edits", files={"file": (path.name, f.read())},
-                              data={"edit_type": "speed", "edit_info": "faster", **form}, headers=headers,
-                              timeout=timeout)
+    def edit(self, headers: dict | None = None):
+        return self.post("/v1/audio/edits", files={"file": (NARRATION.name, NARRATION.read_bytes())},
+                         data={"edit_type": "speed", "edit_info": "faster"}, headers=headers)
 
     def stop(self) -> None:
+        self.http.close()
         self.proc.terminate()
         self.proc.wait(timeout=30)
         self.log.close()
@@ -66,10 +120,9 @@ class Server:
 
 @pytest.fixture(scope="module")
 def dsp(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("serve"), "--engine", "dsp", "--idle-unload", "1.5",
-                    "--max-upload-mb", "1", "--max-audio-seconds", "20")
-    yield server
-    server.stop()
+    app = App(tmp_path_factory.mktemp("serve"), idle_unload=1.5, max_upload_bytes=2**20, max_audio_seconds=20)
+    yield app
+    app.stop()
 
 
 def test_an_edit_comes_back_in_each_format(dsp):
@@ -128,16 +181,16 @@ def test_bad_uploads(dsp, tmp_path):
     sf.write(big, np.zeros(16000 * 40, np.float32) + 0.01, 16000)  # 1.3 MB
     r = dsp.edit(big)
     assert r.status_code == 413 and r.json()["error"]["message"] == "the upload is over 1048576 bytes"
-    r = httpx.post(dsp.url + "/v1/audio/edits", data={"edit_type": "vad"})
+    r = dsp.post("/v1/audio/edits", data={"edit_type": "vad"})
     assert r.status_code == 400 and r.json()["error"]["message"] == "file: Field required"
-    r = httpx.post(dsp.url + "/v1/audio/speech", json={"input": "hello", "voice": "nobody"})
+    r = dsp.post("/v1/audio/speech", json={"input": "hello", "voice": "nobody"})
     assert r.status_code == 404
     assert r.json()["error"]["message"] == "voice 'nobody' not found (registered: none; POST /v1/voices adds one)"
-    r = httpx.post(dsp.url + "/v1/audio/speech", json={"input": "hello"})
+    r = dsp.post("/v1/audio/speech", json={"input": "hello"})
     assert r.status_code == 400 and r.json()["error"] == {
         "message": "missing: a registered voice (GET /v1/voices lists them)", "type": "invalid_request_error",
         "param": "voice", "code": None}
-    r = httpx.post(dsp.url + "/v1/audio/speech", content=b"{not json", headers={"content-type": "application/json"})
+    r = dsp.post("/v1/audio/speech", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400 and "JSON decode error" in r.json()["error"]["message"]
 
 
@@ -152,7 +205,10 @@ def test_concurrent_requests_are_decoded_together_and_idle_releases_the_engine(d
     assert after["batches"] - before["batches"] < 8  # fewer decode batches than requests
     assert max(int(a.headers["x-editx-batch"]) for a in answers) > 1
     assert dsp.health()["loaded"] is True
-    time.sleep(2.5)
+    deadline = time.monotonic() + 30
+    while dsp.health()["loaded"]:  # released after --idle-unload 1.5 s
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     health = dsp.health()
     assert health["loaded"] is False and health["stats"]["unloads"] >= 1
     again = dsp.edit()
@@ -161,7 +217,7 @@ def test_concurrent_requests_are_decoded_together_and_idle_releases_the_engine(d
 
 
 def test_a_full_queue_answers_503_with_retry_after(tmp_path):
-    server = Server(tmp_path, "--engine", "dsp", "--max-queue", "1", "--max-batch", "1")
+    server = App(tmp_path, max_queue=1, max_batch=1)
     try:
         with ThreadPoolExecutor(6) as pool:  # the first loads the engine (seconds): the rest find the queue full
             answers = list(pool.map(lambda _: server.edit(), range(6)))
@@ -174,15 +230,22 @@ def test_a_full_queue_answers_503_with_retry_after(tmp_path):
         server.stop()
 
 
-def test_the_api_key(tmp_path):
+def test_the_api_key_and_the_images_health_check_on_a_server_started_as_the_image_starts_it(tmp_path):
     server = Server(tmp_path, "--engine", "dsp", "--api-key", "s3cret")
     try:
-        assert httpx.get(server.url + "/healthz").status_code == 200  # the container's health check needs none
-        r = httpx.get(server.url + "/v1/models")
+        ok = subprocess.run(["sh", "-c", _healthcheck()], env={"PATH": "/usr/bin:/bin", "EDITX_PORT": str(server.port)},
+                            capture_output=True, timeout=30)
+        assert ok.returncode == 0, ok.stderr
+        down = subprocess.run(["sh", "-c", _healthcheck()],
+                              env={"PATH": "/usr/bin:/bin", "EDITX_PORT": str(_free_port())},
+                              capture_output=True, timeout=30)
+        assert down.returncode != 0
+        assert server.get("/healthz").status_code == 200  # the container's health check needs none
+        r = server.get("/v1/models")
         assert r.status_code == 401
         assert r.json()["error"]["message"] == "missing or wrong API key (send Authorization: Bearer <key>)"
-        assert httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
-        ok = httpx.get(server.url + "/v1/models", headers={"Authorization": "Bearer s3cret"})
+        assert server.get("/v1/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+        ok = server.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["data"][0]["id"] == "step-audio-editx"
         assert server.edit(headers={"Authorization": "Bearer s3cret"}).status_code == 200
     finally:
@@ -198,37 +261,39 @@ def test_a_public_bind_needs_a_key():
 
 @pytest.fixture(scope="module")
 def model_server(tiny, tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("serve-model"), *model_args(tiny), "--max-batch", "4",
-                    "--whisper-model", str(tiny / "whisper-tiny.pt"))
-    yield server
-    server.stop()
+    app = App(tmp_path_factory.mktemp("serve-model"), **tiny_model(tiny), max_batch=4,
+              whisper_model=str(tiny / "whisper-tiny.pt"))
+    yield app
+    app.stop()
 
 
 def test_long_uploads_and_texts_are_cut_and_joined_as_batch_does(model_server, tiny, tmp_path):
-    """The model edits about 30 s at a time: a 45 s upload is cut in its pauses and each piece
-    edited; a long text is spoken in pieces; both come back whole, as `editx batch` makes them."""
+    """The model edits about 30 s at a time: a 90 s upload is cut in its pauses, each piece
+    edited and the whole sent back, the very file `editx batch` makes of it; a 3,000-character
+    text is spoken in pieces and comes back whole."""
     long = tmp_path / "long.wav"
-    long_speech(long, seconds=45)
-    r = model_server.edit(long, edit_type="denoise", edit_info="", timeout=600)
+    long_speech(long, seconds=90)
+    r = model_server.edit(long, edit_type="denoise", edit_info="")
     assert r.status_code == 200, r.text
     m = tmp_path / "m.csv"
     m.write_text(f"id,task,input_audio,edit_type\nlong,edit,{long},denoise\n")
-    b = invoke("batch", m, *model_args(tiny), "-o", tmp_path / "out", "-q")
+    b = invoke("batch", m, *model_args(tiny), "-o", tmp_path / "out", "--batch-size", "4", "-q")
     assert b.exit_code == 0, b.stderr
     task = json.loads((tmp_path / "out" / "report.json").read_text())["tasks"][0]
-    assert int(r.headers["x-editx-chunks"]) == len(task["info"]["chunks"]) >= 2
-    short = model_server.edit(NARRATION, edit_type="denoise", edit_info="", timeout=300)
+    assert int(r.headers["x-editx-chunks"]) == len(task["info"]["chunks"]) >= 4
+    assert r.content == (tmp_path / "out" / "long.wav").read_bytes()
+    short = model_server.edit(NARRATION, edit_type="denoise", edit_info="")
     assert short.status_code == 200 and "x-editx-chunks" not in short.headers
     with open(NARRATION, "rb") as f:
-        v = httpx.post(model_server.url + "/v1/voices", files={"file": ("ref.wav", f.read())},
-                       data={"name": "teller", "text": "The quick brown fox jumps over the lazy dog."}, timeout=300)
+        v = model_server.post("/v1/voices", files={"file": ("ref.wav", f.read())},
+                              data={"name": "teller", "text": "The quick brown fox jumps over the lazy dog."})
     assert v.status_code == 201, v.text
-    story = " ".join(f"Sentence number {i} of a story that goes on." for i in range(30))  # about 50 s
-    speech = httpx.post(model_server.url + "/v1/audio/speech", json={"input": story, "voice": "teller",
-                                                                     "response_format": "wav"}, timeout=600)
+    story = " ".join(f"Sentence number {i} of a story that goes on and on." for i in range(60))
+    assert len(story) >= 3000
+    speech = model_server.post("/v1/audio/speech", json={"input": story, "voice": "teller", "response_format": "wav"})
     assert speech.status_code == 200, speech.text
-    assert int(speech.headers["x-editx-chunks"]) >= 2
-    assert httpx.delete(model_server.url + "/v1/voices/teller").status_code == 200  # the module's server is shared
+    assert int(speech.headers["x-editx-chunks"]) >= 5
+    assert model_server.delete("/v1/voices/teller").status_code == 200  # the module's server is shared
 
 
 def test_responses_are_heard_scored_and_retried_as_batch_outputs_are(tiny, tmp_path):
@@ -237,10 +302,10 @@ def test_responses_are_heard_scored_and_retried_as_batch_outputs_are(tiny, tmp_p
     the headers. --qa without a Whisper model to hear with is refused before anything starts."""
     refused = invoke("serve", *model_args(tiny), "--qa")
     assert refused.exit_code == 2 and "--whisper-model" in refused.stderr
-    server = Server(tmp_path, *model_args(tiny), "--whisper-model", str(tiny / "whisper-tiny.pt"),
-                    "--retry-below", "sim=1", "--max-retries", "1")
+    server = App(tmp_path, **tiny_model(tiny), whisper_model=str(tiny / "whisper-tiny.pt"),
+                 quality={"qa": True, "thresholds": "sim=1", "max_retries": 1})
     try:
-        r = server.edit(edit_type="emotion", edit_info="happy", audio_text="A line.", timeout=600)
+        r = server.edit(edit_type="emotion", edit_info="happy", audio_text="A line.")
         assert r.status_code == 200, r.text
         assert r.headers["x-editx-qa-passed"] == "false"  # no output is ever identical to its input's voice
         assert 0 < float(r.headers["x-editx-qa-similarity"]) < 1
@@ -250,21 +315,21 @@ def test_responses_are_heard_scored_and_retried_as_batch_outputs_are(tiny, tmp_p
         server.stop()
 
 
+@pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")  # the openai client sends one
 def test_voices_and_speech_with_the_openai_client(model_server):
     openai = pytest.importorskip("openai", reason="needs the openai package")
     server = model_server
     with open(NARRATION, "rb") as f:
-        r = httpx.post(server.url + "/v1/voices", files={"file": ("ref.wav", f.read())},
-                       data={"name": "narrator", "text": "The quick brown fox jumps over the lazy dog."},
-                       timeout=300)
+        r = server.post("/v1/voices", files={"file": ("ref.wav", f.read())},
+                       data={"name": "narrator", "text": "The quick brown fox jumps over the lazy dog."})
     assert r.status_code == 201, r.text
     assert r.json()["features_cached"] is True
-    again = httpx.post(server.url + "/v1/voices", files={"file": ("x.wav", NARRATION.read_bytes())},
+    again = server.post("/v1/voices", files={"file": ("x.wav", NARRATION.read_bytes())},
                        data={"name": "narrator", "text": "x"})
     assert again.status_code == 409
-    assert [v["name"] for v in httpx.get(server.url + "/v1/voices").json()["data"]] == ["narrator"]
+    assert [v["name"] for v in server.get("/v1/voices").json()["data"]] == ["narrator"]
 
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", http_client=server.client)
     assert [m.id for m in client.models.list()] == ["step-audio-editx"]
     speech = client.audio.speech.create(model="step-audio-editx", voice="narrator", input="Hello there.",
                                         response_format="wav")
@@ -283,7 +348,7 @@ def test_the_web_page_in_a_real_browser(model_server):
     """Register a voice, clone, then edit the result, all from the page, as a user would."""
     expect = pytest.importorskip("playwright.sync_api", reason="playwright is not installed").expect
     with chromium_page(1100, 1000) as (tab, errors):
-        tab.goto(model_server.url + "/")
+        tab.goto(model_server.listen() + "/")
         tab.click("#new-voice summary")
         tab.fill("#voice-name", "reader")
         tab.set_input_files("#voice-file", str(NARRATION))
@@ -332,15 +397,6 @@ def _healthcheck() -> str:
     return line.split(" CMD ", 1)[1]
 
 
-def test_the_images_health_check_runs_against_a_live_server(dsp):
-    ok = subprocess.run(["sh", "-c", _healthcheck()], env={"PATH": "/usr/bin:/bin", "EDITX_PORT": str(dsp.port)},
-                        capture_output=True, timeout=30)
-    assert ok.returncode == 0, ok.stderr
-    down = subprocess.run(["sh", "-c", _healthcheck()], env={"PATH": "/usr/bin:/bin", "EDITX_PORT": str(_free_port())},
-                          capture_output=True, timeout=30)
-    assert down.returncode != 0
-
-
 def test_the_compose_file_restarts_and_needs_a_key():
     import yaml
 
@@ -360,7 +416,7 @@ def test_an_edit_without_its_transcript_is_transcribed(model_server):
 
 
 def test_without_whisper_an_edit_needs_its_transcript(tiny, tmp_path):
-    server = Server(tmp_path, *model_args(tiny))
+    server = App(tmp_path, **tiny_model(tiny))
     try:
         r = server.edit(edit_type="emotion", edit_info="sad")
         assert r.status_code == 400

@@ -182,7 +182,7 @@ class Figures:
     capture_seconds: float = 0.0
     cache_length: int = 0
     attention: str = ""
-    graphs: list[str] = field(default_factory=list)  # "rows x keys" shapes replayed from CUDA graphs
+    graphs: list[str] = field(default_factory=list)  # "rows x keys" shapes replayed from CUDA graphs ("g": guided)
     keys: list[int] = field(default_factory=list)  # the key lengths the steps attended over
 
     @property
@@ -215,18 +215,21 @@ class Decoder:
         self.cuda_graphs = cuda_graphs and runner.can_capture and device.startswith("cuda")
         self.deterministic = deterministic
         self.length = 0  # positions per slot in the cache (0: none allocated); one more is scratch
-        self.graphs: dict[tuple[int, int], Any] = {}
+        self.graphs: dict[tuple[int, int, bool], Any] = {}  # (rows, keys, guided) -> its graph
         self.pool = None
 
-    # -- the step (captured as a CUDA graph per rows x keys) ---------------------------------
+    # -- the step (captured as a CUDA graph per rows x keys x guided) ------------------------
 
-    def _step(self, w: int, keys: int) -> None:
+    def _step(self, w: int, keys: int, guided: bool) -> None:
+        """`guided`: some row among the first w is guided (else the guidance arithmetic over
+        every row's vocabulary is skipped: the host knows, as it admits the rows)."""
         live = ~self.done[:w]
         at = self.step[:w].clamp(max=self.length - 1)[:, None]
         uniform = self.uniforms[:w].gather(1, at)[:, 0]
-        token = sample(self.logits[:w], self.partner[:w], self.weight[:w],
+        token = sample(self.logits[:w], self.partner[:w] if guided else None, self.weight[:w],
                        self.history[:w], self.seen[:w], uniform, self.sampling)
-        token = token.index_select(0, self.owner[:w])  # a reference row takes its task's token
+        if guided:
+            token = token.index_select(0, self.owner[:w])  # a reference row takes its task's token
         self.tokens[:w].scatter_(1, at, torch.where(live, token, self.tokens[:w].gather(1, at)[:, 0])[:, None])
         self.history[:w] = torch.cat([self.history[:w, 1:], token[:, None]], dim=1)
         self.seen[:w] += 1
@@ -239,34 +242,34 @@ class Decoder:
         return (self.logits, self.tokens, self.uniforms, self.history, self.step, self.budget, self.pos,
                 self.seen, self.done, self.partner, self.owner, self.weight)
 
-    def _warm(self, w: int, keys: int) -> None:
+    def _warm(self, shape: tuple[int, int, bool]) -> None:
         """Two steps of this shape (allocations, library handles) with the decoder's state put back
         after: rows that are decoding go on as if nothing ran. The keys the steps wrote are
         written again, identically, by the real steps before any query reads them."""
         saved = [t.clone() for t in self._state()]
         for _ in range(2):
-            self._step(w, keys)
+            self._step(*shape)
         for t, old in zip(self._state(), saved, strict=True):
             t.copy_(old)
 
-    def _graph(self, w: int, keys: int, fig: Figures) -> Any:
+    def _graph(self, shape: tuple[int, int, bool], fig: Figures) -> Any:
         """The CUDA graph of this shape, captured the first time it is needed, then kept (graphs
         share one memory pool: only one ever runs at a time)."""
         if not self.cuda_graphs:
             return None
-        if (w, keys) not in self.graphs:
+        if shape not in self.graphs:
             t0 = time.perf_counter()
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             try:
                 with torch.cuda.stream(side):
-                    self._warm(w, keys)
+                    self._warm(shape)
                 torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, pool=self.pool):
-                    self._step(w, keys)
+                    self._step(*shape)
                 self.pool = graph.pool()
-                self.graphs[(w, keys)] = graph
+                self.graphs[shape] = graph
             except torch.cuda.OutOfMemoryError:
                 raise
             except Exception as e:  # an op that cannot be captured (4-bit kernels?): run eagerly
@@ -276,7 +279,7 @@ class Decoder:
             torch.cuda.synchronize()
             fig.captures += 1
             fig.capture_seconds += time.perf_counter() - t0
-        return self.graphs[(w, keys)]
+        return self.graphs[shape]
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -295,7 +298,7 @@ class Decoder:
         fig.slots, fig.cache_length = self.slots, self.length
         widths = sorted({min(2**i, self.slots) for i in range(self.slots.bit_length() + 1)})
         sizes = [self.length] if self.deterministic else buckets(self.length)
-        used: set[tuple[int, int]] = set()
+        used: set[tuple[int, int, bool]] = set()
         queue = deque(jobs)
         self.rows: list[_Row | None] = [None] * self.slots
         self.done.fill_(True)
@@ -319,14 +322,15 @@ class Decoder:
             w = next(x for x in widths if x > max(live))
             need = max(len(self.rows[s].ids) + self.steps_seen[s] + SYNC_EVERY for s in live)
             keys = next(k for k in sizes if k >= min(need, self.length))
-            used.add((w, keys))
-            graph = self._graph(w, keys, fig)
+            shape = (w, keys, any(r and r.job.guided for r in self.rows[:w]))
+            used.add(shape)
+            graph = self._graph(shape, fig)
             t0 = time.perf_counter()
             for _ in range(SYNC_EVERY):
                 if graph is not None:
                     graph.replay()
                 else:
-                    self._step(w, keys)
+                    self._step(*shape)
             fig.steps += SYNC_EVERY
             with torch.profiler.record_function(SYNC_LABEL):  # the one read-back per SYNC_EVERY steps
                 flags = torch.stack([self.done[:w].long(), self.step[:w]]).cpu().tolist()
@@ -339,8 +343,8 @@ class Decoder:
             self._finish([s for s in live if not self.rows[s].reference and flags[0][s]], flags[1], fig, on_done)
             self._compact(widths)
             self._admit(queue, fig)
-        fig.graphs = sorted(f"{w}x{k}" for w, k in used if (w, k) in self.graphs)
-        fig.keys = sorted({k for _, k in used})
+        fig.graphs = sorted(f"{w}x{k}{'g' if g else ''}" for w, k, g in used if (w, k, g) in self.graphs)
+        fig.keys = sorted({k for _, k, _ in used})
         return fig
 
     def _live(self) -> list[int]:
