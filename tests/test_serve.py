@@ -107,9 +107,12 @@ class Server:
             assert self.proc.poll() is None, (tmp / f"server-{self.port}.log").read_text()
         raise AssertionError("the server did not start")
 
-    def edit(self, headers: dict | None = None):
-        return self.post("/v1/audio/edits", files={"file": (NARRATION.name, NARRATION.read_bytes())},
-                         data={"edit_type": "speed", "edit_info": "faster"}, headers=headers)
+    def health(self) -> dict:
+        return self.get("/healthz").json()
+
+    def edit(self, path: Path = NARRATION, headers: dict | None = None, **form):
+        return self.post("/v1/audio/edits", files={"file": (path.name, path.read_bytes())},
+                         data={"edit_type": "speed", "edit_info": "faster", **form}, headers=headers)
 
     def stop(self) -> None:
         self.http.close()

@@ -5,11 +5,11 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, Response
 
-from editx_cli.serve import stepaudio_api
 from editx_cli.serve.errors import ApiError
 from editx_cli.serve.models import Speech
 from editx_cli.serve.options import MEDIA, MODEL_ID, PCM_RATE, RESPONSE_FORMATS
 from editx_cli.serve.state import echo_headers, remove
+from editx_cli.serve.stepaudio_api import speech as step_audio_speech
 from editx_cli.serve.voices import record
 
 router = APIRouter()
@@ -22,7 +22,7 @@ async def speech(body: Speech, http: HttpRequest):
     or an edit in the Step-Audio API's shape."""
     echoed = echo_headers(body)
     if body.step_audio is not None:
-        response = await stepaudio_api.speech(body, {}, http)
+        response = await step_audio_speech(body, {}, http)
     else:
         response = await _openai_speech(body, http)
     response.headers.update(echoed)
