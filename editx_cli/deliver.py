@@ -12,7 +12,6 @@ import numpy as np
 from editx_cli import audio, loudness
 
 FORMATS = tuple(s.lstrip(".") for s in audio.OUTPUT_FORMATS)
-FIELDS = ("format", "sample_rate", "bitrate", "loudness", "peak", "match_input")
 DEFAULT_PEAK = -1.0  # dBTP ceiling when normalising and none is given
 LOUDNESS_RANGE = (-60.0, -5.0)  # LUFS: quieter than -60 is no target, louder than -5 only distorts
 PEAK_RANGE = (-30.0, 0.0)

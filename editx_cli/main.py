@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from editx_cli import __version__
+from editx_cli import __version__, settings
 from editx_cli.errors import UsageError
 
 log = logging.getLogger("editx")
@@ -47,24 +47,7 @@ def _common(f):
                      help=WHISPER_HELP),
         click.option("--allow-download", is_flag=True, envvar="EDITX_ALLOW_DOWNLOAD",
                      help="Let Whisper download a named model that is not cached yet."),
-        click.option("--format", "out_format", envvar="EDITX_FORMAT", default=None,
-                     help="Output format: wav, flac, mp3, ogg (Vorbis) or opus, for outputs not named with "
-                          "an extension of their own [default: wav]."),
-        click.option("--sample-rate", envvar="EDITX_SAMPLE_RATE", type=int, default=None,
-                     help="Resample outputs to this rate in Hz [default: the model's; mp3 and opus: the "
-                          "nearest rate the codec has]."),
-        click.option("--bitrate", envvar="EDITX_BITRATE", type=int, default=None,
-                     help="kbit/s: mp3 outputs at this constant bitrate; opus outputs with this variable-bitrate "
-                          "target."),
-        click.option("--loudness", envvar="EDITX_LOUDNESS", type=float, default=None,
-                     help="Normalise each output to this loudness in LUFS (ITU-R BS.1770), e.g. -16 for "
-                          "podcasts, -23 for broadcast."),
-        click.option("--peak", envvar="EDITX_PEAK", type=float, default=None,
-                     help="True-peak ceiling in dBTP, held by a look-ahead limiter [default with --loudness "
-                          "or --match-input: -1]."),
-        click.option("--match-input", is_flag=True, default=None, envvar="EDITX_MATCH_INPUT",
-                     help="Give each output the loudness of its input (an edit's input audio, a clone's "
-                          "prompt)."),
+        *_delivery_options(),
         click.option("--chunk-seconds", envvar="EDITX_CHUNK_SECONDS", type=click.FloatRange(5, 600), default=None,
                      help="Cut inputs (and clone texts) longer than this into chunks at pauses, edit them "
                           "together and join them [default: stepaudio cuts above its 30 s window into chunks "
@@ -149,13 +132,16 @@ def _model_options() -> list:
     ]
 
 
-DELIVERY_OPTIONS = {"format": "out_format", "sample_rate": "sample_rate", "bitrate": "bitrate",
-                    "loudness": "loudness", "peak": "peak", "match_input": "match_input"}
+def _delivery_options() -> list:
+    """The output settings (settings.DELIVERY), each an option of the same name."""
+    return [click.option(s.option, s.name, envvar=s.envvar, default=None, help=s.help,
+                         **({"is_flag": True} if s.kind is bool else {"type": s.kind}))
+            for s in settings.DELIVERY]
 
 
 def _delivery(common: dict) -> dict:
     """The output settings given on the command line, by manifest field name."""
-    return {k: common[o] for k, o in DELIVERY_OPTIONS.items() if common[o] not in (None, False)}
+    return {k: common[k] for k in settings.FIELDS if common[k] not in (None, False)}
 
 
 WHISPER_HELP = ("A CTranslate2 Whisper folder (one with model.bin: faster-whisper), a Whisper checkpoint file, "
@@ -291,7 +277,7 @@ def _quality(common: dict) -> dict:
 
 
 def _suffix(common: dict) -> str:
-    return str(common["out_format"] or "wav").strip().lower().lstrip(".") or "wav"
+    return str(common["format"] or "wav").strip().lower().lstrip(".") or "wav"
 
 
 def _single(row: dict, common: dict, labels: dict) -> None:
@@ -300,7 +286,7 @@ def _single(row: dict, common: dict, labels: dict) -> None:
     _setup(common)
     engine_cls = _engine_class(common["engine"])
     row = {**row, **_delivery(common)}
-    labels = {**labels, **manifests.OPTION_OF}
+    labels = {**labels, **settings.OPTION_OF}
 
     def build():
         return manifests.validate([row], source="command line", base_dir=Path.cwd(), out_dir=Path.cwd(),

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from editx_cli import deliver, tags
+from editx_cli import deliver, settings, tags
 from editx_cli.audio import OUTPUT_FORMATS, AudioError, missing_codec, probe
 from editx_cli.errors import InvalidInput, Problem
 from editx_cli.tasks import EDIT_INFOS, INTENSITY_RANGE, MAX_ITERATIONS, TASK_KINDS, Task
@@ -28,9 +28,8 @@ log = logging.getLogger("editx")
 
 FIELDS = (
     "id", "task", "prompt_audio", "prompt_text", "text", "input_audio", "audio_text",
-    "edit_type", "edit_info", "intensity", "iterations", "seed", "output", *deliver.FIELDS,
+    "edit_type", "edit_info", "intensity", "iterations", "seed", "output", *settings.FIELDS,
 )
-OPTION_OF = {k: "--" + k.replace("_", "-") for k in deliver.FIELDS}  # a command-line default's name
 CLONE_ONLY = ("prompt_audio", "prompt_text")
 EDIT_ONLY = ("input_audio", "audio_text", "edit_type", "edit_info", "intensity", "iterations")
 ID_PATTERN = re.compile(r"\w[\w.\-]*")  # whole ids only (fullmatch): no trailing newline
@@ -202,7 +201,8 @@ def _check_defaults(delivery: dict[str, Any]) -> None:
         problems.append(Problem("--format", None, None,
                                 f"unknown format {fmt!r} (one of: {', '.join(deliver.FORMATS)})"))
     any_format = {k: v for k, v in delivery.items() if k not in ("sample_rate", "bitrate")}  # FLAC takes any rate
-    deliver.from_fields(any_format, ".flac", lambda key, msg: problems.append(Problem(OPTION_OF[key], None, None, msg)))
+    deliver.from_fields(any_format, ".flac",
+                        lambda key, msg: problems.append(Problem(settings.OPTION_OF[key], None, None, msg)))
     if problems:
         raise InvalidInput(problems)
 
@@ -321,17 +321,17 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
             elif note is not None:
                 note(n, "text", msg)
 
-    given = {k for k in deliver.FIELDS if not _is_missing(raw.get(k)) and str(raw[k]).strip()}
-    settings = {k: raw[k] if k in given else (defaults or {}).get(k) for k in deliver.FIELDS}
+    given = {k for k in settings.FIELDS if not _is_missing(raw.get(k)) and str(raw[k]).strip()}
+    values = {k: raw[k] if k in given else (defaults or {}).get(k) for k in settings.FIELDS}
 
     def err_setting(key: str, msg: str) -> None:  # a default is named as the option the user gave
-        err(key if key in given else OPTION_OF[key], msg)
+        err(key if key in given else settings.OPTION_OF[key], msg)
 
-    output = _output_path(fields["output"].strip(), task_id, out_dir, err, settings["format"],
+    output = _output_path(fields["output"].strip(), task_id, out_dir, err, values["format"],
                           "format" in given, err_setting)
     if output is None:
         return None
-    delivery = deliver.from_fields(settings, output.suffix.lower(), err_setting, given)
+    delivery = deliver.from_fields(values, output.suffix.lower(), err_setting, given)
     if not ok:
         return None
     return Task(

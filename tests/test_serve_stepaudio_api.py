@@ -227,3 +227,22 @@ def test_what_needs_the_whole_output_is_not_streamed(model, extra, param):
     r = model.post("/v1/audio/speech", json={"input": "Hi.", "stream": True, **extra,
                                              "step_audio": {"prompt_audio_base64": B64, "prompt_text": CLIP_TEXT}})
     assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
+
+
+def test_each_output_setting_is_declared_once(tmp_path):
+    """The command line's options, the manifest's fields and the server's request fields (JSON
+    and form, as its OpenAPI schema documents them) all come from settings.DELIVERY."""
+    from click.testing import CliRunner
+
+    from editx_cli import settings
+    from editx_cli.main import cli
+    from editx_cli.manifest import FIELDS
+
+    helps = " ".join(CliRunner().invoke(cli, ["batch", "--help"], terminal_width=500).output.split())
+    with client(tmp_path) as c:
+        schema = c.get("/openapi.json").json()["components"]["schemas"]
+    for s in settings.DELIVERY:
+        assert s.option in helps and " ".join(s.help.split()) in helps and s.name in FIELDS
+        if s.name != "format":  # a request's format is its response_format
+            for model in ("Speech", "EditForm"):
+                assert schema[model]["properties"][s.name]["description"] == s.help, (model, s.name)

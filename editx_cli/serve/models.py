@@ -3,9 +3,15 @@
 # No `from __future__ import annotations`: pydantic and FastAPI read these annotations.
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from editx_cli import settings
 from editx_cli.serve.options import MODEL_ID, RESPONSE_FORMATS, STEP_AUDIO_MODES, VARIANTS
+
+# The output settings (settings.DELIVERY) as optional request fields; the format is the
+# request's response_format. NaN is no number, not "unset".
+Output = create_model("Output", __config__=ConfigDict(allow_inf_nan=False), **{
+    s.name: (s.kind | None, Field(None, description=s.help)) for s in settings.DELIVERY if s.name != "format"})
 
 
 class StepAudio(BaseModel):
@@ -27,10 +33,8 @@ class StepAudio(BaseModel):
     n_edit_iter: int = 1
 
 
-class Speech(BaseModel):
+class Speech(Output):
     """OpenAI's speech request; with `step_audio`, the Step-Audio API's."""
-
-    model_config = ConfigDict(allow_inf_nan=False)  # NaN is no number, not "unset"
 
     model: str = MODEL_ID
     input: str = Field(min_length=1)
@@ -38,10 +42,19 @@ class Speech(BaseModel):
     response_format: Literal[RESPONSE_FORMATS] | None = None  # mp3, or wav with step_audio (each API's default)
     speed: float = Field(default=1.0, ge=0.25, le=4.0)
     seed: int = Field(default=0, ge=0, lt=2**32)
-    loudness: float | None = None
-    peak: float | None = None
-    sample_rate: int | None = None
-    bitrate: int | None = None
     stream: bool = False  # the audio piece by piece as a long text's pieces are spoken (wav or pcm)
     metadata: dict[str, str | int | float | bool] | None = None  # echoed as X-Metadata-<key> headers
     step_audio: StepAudio | None = None
+
+
+class EditForm(Output):
+    """The fields of /v1/audio/edits's form, beside its file."""
+
+    edit_type: str
+    edit_info: str = ""
+    intensity: float = 1.0
+    iterations: int = 1
+    seed: int = 0
+    audio_text: str = ""  # transcribed when empty, given --whisper-model
+    text: str = ""  # a paralinguistic edit's new text, with its tags
+    response_format: str = "wav"

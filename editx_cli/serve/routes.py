@@ -1,13 +1,15 @@
 """The model's routes: speech (OpenAI's shape), edits, models, the web page, health."""
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations.
+from typing import Annotated
+
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, Response
 
 from editx_cli.serve.errors import ApiError
-from editx_cli.serve.models import Speech
-from editx_cli.serve.options import MEDIA, MODEL_ID, PCM_RATE, RESPONSE_FORMATS
+from editx_cli.serve.models import EditForm, Speech
+from editx_cli.serve.options import MEDIA, MODEL_ID, RESPONSE_FORMATS
 from editx_cli.serve.state import echo_headers, remove
 from editx_cli.serve.stepaudio_api import speech as step_audio_speech
 from editx_cli.serve.voices import record
@@ -46,33 +48,24 @@ async def _openai_speech(body: Speech, http: HttpRequest):
 
 @router.post("/v1/audio/edits", response_class=Response,
              responses={200: {"content": {m: {} for m in MEDIA.values()}}})
-async def edits(http: HttpRequest, file: UploadFile = File(...), edit_type: str = Form(...),
-                edit_info: str = Form(""), intensity: float = Form(1.0, allow_inf_nan=False),
-                iterations: int = Form(1), seed: int = Form(0), audio_text: str = Form(""), text: str = Form(""),
-                response_format: str = Form("wav"), loudness: float | None = Form(None, allow_inf_nan=False),
-                peak: float | None = Form(None, allow_inf_nan=False), match_input: bool = Form(False),
-                sample_rate: int | None = Form(None), bitrate: int | None = Form(None)):
+async def edits(http: HttpRequest, file: Annotated[UploadFile, File()], form: Annotated[EditForm, Form()]):
     """Edit an uploaded clip; post the result back for a chain of edits."""
     serving = http.app.state.serving
-    if response_format not in RESPONSE_FORMATS:
-        raise ApiError(400, f"unknown format {response_format!r} (one of: {', '.join(RESPONSE_FORMATS)})",
-                       "response_format")
-    for value, field in ((audio_text, "audio_text"), (text, "text")):
+    fmt = form.response_format
+    if fmt not in RESPONSE_FORMATS:
+        raise ApiError(400, f"unknown format {fmt!r} (one of: {', '.join(RESPONSE_FORMATS)})", "response_format")
+    for value, field in ((form.audio_text, "audio_text"), (form.text, "text")):
         serving.text_limit(value, field)
     path = await serving.save_upload(file, "file")
     try:
-        row = {"id": "request", "task": "edit", "input_audio": str(path), "edit_type": edit_type,
-               "edit_info": edit_info, "intensity": intensity, "iterations": iterations, "seed": seed,
-               "audio_text": audio_text, "text": text, "loudness": loudness, "peak": peak,
-               "match_input": match_input or None, "bitrate": bitrate,
-               "sample_rate": PCM_RATE if response_format == "pcm" else sample_rate,
-               "output": "out." + ("wav" if response_format == "pcm" else response_format)}
-        task = serving.checked({k: v for k, v in row.items() if v is not None},
+        row = {"task": "edit", "input_audio": str(path),
+               **form.model_dump(include={"edit_type", "edit_info", "intensity", "iterations", "audio_text", "text"})}
+        task = serving.checked(serving.request_row(row, form, fmt),
                                {"input_audio": "file", "output": "response_format", "task": "edit_type"})
     except BaseException:
         remove((path,))
         raise
-    return await serving.run(task, response_format, http, uploads=(path,))  # which removes the upload
+    return await serving.run(task, fmt, http, uploads=(path,))  # which removes the upload
 
 
 @router.get("/v1/models")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from editx_cli import audio, deliver, loop
+from editx_cli import audio, deliver, loop, settings
 from editx_cli.engine import Engine
 from editx_cli.errors import InvalidInput
 from editx_cli.manifest import validate
@@ -346,9 +346,10 @@ class Serving:
     def request_row(self, row: dict[str, Any], body: Any, fmt: str) -> dict[str, Any]:
         """A speech request's task row: the task's fields, its seed and how it is delivered."""
         full = {"id": "request", **row, "seed": body.seed, "output": "out." + ("wav" if fmt == "pcm" else fmt),
-                "loudness": body.loudness, "peak": body.peak, "bitrate": body.bitrate,
-                "sample_rate": PCM_RATE if fmt == "pcm" else body.sample_rate}
-        return {k: v for k, v in full.items() if v is not None}
+                **{s.name: getattr(body, s.name) for s in settings.DELIVERY if s.name != "format"}}
+        if fmt == "pcm":
+            full["sample_rate"] = PCM_RATE
+        return {k: v for k, v in full.items() if v is not None and v is not False}
 
     def text_limit(self, value: str, field: str) -> None:
         if len(value) > self.options.max_text_chars:

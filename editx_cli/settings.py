@@ -1,0 +1,41 @@
+"""The output settings, each declared once. From these come the command line's options
+(`--sample-rate`, environment `EDITX_SAMPLE_RATE`), the manifest's fields (`sample_rate`), and
+the server's request fields (JSON and form); `deliver` checks and applies them. Cheap to
+import: the command line reads it to build its options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # the manifest field, the request field
+    kind: type  # str, int, float or bool (a flag on the command line)
+    help: str
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def envvar(self) -> str:
+        return "EDITX_" + self.name.upper()
+
+
+DELIVERY = (
+    Setting("format", str, "Output format: wav, flac, mp3, ogg (Vorbis) or opus, for outputs not named with an "
+                           "extension of their own [default: wav]."),
+    Setting("sample_rate", int, "Resample outputs to this rate in Hz [default: the model's; mp3 and opus: the "
+                                "nearest rate the codec has]."),
+    Setting("bitrate", int, "kbit/s: mp3 outputs at this constant bitrate; opus outputs with this variable-bitrate "
+                            "target."),
+    Setting("loudness", float, "Normalise each output to this loudness in LUFS (ITU-R BS.1770), e.g. -16 for "
+                               "podcasts, -23 for broadcast."),
+    Setting("peak", float, "True-peak ceiling in dBTP, held by a look-ahead limiter [default with --loudness or "
+                           "--match-input: -1]."),
+    Setting("match_input", bool, "Give each output the loudness of its input (an edit's input audio, a clone's "
+                                 "prompt)."),
+)
+FIELDS = tuple(s.name for s in DELIVERY)
+OPTION_OF = {s.name: s.option for s in DELIVERY}  # a command-line default is named by its option
