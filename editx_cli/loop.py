@@ -8,6 +8,7 @@ stays, the rest is reported as pending.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -128,8 +129,8 @@ def run(
         whole = w.whole
         if whole is None:
             w.close()
-            w.o.status, w.o.error = state, error
-            sched.complete([w.o])
+            w.outcome.status, w.outcome.error = state, error
+            sched.complete([w.outcome])
             return
         if state == "done":  # a chunk is ready: the task is done when all are
             whole.take(w)
@@ -143,9 +144,9 @@ def run(
                 if other in active:
                     active.remove(other)
                     other.close()
-        whole.w.close()
-        whole.w.o.status, whole.w.o.error = state, error
-        sched.complete([whole.w.o])
+        whole.work.close()
+        whole.work.outcome.status, whole.work.outcome.error = state, error
+        sched.complete([whole.work.outcome])
 
     try:
         while True:
@@ -159,8 +160,8 @@ def run(
                 w = _start(p, outcomes[p.task.id], engine, transcriber, options)
                 w.on_audio = on_audio
                 active.append(w)
-                if w.x is None:
-                    end(w, "failed", w.o.error)
+                if w.audio is None:
+                    end(w, "failed", w.outcome.error)
                     continue
                 try:
                     whole = _split(w, engine, options, transcriber or (checker and checker.transcriber))
@@ -177,13 +178,13 @@ def run(
                 if not sched.finished:  # cannot happen with validated chains; never spin
                     sched.abandon("its input task never ran")
                 break
-            wave = (sorted(active, key=lambda w: len(w.x) / w.sr) if size > 1 else active)[:size]
-            bar.set_postfix_str(",".join(w.p.task.id for w in wave)[:40], refresh=False)
+            wave = (sorted(active, key=lambda w: len(w.audio) / w.sr) if size > 1 else active)[:size]
+            bar.set_postfix_str(",".join(w.planned.task.id for w in wave)[:40], refresh=False)
 
             def made(i: int, result: Result | Exception, wave: list[_Work] = wave) -> None:
                 """The engine's word that one request is done, before the wave ends."""
                 w = wave[i]
-                if checker is None and isinstance(result, Result) and w.passes + 1 == w.p.task.iterations:
+                if checker is None and isinstance(result, Result) and w.passes + 1 == w.planned.task.iterations:
                     w.offer(result.audio, result.sr)
 
             results = engine.run_batch([w.request() for w in wave], on_result=made if on_audio else None)
@@ -191,11 +192,11 @@ def run(
             for w, result in zip(wave, results, strict=True):
                 if isinstance(result, BaseException):
                     if isinstance(result, ValueError):  # the engine's word on this input
-                        (w.whole.w if w.whole else w).o.info["refused"] = True
+                        (w.whole.work if w.whole else w).outcome.info["refused"] = True
                     end(w, "failed", _one_line(result))
                     continue
                 w.absorb(result)
-                if w.passes == w.p.task.iterations:
+                if w.passes == w.planned.task.iterations:
                     last.append(w)
             if checker is not None and last:
                 try:
@@ -209,7 +210,7 @@ def run(
                 if w.passes == 0:  # below the thresholds: back in the queue with the next seed
                     continue
                 if w.whole is None:
-                    w.offer(w.x, w.sr)
+                    w.offer(w.audio, w.sr)
                 error = "" if w.whole else w.commit()  # a chunk is joined, not written
                 end(w, "failed" if error else "done", error)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
@@ -231,7 +232,7 @@ def _judge(works: list[_Work], checker: Checker, max_retries: int) -> None:
     scores, seconds = checker(checks)
     share = sum(seconds.values()) / len(works)
     for w, s in zip(works, scores, strict=True):
-        w.o.stages["qa"] = round(w.o.stages.get("qa", 0.0) + share, 4)
+        w.outcome.stages["qa"] = round(w.outcome.stages.get("qa", 0.0) + share, 4)
         w.judged(s, max_retries)
 
 
@@ -242,13 +243,24 @@ def duration_of(path: Path) -> float | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Input:
+    """What a work starts from, and a retry starts again from: its audio and what it says."""
+
+    audio: Any
+    sr: int
+    path: str
+    audio_text: str
+    digest: str  # samples_digest(audio, sr)
+
+
 @dataclass(eq=False)  # works are told apart by identity
 class _Work:
     """A task in progress: its current audio and how many passes it has had."""
 
-    p: PlannedTask
-    o: Outcome
-    x: Any
+    planned: PlannedTask
+    outcome: Outcome
+    audio: Any  # the current audio: the input, then each pass's output
     sr: int
     path: str
     audio_text: str
@@ -266,7 +278,7 @@ class _Work:
 
     def __post_init__(self) -> None:
         # What a retry starts again from
-        self.start = (self.x, self.sr, self.path, self.audio_text, self.digest)
+        self.start = _Input(self.audio, self.sr, self.path, self.audio_text, self.digest)
         self.pass_info: dict[str, Any] = {}
 
     def offer(self, x: np.ndarray, sr: int) -> None:
@@ -277,38 +289,38 @@ class _Work:
         if self.whole is not None:
             self.whole.offer(self.whole.chunks.index(self), x, sr)
         elif self.on_audio is not None:
-            self.on_audio(self.p.task.id, x, sr)
+            self.on_audio(self.planned.task.id, x, sr)
 
     @property
     def say(self) -> str:
-        return self.p.task.text if self.text is None else self.text
+        return self.planned.task.text if self.text is None else self.text
 
     @property
     def seed(self) -> int:
-        return ((self.o.seed or 0) + self.attempt) % 2**32
+        return ((self.outcome.seed or 0) + self.attempt) % 2**32
 
     def request(self) -> Request:
-        t = self.p.task
-        return Request(kind=t.task, audio=self.x, sr=self.sr, audio_text=self.audio_text, text=self.say,
+        t = self.planned.task
+        return Request(kind=t.task, audio=self.audio, sr=self.sr, audio_text=self.audio_text, text=self.say,
                        edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity, seed=self.seed,
                        audio_digest=self.digest, path=self.path, task_id=t.id)
 
     @property
     def kind(self) -> str:
         """What the QA bounds of its duration go by: "clone", or the edit type."""
-        return "clone" if self.p.task.task == "clone" else self.p.task.edit_type
+        return "clone" if self.planned.task.task == "clone" else self.planned.task.edit_type
 
     @property
     def expected(self) -> str:
         """What the output should say."""
-        t = self.p.task
-        return self.say if t.task == "clone" or t.edit_type == "paralinguistic" else self.start[3]
+        t = self.planned.task
+        return self.say if t.task == "clone" or t.edit_type == "paralinguistic" else self.start.audio_text
 
     def check(self, delivered: bool = False) -> Check:
         """The output so far (as it will be written, when `delivered`) and what it is checked
         against: the task's input voice and text."""
-        x0, sr0, _, _, digest0 = self.start
-        y, sr = self.x, self.sr
+        x0, sr0, digest0 = self.start.audio, self.start.sr, self.start.digest
+        y, sr = self.audio, self.sr
         if delivered:
             try:
                 y, sr = audio.decode(self.render()[0])
@@ -321,8 +333,8 @@ class _Work:
         rate, loudness measures, seconds taken."""
         if self.rendered is None:
             t0 = time.perf_counter()
-            t = self.p.task
-            data, rate, measures = deliver.render(self.x, self.sr, t.output.suffix.lower(), t.delivery,
+            t = self.planned.task
+            data, rate, measures = deliver.render(self.audio, self.sr, t.output.suffix.lower(), t.delivery,
                                                   self.input_loudness)
             self.rendered = (data, rate, measures, time.perf_counter() - t0)
         return self.rendered
@@ -332,39 +344,41 @@ class _Work:
         scores = {"attempt": self.attempt + 1, "seed": self.seed, **scores}
         self.attempts = [*(self.attempts or []), scores]
         if self.best is None or rank(scores) > self.best[0]:  # a later attempt must be better to replace
-            self.best = (rank(scores), self.x, self.sr, dict(self.pass_info), scores, self.rendered)
+            self.best = (rank(scores), self.audio, self.sr, dict(self.pass_info), scores, self.rendered)
         if not scores["passed"] and self.attempt < max_retries:
             self.attempt += 1
-            self.x, self.sr, self.path, self.audio_text, self.digest = self.start
+            self.audio, self.sr, self.path = self.start.audio, self.start.sr, self.start.path
+            self.audio_text, self.digest = self.start.audio_text, self.start.digest
             self.passes, self.rendered = 0, None
             return
-        _, self.x, self.sr, info, kept, self.rendered = self.best
-        self.o.info.update(info)
-        self.o.info["qa"] = {k: v for k, v in kept.items() if k not in ("attempt", "seed") or len(self.attempts) > 1}
+        _, self.audio, self.sr, info, kept, self.rendered = self.best
+        self.outcome.info.update(info)
+        retried = len(self.attempts) > 1
+        self.outcome.info["qa"] = {k: v for k, v in kept.items() if k not in ("attempt", "seed") or retried}
         if len(self.attempts) > 1:
-            self.o.info["qa_attempts"] = self.attempts
+            self.outcome.info["qa_attempts"] = self.attempts
 
     def absorb(self, result: Result) -> None:
-        o = self.o
+        o = self.outcome
         for stage, seconds in result.stages.items():
             o.stages[stage] = round(o.stages.get(stage, 0.0) + seconds, 4)
         o.info.update(result.info)
         self.pass_info = dict(result.info)
         o.cache_hits += result.cache_hits
         o.cache_misses += result.cache_misses
-        self.x, self.sr, self.path = result.audio, result.sr, ""
+        self.audio, self.sr, self.path = result.audio, result.sr, ""
         self.passes += 1
-        if self.passes < self.p.task.iterations:
-            self.digest = audio.samples_digest(self.x, self.sr)
+        if self.passes < self.planned.task.iterations:
+            self.digest = audio.samples_digest(self.audio, self.sr)
         # The next pass edits this output; its transcript is what was just spoken.
-        if self.p.task.edit_type == "paralinguistic":
+        if self.planned.task.edit_type == "paralinguistic":
             self.audio_text = self.say
 
     def commit(self) -> str:
         """Write the output atomically; return an error message, or "" on success."""
-        t, o = self.p.task, self.o
+        t, o = self.planned.task, self.outcome
         try:
-            if self.x.size == 0:
+            if self.audio.size == 0:
                 raise RuntimeError("the engine produced no audio")
             # Temporary files of this output left by a killed run go; another live run's stay.
             audio.remove_stale_parts(t.output)
@@ -372,7 +386,7 @@ class _Work:
             o.stages["deliver"] = round(seconds, 4)  # resample, loudness, encode
             t0 = time.perf_counter()
             tmp = audio.write_atomic(t.output, data)
-            o.output_seconds = round(len(self.x) / self.sr, 3)
+            o.output_seconds = round(len(self.audio) / self.sr, 3)
             o.sample_rate = rate
             o.loudness_before, o.loudness_after = measures.get("loudness_before"), measures.get("loudness_after")
             o.true_peak = measures["true_peak"]
@@ -380,9 +394,9 @@ class _Work:
                 o.info["loudness_target"] = measures["loudness_target"]
             o.stages["write"] = round(time.perf_counter() - t0, 4)
             try:
-                commit(tmp, t.output, self.p.fingerprint, t.id, manifest_of(t), o,
-                       {"reference": os.path.abspath(self.p.source), "text": self.expected, "kind": self.kind,
-                        "input_seconds": round(len(self.start[0]) / self.start[1], 3)})
+                commit(tmp, t.output, self.planned.fingerprint, t.id, manifest_of(t), o,
+                       {"reference": os.path.abspath(self.planned.source), "text": self.expected, "kind": self.kind,
+                        "input_seconds": round(len(self.start.audio) / self.start.sr, 3)})
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
@@ -396,7 +410,7 @@ class _Work:
             self.close()
 
     def close(self) -> None:
-        self.x = self.start = self.best = self.rendered = None
+        self.audio = self.start = self.best = self.rendered = None
 
 
 def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: RunOptions) -> _Work:
@@ -418,7 +432,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: Run
                 engine.wants_transcript(t.edit_type, t.intensity):  # a long input: each chunk, later
             text, hit, seconds = transcriber(x, sr, digest)
             o.stages["transcribe"] = round(seconds, 4)
-            o.cache_hits, o.cache_misses = o.cache_hits + hit, o.cache_misses + (not hit)
+            o.looked_up(hit)
             o.info["transcript"] = text
             o.info["transcribed_by"] = transcriber.backend
     except Exception as e:
@@ -439,11 +453,12 @@ class _Long:
 
     def __init__(self, w: _Work, chunks: list[_Work], starts: list[int], ends: list[int],
                  pauses: list[float] | None, split_seconds: float) -> None:
-        self.w, self.chunks, self.starts, self.ends, self.pauses = w, chunks, starts, ends, pauses
+        self.work, self.chunks, self.starts, self.ends, self.pauses = w, chunks, starts, ends, pauses
         for c in chunks:
             c.whole = self
-        self.done: dict[int, tuple[Any, int, Outcome, str, str]] = {}  # audio, rate, outcome, transcript, expected
-        self.w.o.stages["split"] = round(split_seconds, 4)
+        # each finished chunk's outcome, what it said and what it should have said (for the report)
+        self.done: dict[int, tuple[Outcome, str, str]] = {}
+        self.work.outcome.stages["split"] = round(split_seconds, 4)
         # The join, made in order as chunks come in (each chunk's audio as soon as it is final)
         self.made: dict[int, tuple[np.ndarray, int]] = {}
         self.kept: set[int] = set()
@@ -457,14 +472,14 @@ class _Long:
 
     def span(self, c: _Work) -> str:
         i = self.chunks.index(c)
-        if self.w.p.task.task == "clone":
+        if self.work.planned.task.task == "clone":
             return f"text {c.say[:40]!r}"
-        return f"{self.starts[i] / self.w.sr:.1f}-{self.ends[i] / self.w.sr:.1f} s"
+        return f"{self.starts[i] / self.work.sr:.1f}-{self.ends[i] / self.work.sr:.1f} s"
 
     def take(self, c: _Work) -> None:
         i = self.chunks.index(c)
-        self.done[i] = (c.x, c.sr, c.o, c.start[3], c.expected)
-        c.offer(c.x, c.sr)
+        self.done[i] = (c.outcome, c.start.audio_text, c.expected)
+        c.offer(c.audio, c.sr)
         c.close()
 
     def offer(self, i: int, x: np.ndarray, sr: int) -> None:
@@ -486,42 +501,42 @@ class _Long:
         if len(self.joined) == len(self.chunks) and n < len(self.joined):
             self.joined.append(self.joiner.finish())
         self.join_seconds += time.perf_counter() - t0
-        if self.w.on_audio is not None:
+        if self.work.on_audio is not None:
             for part in self.joined[n:]:
                 if len(part):
-                    self.w.on_audio(self.w.p.task.id, part, self.joiner.sr)
+                    self.work.on_audio(self.work.planned.task.id, part, self.joiner.sr)
 
     def keep(self, i: int) -> None:
         """A chunk with no speech in it: the model would only make something up, so it stays as it was."""
         c = self.chunks[i]
-        c.o.info["kept"] = "no speech: passed through unedited"
-        self.done[i] = (c.x, c.sr, c.o, "", "")
+        c.outcome.info["kept"] = "no speech: passed through unedited"
+        self.done[i] = (c.outcome, "", "")
         self.kept.add(i)
-        self.made[i] = (c.x, c.sr)
+        self.made[i] = (c.audio, c.sr)
 
     def commit(self) -> str:
         """Join the chunks in order, with the task's report of them, and write the output."""
-        w, o = self.w, self.w.o
+        w, o = self.work, self.work.outcome
         y, spans, sr = np.concatenate(self.joined), self.joiner.spans, self.joiner.sr
         o.stages["join"] = round(self.join_seconds, 4)
         rows, scores, texts = [], [], []
         for i, c in enumerate(self.chunks):
-            _, _, co, transcript, expected = self.done[i]
+            co, transcript, expected = self.done[i]
             for stage, seconds in co.stages.items():
                 o.stages[stage] = round(o.stages.get(stage, 0.0) + seconds, 4)
             o.cache_hits += co.cache_hits
             o.cache_misses += co.cache_misses
-            row = {"index": i + 1, "text": c.say if w.p.task.task == "clone" else transcript,
+            row = {"index": i + 1, "text": c.say if w.planned.task.task == "clone" else transcript,
                    "seed": co.seed, "output_start": longform.seconds(spans[i][0], sr),
                    "output_end": longform.seconds(spans[i][1], sr),
                    "seconds": round(sum(co.stages.values()), 4), "cache_hits": co.cache_hits,
                    "cache_misses": co.cache_misses,
                    **{k: v for k, v in co.info.items() if k in ("generated_tokens", "stopped", "decoded_with",
                                                                "transcript", "qa", "qa_attempts", "kept")}}
-            if w.p.task.task == "edit":
+            if w.planned.task.task == "edit":
                 row = {"index": i + 1, "start": longform.seconds(self.starts[i], w.sr),
                        "end": longform.seconds(self.ends[i], w.sr), **row}
-            if c.text is not None and w.p.task.task == "edit":
+            if c.text is not None and w.planned.task.task == "edit":
                 row["new_text"] = c.text
             rows.append(row)
             texts.append(row["text"])
@@ -531,16 +546,16 @@ class _Long:
         if scores:
             from editx_cli.qa import combine
 
-            o.info["qa"] = combine(scores, len(y) / sr, len(w.x) / w.sr)
-        w.start = (w.start[0], w.start[1], w.start[2], " ".join(texts), w.start[4])  # what `editx qa` compares with
-        w.x, w.sr = y, sr
+            o.info["qa"] = combine(scores, len(y) / sr, len(w.audio) / w.sr)
+        w.start = dataclasses.replace(w.start, audio_text=" ".join(texts))  # what `editx qa` compares with
+        w.audio, w.sr = y, sr
         return w.commit()
 
 
 def _split(w: _Work, engine: Engine, options: RunOptions, transcriber) -> _Long | None:
     """The task's chunks, when its input or text is longer than the engine's window; else None."""
     window = _window(engine, options)
-    t = w.p.task
+    t = w.planned.task
     if window is None:
         return None
     size = options.chunk_seconds or engine.chunk_seconds
@@ -551,14 +566,14 @@ def _split(w: _Work, engine: Engine, options: RunOptions, transcriber) -> _Long 
         pieces = longform.split_text(t.text, size)
         if len(pieces) < 2:
             return None
-        chunks = [_chunk(w, i, w.x, w.digest, w.audio_text, text) for i, (text, _) in enumerate(pieces)]
+        chunks = [_chunk(w, i, w.audio, w.digest, w.audio_text, text) for i, (text, _) in enumerate(pieces)]
         return _Long(w, chunks, [0] * len(chunks), [0] * len(chunks), [p for _, p in pieces[:-1]],
                      time.perf_counter() - t0)
-    x, sr = w.x, w.sr
+    x, sr = w.audio, w.sr
     if len(x) / sr <= window:
         return None
     spans, hit = longform.speech_spans(x, sr, engine.cache, w.digest)
-    w.o.cache_hits, w.o.cache_misses = w.o.cache_hits + hit, w.o.cache_misses + (not hit)
+    w.outcome.looked_up(hit)
     cuts = longform.cut_points(spans, len(x), sr, size, x)
     edges = [0, *cuts, len(x)]
     texts = _chunk_texts(w, engine, transcriber, spans, edges)
@@ -570,9 +585,9 @@ def _split(w: _Work, engine: Engine, options: RunOptions, transcriber) -> _Long 
     ratio = engine.length_ratio(t.edit_type, t.edit_info, t.intensity)
     pauses = None  # an edit whose length the engine fixes is joined as cut: its pauses are edited with it
     if ratio is None:  # else the pause at each cut as the join will measure it, from one chunk's sound to the next's
-        bounds = [longform.speech_bounds(c.x, sr) for c in chunks]
+        bounds = [longform.speech_bounds(c.audio, sr) for c in chunks]
         pauses = [engine.seam_pause(t.edit_type, t.edit_info, t.intensity,
-                                    (len(a.x) - bounds[i][1] + bounds[i + 1][0]) / sr)
+                                    (len(a.audio) - bounds[i][1] + bounds[i + 1][0]) / sr)
                   for i, a in enumerate(chunks[:-1])]
     whole = _Long(w, chunks, edges[:-1], edges[1:], pauses, time.perf_counter() - t0)
     # (removing silence is what a vad edit is for; a tempo change must change silence too)
@@ -586,35 +601,35 @@ def _split(w: _Work, engine: Engine, options: RunOptions, transcriber) -> _Long 
 
 
 def _chunk(w: _Work, i: int, x: Any, digest: str, audio_text: str, text: str | None) -> _Work:
-    o = outcome_of(w.p.task)
-    o.seed = longform.chunk_seed(w.o.seed or 0, i)
-    return _Work(w.p, o, x, w.sr, w.path if w.p.task.task == "clone" else "", audio_text, digest, text=text)
+    o = outcome_of(w.planned.task)
+    o.seed = longform.chunk_seed(w.outcome.seed or 0, i)
+    return _Work(w.planned, o, x, w.sr, w.path if w.planned.task.task == "clone" else "", audio_text, digest, text=text)
 
 
 def _chunk_texts(w: _Work, engine: Engine, transcriber, spans: list[tuple[int, int]], edges: list[int]) -> list[str]:
     """Each chunk's part of the transcript: the given one cut where Whisper's word timestamps put
     the cuts (in proportion to each chunk's speech without Whisper); else each chunk transcribed."""
-    t, x, sr = w.p.task, w.x, w.sr
+    t, x, sr = w.planned.task, w.audio, w.sr
     pieces = list(zip(edges, edges[1:], strict=False))
     if w.audio_text.strip():
         if transcriber is not None:
             words, hit = transcriber.words(x, sr, w.digest)
-            w.o.cache_hits, w.o.cache_misses = w.o.cache_hits + hit, w.o.cache_misses + (not hit)
+            w.outcome.looked_up(hit)
             split = longform.split_by_times(w.audio_text, words, [e / sr for e in edges[1:-1]])
             if split is not None:
-                w.o.info["transcript_split"] = "whisper"
+                w.outcome.info["transcript_split"] = "whisper"
                 return split
         speech = [sum(max(0, min(b, e) - max(a, s)) for s, e in spans) + 1 for a, b in pieces]
-        w.o.info["transcript_split"] = "speech time"
+        w.outcome.info["transcript_split"] = "speech time"
         return longform.split_words(w.audio_text, speech)
     if transcriber is not None and engine.wants_transcript(t.edit_type, t.intensity):
         out = []
         for a, b in pieces:
             text, hit, seconds = transcriber(x[a:b], sr, audio.samples_digest(x[a:b], sr))
-            w.o.stages["transcribe"] = round(w.o.stages.get("transcribe", 0.0) + seconds, 4)
-            w.o.cache_hits, w.o.cache_misses = w.o.cache_hits + hit, w.o.cache_misses + (not hit)
+            w.outcome.stages["transcribe"] = round(w.outcome.stages.get("transcribe", 0.0) + seconds, 4)
+            w.outcome.looked_up(hit)
             out.append(text)
-        w.o.info["transcript_split"] = "transcribed by chunk"
+        w.outcome.info["transcript_split"] = "transcribed by chunk"
         return out
     return [""] * len(pieces)
 

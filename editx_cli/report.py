@@ -39,6 +39,11 @@ class Outcome:
     loudness_after: float | None = None  # LUFS, as written
     true_peak: float | None = None  # dBTP, as written
 
+    def looked_up(self, hit: bool) -> None:
+        """Count one feature-cache lookup."""
+        self.cache_hits += hit
+        self.cache_misses += not hit
+
 
 PACKAGES = ("editx", "click", "numpy", "pandas", "soundfile", "soxr", "diskcache", "torch")
 
