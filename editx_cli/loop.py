@@ -301,20 +301,20 @@ class _Work:
 
     def request(self) -> Request:
         t = self.planned.task
-        return Request(kind=t.task, audio=self.audio, sr=self.sr, audio_text=self.audio_text, text=self.say,
+        return Request(kind=t.kind, audio=self.audio, sr=self.sr, audio_text=self.audio_text, text=self.say,
                        edit_type=t.edit_type, edit_info=t.edit_info, intensity=t.intensity, seed=self.seed,
                        audio_digest=self.digest, path=self.path, task_id=t.id)
 
     @property
     def kind(self) -> str:
         """What the QA bounds of its duration go by: "clone", or the edit type."""
-        return "clone" if self.planned.task.task == "clone" else self.planned.task.edit_type
+        return "clone" if self.planned.task.kind == "clone" else self.planned.task.edit_type
 
     @property
     def expected(self) -> str:
         """What the output should say."""
         t = self.planned.task
-        return self.say if t.task == "clone" or t.edit_type == "paralinguistic" else self.start.audio_text
+        return self.say if t.kind == "clone" or t.edit_type == "paralinguistic" else self.start.audio_text
 
     def check(self, delivered: bool = False) -> Check:
         """The output so far (as it will be written, when `delivered`) and what it is checked
@@ -417,7 +417,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: Run
     """Read a task's input (and transcribe it when asked to); on failure, a work item with no
     audio and the error in its outcome."""
     t = p.task
-    text = t.prompt_text if t.task == "clone" else t.audio_text
+    text = t.prompt_text if t.kind == "clone" else t.audio_text
     try:
         t0 = time.perf_counter()
         x, sr = audio.load(p.source)
@@ -428,7 +428,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: Run
         except loudness.LoudnessError as e:
             raise loudness.LoudnessError(f"match_input: the input audio: {e}") from None
         long = _window(engine, options) is not None and len(x) / sr > _window(engine, options)
-        if transcriber and t.task == "edit" and not text.strip() and not long and \
+        if transcriber and t.kind == "edit" and not text.strip() and not long and \
                 engine.wants_transcript(t.edit_type, t.intensity):  # a long input: each chunk, later
             text, hit, seconds = transcriber(x, sr, digest)
             o.stages["transcribe"] = round(seconds, 4)
@@ -472,7 +472,7 @@ class _Long:
 
     def span(self, c: _Work) -> str:
         i = self.chunks.index(c)
-        if self.work.planned.task.task == "clone":
+        if self.work.planned.task.kind == "clone":
             return f"text {c.say[:40]!r}"
         return f"{self.starts[i] / self.work.sr:.1f}-{self.ends[i] / self.work.sr:.1f} s"
 
@@ -526,17 +526,17 @@ class _Long:
                 o.stages[stage] = round(o.stages.get(stage, 0.0) + seconds, 4)
             o.cache_hits += co.cache_hits
             o.cache_misses += co.cache_misses
-            row = {"index": i + 1, "text": c.say if w.planned.task.task == "clone" else transcript,
+            row = {"index": i + 1, "text": c.say if w.planned.task.kind == "clone" else transcript,
                    "seed": co.seed, "output_start": longform.seconds(spans[i][0], sr),
                    "output_end": longform.seconds(spans[i][1], sr),
                    "seconds": round(sum(co.stages.values()), 4), "cache_hits": co.cache_hits,
                    "cache_misses": co.cache_misses,
                    **{k: v for k, v in co.info.items() if k in ("generated_tokens", "stopped", "decoded_with",
                                                                "transcript", "qa", "qa_attempts", "kept")}}
-            if w.planned.task.task == "edit":
+            if w.planned.task.kind == "edit":
                 row = {"index": i + 1, "start": longform.seconds(self.starts[i], w.sr),
                        "end": longform.seconds(self.ends[i], w.sr), **row}
-            if c.text is not None and w.planned.task.task == "edit":
+            if c.text is not None and w.planned.task.kind == "edit":
                 row["new_text"] = c.text
             rows.append(row)
             texts.append(row["text"])
@@ -560,7 +560,7 @@ def _split(w: _Work, engine: Engine, options: RunOptions, transcriber) -> _Long 
         return None
     size = options.chunk_seconds or engine.chunk_seconds
     t0 = time.perf_counter()
-    if t.task == "clone":
+    if t.kind == "clone":
         if speech_seconds(t.text) <= window:
             return None
         pieces = longform.split_text(t.text, size)
@@ -603,7 +603,7 @@ def _split(w: _Work, engine: Engine, options: RunOptions, transcriber) -> _Long 
 def _chunk(w: _Work, i: int, x: Any, digest: str, audio_text: str, text: str | None) -> _Work:
     o = outcome_of(w.planned.task)
     o.seed = longform.chunk_seed(w.outcome.seed or 0, i)
-    return _Work(w.planned, o, x, w.sr, w.path if w.planned.task.task == "clone" else "", audio_text, digest, text=text)
+    return _Work(w.planned, o, x, w.sr, w.path if w.planned.task.kind == "clone" else "", audio_text, digest, text=text)
 
 
 def _chunk_texts(w: _Work, engine: Engine, transcriber, spans: list[tuple[int, int]], edges: list[int]) -> list[str]:
@@ -636,7 +636,7 @@ def _chunk_texts(w: _Work, engine: Engine, transcriber, spans: list[tuple[int, i
 
 def check_transcription(tasks: list[Task], engine: Engine, options: RunOptions) -> None:
     """A Whisper model that cannot be opened is bad usage, found before anything runs."""
-    needed = [t for t in tasks if t.task == "edit" and not t.audio_text.strip()
+    needed = [t for t in tasks if t.kind == "edit" and not t.audio_text.strip()
               and engine.wants_transcript(t.edit_type, t.intensity)]
     if not ((options.transcribe and needed) or (options.qa and tasks)):
         return

@@ -362,7 +362,7 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
     if report is None:
         for p in planned:
             t = p.task
-            what = t.task if t.task == "clone" else f"edit {t.edit_type}" + (f" {t.edit_info}" if t.edit_info else "")
+            what = t.kind if t.kind == "clone" else f"edit {t.edit_type}" + (f" {t.edit_info}" if t.edit_info else "")
             src = f"@{t.input_task}" if t.input_task else str(p.source)
             state = "done already, skip" if p.skip else "run"
             click.echo(f"{t.id}\t{what}\t{src}\t-> {t.output}\t[{state}]")

@@ -335,7 +335,7 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
     if not ok:
         return None
     return Task(
-        id=task_id, task=kind, source="", row=n, output=output,
+        id=task_id, kind=kind, source="", row=n, output=output,
         prompt_audio=prompt_audio, prompt_text=fields["prompt_text"], text=fields["text"],
         input_audio=input_audio, input_task=input_task, audio_text=fields["audio_text"].strip(),
         edit_type=fields["edit_type"].strip(), edit_info=fields["edit_info"].strip(),

@@ -124,6 +124,6 @@ def group_size(engine: Any, batch_size: int) -> int:
 
 
 def outcome_of(t: Task, status: str = "pending", error: str = "") -> Outcome:
-    return Outcome(id=t.id, task=t.task, edit_type=t.edit_type, output=str(t.output), status=status, error=error,
+    return Outcome(id=t.id, task=t.kind, edit_type=t.edit_type, output=str(t.output), status=status, error=error,
                    seed=t.seed, intensity=t.intensity, iterations=t.iterations, edit_info=t.edit_info,
                    input=str(t.prompt_audio or t.input_audio or f"@{t.input_task}"))

@@ -36,7 +36,7 @@ MAX_ITERATIONS = 10
 @dataclass
 class Task:
     id: str
-    task: str
+    kind: str  # "clone" or "edit" (a manifest's `task` column)
     source: str  # the manifest file, or "command line"
     row: int | None  # 1-based data row; None for the command line
     output: Path
@@ -61,7 +61,7 @@ class Task:
     def params(self) -> dict:
         """What decides the output, besides the input audio content and the engine."""
         return {
-            "task": self.task,
+            "task": self.kind,
             "prompt_text": self.prompt_text,
             "text": self.text,
             "audio_text": self.audio_text,

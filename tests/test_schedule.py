@@ -17,14 +17,14 @@ def planned(*specs: str, skip: tuple[str, ...] = ()) -> list[PlannedTask]:
     out = []
     for s in specs:
         tid, _, upstream = s.partition("<")
-        t = Task(id=tid, task="edit", source="m.csv", row=len(out) + 1, output=Path(f"{tid}.wav"),
+        t = Task(id=tid, kind="edit", source="m.csv", row=len(out) + 1, output=Path(f"{tid}.wav"),
                  input_audio=None if upstream else Path("in.wav"), input_task=upstream or None, edit_type="vad")
         out.append(PlannedTask(t, tid, Path("in.wav"), tid in skip))
     return out
 
 
 def finish(sched: Scheduler, tid: str, status: str = "done") -> None:
-    t = Task(id=tid, task="edit", source="m.csv", row=None, output=Path(f"{tid}.wav"))
+    t = Task(id=tid, kind="edit", source="m.csv", row=None, output=Path(f"{tid}.wav"))
     sched.complete([outcome_of(t, status)])
 
 

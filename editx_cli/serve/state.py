@@ -113,7 +113,7 @@ class Serving:
     async def _whole(self, task: Task, fmt: str, http: HttpRequest, speed: float) -> Response:
         t0 = time.perf_counter()
         src = task.prompt_audio or task.input_audio
-        field = "voice" if task.task == "clone" else "file"
+        field = "voice" if task.kind == "clone" else "file"
         # decoding, measuring and encoding run off the event loop: other requests keep flowing
         try:
             x, sr = await asyncio.to_thread(audio.load, src)
