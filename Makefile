@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test lint bench clean conformance tiny
+.PHONY: setup browser demo test test-quick lint bench clean conformance tiny
 
 setup: $(STAMP)
 
@@ -28,6 +28,9 @@ browser:
 
 test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
+
+test-quick: $(STAMP) browser  # the edit-test loop: leaves out the tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check editx_cli tests benchmarks scripts

@@ -96,6 +96,7 @@ def _counts(model, slots: int, budget: int) -> tuple[int, int, int]:
     return ops, syncs, fig.steps
 
 
+@pytest.mark.slow
 def test_a_step_costs_the_same_torch_ops_at_any_batch_and_never_syncs(endless):
     """The GPU costs a tiny model's wall time hides: ops launched and host syncs per step."""
     per_step = {}
@@ -167,6 +168,7 @@ def test_buckets_grow_by_at_most_half_and_end_at_the_cache_length():
     assert buckets(100) == [100]
 
 
+@pytest.mark.slow
 def test_one_decoder_serves_many_runs_with_one_cache(endless):
     """Later runs reuse the cache (and, on CUDA, the graphs); a longer job grows it once; the
     tokens are the same as from fresh decoders."""

@@ -460,6 +460,7 @@ def test_resume_converges_after_a_crash_between_record_and_rename(tmp_path):
 # -- interruption ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "workers"), [("SIGINT", "1"), ("SIGTERM", "1"), ("SIGINT", "2")])
 def test_an_interrupted_run_reports_what_finished_exits_130_and_resumes(tmp_path, sig, workers):
     import signal

@@ -77,6 +77,7 @@ def test_dsp_edits_keep_their_words_and_qa_hears_them_again_later(clips, real_wh
         assert again[i]["heard"] == tasks[i]["info"]["qa"]["heard"] and again[i]["wer"] == tasks[i]["info"]["qa"]["wer"]
 
 
+@pytest.mark.slow
 def test_a_long_input_is_cut_between_real_words(real_whisper, tmp_path):
     path = tmp_path / "long.wav"
     long_speech(path, seconds=60)

@@ -140,6 +140,7 @@ def test_a_long_edit_is_cut_in_pauses_and_keeps_its_length(long_file, tmp_path):
         assert step <= 3 * np.percentile(around, 99) + 1e-6, (c, step)
 
 
+@pytest.mark.slow
 def test_long_edits_on_the_model_batch_all_chunks_and_rerun_identically(long_file, tiny, tmp_path):
     path, pauses, seconds = long_file
     transcript = " ".join(f"Sentence number {i} is spoken here." for i in range(24))
@@ -196,6 +197,7 @@ def test_silence_passes_through_and_a_failed_chunk_fails_its_task_by_name(tiny, 
     assert not (tmp_path / "o.wav").exists()
 
 
+@pytest.mark.slow
 def test_a_long_clone_text_is_spoken_in_pieces(tiny, tmp_path):
     text = " ".join(f"This is sentence number {i}, and it goes on a little." for i in range(30))
     out = tmp_path / "c.wav"
@@ -234,6 +236,7 @@ def test_chunks_longer_than_the_window_are_refused(tiny, tmp_path):
                                 "window of 30 s (it edits and speaks at most that at a time)")
 
 
+@pytest.mark.slow
 def test_without_a_transcript_each_chunk_is_transcribed_and_tags_follow_their_words(long_file, tiny, tmp_path):
     path, _, _ = long_file
     common = [*model_args(tiny), "--cache-dir", tmp_path / "cache", "--whisper-model", tiny / "whisper-tiny.pt"]

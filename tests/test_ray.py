@@ -16,6 +16,7 @@ def _ray_env(tmp_path) -> dict:
     return {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "HOME": str(tmp_path), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
+@pytest.mark.slow
 def test_dsp_on_ray(tmp_path):
     import os
 
@@ -34,6 +35,7 @@ def test_dsp_on_ray(tmp_path):
     assert json.loads((tmp_path / "r" / "report.json").read_text())["run"]["skipped"] == 9
 
 
+@pytest.mark.slow
 def test_stepaudio_on_ray_matches_a_plain_run(tiny, tmp_path):
     import os
 

@@ -10,10 +10,12 @@ import subprocess
 import time
 
 import numpy as np
+import pytest
 import soundfile as sf
 from conftest import CLIPS, EDITX, read_audio, write_manifest
 
 
+@pytest.mark.slow
 def test_kill_9_mid_batch_then_rerun(tmp_path):
     # Long enough inputs that the batch takes a few seconds, so the kill lands mid-run.
     x, sr = read_audio(CLIPS / "narration.wav")

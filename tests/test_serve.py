@@ -270,6 +270,7 @@ def model_server(tiny, tmp_path_factory):
     app.stop()
 
 
+@pytest.mark.slow
 def test_long_uploads_and_texts_are_cut_and_joined_as_batch_does(model_server, tiny, tmp_path):
     """The model edits about 30 s at a time: a 90 s upload is cut in its pauses, each piece
     edited and the whole sent back, the very file `editx batch` makes of it; a 3,000-character

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import soundfile as sf
 from conftest import CLIPS, EDITX, ROOT, invoke, model_args, read_audio, write_manifest
 
@@ -32,6 +33,7 @@ def test_two_workers_give_the_outputs_of_one_process(tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == Path(t["output"]).read_bytes()
 
 
+@pytest.mark.slow
 def test_stepaudio_on_two_workers(tiny, tmp_path):
     text = "Batch editing keeps every voice clip consistent, from the first take to the last."
     rows = [[f"e{i}", "edit", str(CLIPS / "narration.wav"), text, "emotion", info]
@@ -56,6 +58,7 @@ def _children(pid: int) -> list[int]:
     return [int(x) for x in out.split()]
 
 
+@pytest.mark.slow
 def test_a_dying_worker_fails_only_its_task(tmp_path):
     x, sr = read_audio(CLIPS / "narration.wav")
     sf.write(tmp_path / "long.wav", np.tile(x, 8), sr)
