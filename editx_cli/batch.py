@@ -67,7 +67,7 @@ def execute(tasks: list[Task], config: RunConfig) -> tuple[dict[str, Any] | None
         raise InvalidInput([Problem(f"--engine {config.engine}", None, None, p) for p in problems])
     cache = open_cache(config.cache_dir, config.cache_size, config.use_cache)
     try:
-        engine = engine_cls(config.engine_config, cache)
+        engine = engines.build(config.engine, config.engine_config, cache)
         check_transcription(tasks, engine, config.options)
         planned = plan(tasks, engine.fingerprint() + config.options.retry_key(), config.options.overwrite,
                        config.options.force)

@@ -97,40 +97,126 @@ def run(
         load_seconds = time.perf_counter() - t0
         log.debug("engine %s ready on %s in %.2f s", engine.name, engine.device, load_seconds)
 
-    from tqdm import tqdm
+    waves = _Waves(planned, outcomes, engine, options, transcriber, on_audio, len(todo))
+    try:
+        waves.run()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
+        waves.drop()
+        left = sum(1 for o in outcomes.values() if o.status == "pending")
+        log.warning("interrupted: %d task(s) not finished are reported as pending; a rerun goes on from here",
+                    left)
+    finally:
+        waves.bar.close()
+    return [outcomes[p.task.id] for p in planned], load_seconds
 
-    bar = tqdm(total=len(todo), unit="task", file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
 
-    def finished(o: Outcome) -> None:
-        outcomes[o.id] = o
-        if o.status == "failed":
-            log.error("%s: task %s failed: %s", where[o.id], o.id, o.error)
-        bar.update(1)
+class _Waves:
+    """The tasks of one run in waves through the engine: each wave filled with work in
+    progress first (passes to go, retries, chunks of long tasks), then new tasks."""
 
-    lengths: dict[Path, float] = {}  # input seconds, probed once, for grouping by length
+    def __init__(self, planned: list[PlannedTask], outcomes: dict[str, Outcome], engine: Engine,
+                 options: RunOptions, transcriber, on_audio, total: int) -> None:
+        from tqdm import tqdm
 
-    def seconds_of(p: PlannedTask) -> float:
-        if p.source not in lengths:
-            lengths[p.source] = duration_of(p.source) or 0.0
-        return lengths[p.source]
+        self.outcomes, self.engine, self.options, self.on_audio = outcomes, engine, options, on_audio
+        self.bar = tqdm(total=total, unit="task", file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
+        self.where = {p.task.id: p.task.where for p in planned}
+        self.lengths: dict[Path, float] = {}  # input seconds, probed once, for grouping by length
+        self.size = group_size(engine, options.batch_size)
+        # Shortest input first when tasks are decoded together, so a batch holds prompts of
+        # similar length (little padding).
+        self.sched = Scheduler(planned, options.fail_fast, self.finished,
+                               key=self.seconds_of if self.size > 1 else None)
+        self.transcriber = transcriber or _transcriber(engine, options)
+        self.checker = _checker(engine, options, self.transcriber)
+        self.active: list[_Work] = []
 
-    where = {p.task.id: p.task.where for p in planned}
-    size = group_size(engine, options.batch_size)
-    # Shortest input first when tasks are decoded together, so a batch holds prompts of similar
-    # length (little padding).
-    sched = Scheduler(planned, options.fail_fast, finished, key=seconds_of if size > 1 else None)
-    transcriber = transcriber or _transcriber(engine, options)
-    checker = _checker(engine, options, transcriber)
-    active: list[_Work] = []
-    def end(w: _Work, state: str, error: str = "") -> None:
-        if w not in active:  # a chunk whose task another chunk's failure has ended
+    def run(self) -> None:
+        while True:
+            starting = self.sched.take(self.size - min(len(self.active), self.size))
+            if self.sched.stopping:  # --fail-fast: work in progress is cancelled too
+                for w in list(self.active):
+                    self.end(w, "cancelled", FAIL_FAST)
+                return
+            for p in starting:
+                self.start(p)
+            if not self.active:
+                if starting:  # all failed to start: others may be ready now
+                    continue
+                if not self.sched.finished:  # cannot happen with validated chains; never spin
+                    self.sched.abandon("its input task never ran")
+                return
+            self.wave()
+
+    def start(self, p: PlannedTask) -> None:
+        """A task's input read (and heard, when asked); a long one cut, its chunks working in its place."""
+        w = _start(p, self.outcomes[p.task.id], self.engine, self.transcriber, self.options)
+        w.on_audio = self.on_audio
+        self.active.append(w)
+        if w.audio is None:
+            self.end(w, "failed", w.outcome.error)
             return
-        active.remove(w)
+        try:
+            whole = _split(w, self.engine, self.options,
+                           self.transcriber or (self.checker and self.checker.transcriber))
+        except Exception as e:
+            log.debug("task %s could not be cut", p.task.id, exc_info=True)
+            self.end(w, "failed", f"cutting the long input: {_one_line(e)}")
+            return
+        if whole is not None:
+            self.active.remove(w)
+            self.active.extend(c for i, c in enumerate(whole.chunks) if i not in whole.done)
+
+    def wave(self) -> None:
+        """One engine call over the next works; each absorbs its pass; final passes are checked
+        (when asked) and committed, or sent round again."""
+        wave = (sorted(self.active, key=lambda w: len(w.audio) / w.sr) if self.size > 1 else self.active)[:self.size]
+        self.bar.set_postfix_str(",".join(w.planned.task.id for w in wave)[:40], refresh=False)
+
+        def made(i: int, result: Result | Exception) -> None:
+            """The engine's word that one request is done, before the wave ends."""
+            w = wave[i]
+            if self.checker is None and isinstance(result, Result) and w.passes + 1 == w.planned.task.iterations:
+                w.offer(result.audio, result.sr)
+
+        results = self.engine.run_batch([w.request() for w in wave], on_result=made if self.on_audio else None)
+        last: list[_Work] = []  # works whose final pass this was
+        for w, result in zip(wave, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, ValueError):  # the engine's word on this input
+                    (w.whole.work if w.whole else w).outcome.info["refused"] = True
+                self.end(w, "failed", _one_line(result))
+                continue
+            w.absorb(result)
+            if w.passes == w.planned.task.iterations:
+                last.append(w)
+        if self.checker is not None and last:
+            try:
+                _judge(last, self.checker, self.options.max_retries)
+            except Exception as e:  # Whisper or the speaker model failed: these tasks, not the run
+                log.debug("quality checks failed", exc_info=True)
+                for w in last:
+                    self.end(w, "failed", f"quality checks: {_one_line(e)}")
+                last = []
+        for w in last:
+            if w.passes == 0:  # below the thresholds: back in the queue with the next seed
+                continue
+            if w.whole is None:
+                w.offer(w.audio, w.sr)
+            error = "" if w.whole else w.commit()  # a chunk is joined, not written
+            self.end(w, "failed" if error else "done", error)
+
+    def end(self, w: _Work, state: str, error: str = "") -> None:
+        """A work is over: a task's outcome is settled, or a chunk is joined (its task settled
+        when it was the last, or failed with it)."""
+        if w not in self.active:  # a chunk whose task another chunk's failure has ended
+            return
+        self.active.remove(w)
         whole = w.whole
         if whole is None:
             w.close()
             w.outcome.status, w.outcome.error = state, error
-            sched.complete([w.outcome])
+            self.sched.complete([w.outcome])
             return
         if state == "done":  # a chunk is ready: the task is done when all are
             whole.take(w)
@@ -141,87 +227,28 @@ def run(
         else:  # one chunk failed or was cancelled: so is its task, and its other chunks go
             error = f"chunk {whole.chunks.index(w) + 1} ({whole.span(w)}): {error}"
             for other in whole.chunks:
-                if other in active:
-                    active.remove(other)
+                if other in self.active:
+                    self.active.remove(other)
                     other.close()
         whole.work.close()
         whole.work.outcome.status, whole.work.outcome.error = state, error
-        sched.complete([whole.work.outcome])
+        self.sched.complete([whole.work.outcome])
 
-    try:
-        while True:
-            # Fill the wave from work in progress first, then new tasks.
-            starting = sched.take(size - min(len(active), size))
-            if sched.stopping:  # --fail-fast: work in progress is cancelled too
-                for w in list(active):
-                    end(w, "cancelled", FAIL_FAST)
-                break
-            for p in starting:
-                w = _start(p, outcomes[p.task.id], engine, transcriber, options)
-                w.on_audio = on_audio
-                active.append(w)
-                if w.audio is None:
-                    end(w, "failed", w.outcome.error)
-                    continue
-                try:
-                    whole = _split(w, engine, options, transcriber or (checker and checker.transcriber))
-                except Exception as e:
-                    log.debug("task %s could not be cut", p.task.id, exc_info=True)
-                    end(w, "failed", f"cutting the long input: {_one_line(e)}")
-                    continue
-                if whole is not None:  # its chunks run in its place, as tasks of their own
-                    active.remove(w)
-                    active.extend(c for i, c in enumerate(whole.chunks) if i not in whole.done)
-            if not active:
-                if starting:  # all failed to start: others may be ready now
-                    continue
-                if not sched.finished:  # cannot happen with validated chains; never spin
-                    sched.abandon("its input task never ran")
-                break
-            wave = (sorted(active, key=lambda w: len(w.audio) / w.sr) if size > 1 else active)[:size]
-            bar.set_postfix_str(",".join(w.planned.task.id for w in wave)[:40], refresh=False)
-
-            def made(i: int, result: Result | Exception, wave: list[_Work] = wave) -> None:
-                """The engine's word that one request is done, before the wave ends."""
-                w = wave[i]
-                if checker is None and isinstance(result, Result) and w.passes + 1 == w.planned.task.iterations:
-                    w.offer(result.audio, result.sr)
-
-            results = engine.run_batch([w.request() for w in wave], on_result=made if on_audio else None)
-            last: list[_Work] = []  # works whose final pass this was
-            for w, result in zip(wave, results, strict=True):
-                if isinstance(result, BaseException):
-                    if isinstance(result, ValueError):  # the engine's word on this input
-                        (w.whole.work if w.whole else w).outcome.info["refused"] = True
-                    end(w, "failed", _one_line(result))
-                    continue
-                w.absorb(result)
-                if w.passes == w.planned.task.iterations:
-                    last.append(w)
-            if checker is not None and last:
-                try:
-                    _judge(last, checker, options.max_retries)
-                except Exception as e:  # Whisper or the speaker model failed: these tasks, not the run
-                    log.debug("quality checks failed", exc_info=True)
-                    for w in last:
-                        end(w, "failed", f"quality checks: {_one_line(e)}")
-                    last = []
-            for w in last:
-                if w.passes == 0:  # below the thresholds: back in the queue with the next seed
-                    continue
-                if w.whole is None:
-                    w.offer(w.audio, w.sr)
-                error = "" if w.whole else w.commit()  # a chunk is joined, not written
-                end(w, "failed" if error else "done", error)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
-        for w in active:
+    def drop(self) -> None:
+        """Interrupted: the works in progress let go of their audio."""
+        for w in self.active:
             w.close()
-        left = sum(1 for o in outcomes.values() if o.status == "pending")
-        log.warning("interrupted: %d task(s) not finished are reported as pending; a rerun goes on from here",
-                    left)
-    finally:
-        bar.close()
-    return [outcomes[p.task.id] for p in planned], load_seconds
+
+    def finished(self, o: Outcome) -> None:
+        self.outcomes[o.id] = o
+        if o.status == "failed":
+            log.error("%s: task %s failed: %s", self.where[o.id], o.id, o.error)
+        self.bar.update(1)
+
+    def seconds_of(self, p: PlannedTask) -> float:
+        if p.source not in self.lengths:
+            self.lengths[p.source] = duration_of(p.source) or 0.0
+        return self.lengths[p.source]
 
 
 def _judge(works: list[_Work], checker: Checker, max_retries: int) -> None:

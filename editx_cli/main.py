@@ -455,7 +455,9 @@ def qa_outputs(out_dir: str, thresholds: str, engine: str, gpu: int | None, cach
     except CacheError as e:
         raise UsageError(f"--cache-dir: {e}") from None
     try:
-        eng = engine_cls(config, cache)
+        from editx_cli import engine as engines
+
+        eng = engines.build(engine, config, cache)
         device = "cuda:0" if _cuda() else "cpu"
         eng.device = device
         checker = Checker(Transcriber(whisper_model, device, cache, allow_download), eng.speaker_embedding, limits)

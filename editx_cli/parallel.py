@@ -102,7 +102,7 @@ def _build(spec: WorkerSpec):
     from editx_cli.cache import open_cache
 
     cache = open_cache(spec.cache_dir, spec.cache_size, spec.use_cache)
-    return engines.get(spec.engine)(spec.engine_config, cache), cache
+    return engines.build(spec.engine, spec.engine_config, cache), cache
 
 
 def run_processes(planned: list[PlannedTask], specs: list[WorkerSpec],

@@ -139,6 +139,12 @@ class Engine:
         pass
 
 
+def build(name: str, config: dict[str, Any], cache: Any) -> Engine:
+    """The engine of this name with its options and the feature cache it reads and fills: what
+    every front door (batch, a worker, Ray, serve, qa) runs on."""
+    return get(name)(dict(config), cache)
+
+
 def names() -> list[str]:
     return sorted(REGISTRY)
 

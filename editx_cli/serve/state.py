@@ -56,7 +56,7 @@ class Serving:
         self.wave_options = loop.RunOptions(progress=False, batch_size=options.max_batch,
                                             transcribe=bool(options.whisper_model),
                                             whisper_model=options.whisper_model or "", **(options.quality or {}))
-        self.service = Service(lambda: self.engine_cls(dict(options.engine_config or {}), self.cache),
+        self.service = Service(lambda: engines.build(options.engine, options.engine_config or {}, self.cache),
                                max_batch=per_call, max_queue=options.max_queue, idle_unload=options.idle_unload,
                                run_wave=self.run_wave)
         self.voices = Path(options.voices_dir)
