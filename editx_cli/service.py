@@ -122,8 +122,7 @@ class Service:
                         f.set_exception(RuntimeError("the server is shutting down"))
                     self._waiting.clear()
                     return
-            if self.gather and len(self._waiting) < self.max_batch:
-                time.sleep(self.gather)  # let requests sent at the same moment join this batch
+            self._gather()
             with self._lock:  # a call runs alone; requests go together, up to max_batch
                 if not self._waiting:  # withdrawn while gathering
                     continue
@@ -138,6 +137,14 @@ class Service:
                 self._work(batch)
             finally:
                 self.running = 0
+
+    def _gather(self) -> None:
+        """Let requests sent at about the same moment join this wave: wait while they keep
+        arriving (each `gather` seconds bringing more), at most ten such waits."""
+        seen, waits = -1, 0
+        while self.gather and seen != len(self._waiting) < self.max_batch and waits < 10:
+            seen, waits = len(self._waiting), waits + 1
+            time.sleep(self.gather)
 
     def _work(self, batch: list[tuple[Any, Future]]) -> None:
         try:  # outside the lock: callers can still queue, or be refused, while a model loads

@@ -1,9 +1,13 @@
-"""`editx serve`: one process, one engine, an OpenAI-compatible HTTP API.
+"""`editx serve`: one process, one engine, an OpenAI-compatible HTTP API that also speaks the
+Step-Audio API.
 
-    POST /v1/audio/speech   OpenAI's request shape: speak `input` in a registered voice
+    POST /v1/audio/speech   OpenAI's request shape: speak `input` in a registered voice; with
+                            `step_audio`, the Step-Audio API's clone or edit; `stream: true`
+                            sends the audio as it is made
+    POST /v1/audio/speech/upload   the Step-Audio API's multipart form (payload + audio files)
     POST /v1/audio/edits    multipart audio + edit settings; returns the edited audio
     POST /v1/voices         register a voice: a reference clip and its transcript
-    GET  /v1/voices, DELETE /v1/voices/{name}
+    GET  /v1/voices, DELETE /v1/voices/{name}, GET /v1/tags
     GET  /v1/models, GET /healthz, OpenAPI docs at /docs
 
 Requests are checked by the same validation as manifest rows (the same messages, naming
@@ -14,8 +18,10 @@ picks; a client never names a path.
 
     app.py      the app factory         state.py   the serving objects, request -> task -> response
     routes.py   speech, edits, models, the page, health
-    voices.py   the voice store and its routes      models.py  request bodies
-    errors.py   OpenAI's error shape    options.py what a server is started with    page.py  the web page
+    stepaudio_api.py   the Step-Audio API's requests     fetch.py   audio by URL, public addresses only
+    streaming.py       a response sent as it is made     voices.py  the voice store and its routes
+    models.py   request bodies          errors.py  OpenAI's error shape
+    options.py  what a server is started with         page.py    the web page
 """
 
 from editx_cli.serve.app import create_app
