@@ -82,6 +82,14 @@ def test_the_forks_documented_requests(model):
                         data={"payload": json.dumps({"input": "Hello.", "metadata": {"k": "v"},
                                                      "step_audio": {"prompt_text": CLIP_TEXT}})})
     assert audio_of(upload)[0].size and upload.headers["x-metadata-k"] == "v"
+    added = model.post("/v1/voices", files={"file": ("ref.wav", CLIP.read_bytes())},
+                       data={"name": "fox", "text": CLIP_TEXT})
+    assert added.status_code == 201, added.text
+    listed = model.get("/v1/voices").json()["data"]
+    assert [(v["id"], v["prompt_text"]) for v in listed] == [("fox", CLIP_TEXT)]
+    preset = model.post("/v1/audio/speech", json={"input": "Hello.", "voice": "fox", "step_audio": {"mode": "clone"}})
+    assert audio_of(preset)[0].size  # a registered voice, its transcript with it
+    assert model.delete("/v1/voices/fox").status_code == 200
     tags = model.get("/v1/tags").json()["data"]
     assert [t["mode"] for t in tags] == ["clone", "emotion", "style", "speed", "paralinguistic", "denoise", "vad"]
     assert "happy" in tags[1]["edit_info"] and "laugh" in tags[4]["tags"] and tags[1]["needs_audio_text"]

@@ -92,7 +92,9 @@ async def add_voice(http: HttpRequest, name: str = Form(...), text: str = Form(.
 @router.get("/v1/voices")
 async def list_voices(http: HttpRequest):
     folder = http.app.state.serving.voices
-    return {"object": "list", "data": [{"name": n, **record(folder, n)} for n in names(folder)]}
+    voices = [{"name": n, **record(folder, n)} for n in names(folder)]
+    # `id` and `prompt_text` too: the names the Step-Audio API's clients read
+    return {"object": "list", "data": [{**v, "id": v["name"], "prompt_text": v["text"]} for v in voices]}
 
 
 @router.delete("/v1/voices/{name}")
