@@ -139,6 +139,15 @@ def _delivery_options() -> list:
             for s in settings.DELIVERY]
 
 
+def _with_edit_options(f):
+    """An edit's settings (settings.EDIT) as options, read as text as a manifest's cells are:
+    the manifest's checks word any error."""
+    for s in reversed(settings.EDIT):
+        f = click.option(s.option, s.name, required=s.required, default=None if s.required else str(s.default),
+                         show_default=s.default not in (None, ""), help=s.help)(f)
+    return f
+
+
 def _delivery(common: dict) -> dict:
     """The output settings given on the command line, by manifest field name."""
     return {k: common[k] for k in settings.FIELDS if common[k] not in (None, False)}
@@ -237,14 +246,7 @@ def clone(prompt_audio: str, prompt_text: str, text: str, output: str | None, **
 
 @cli.command()
 @click.argument("input_audio", type=click.Path(dir_okay=False))
-@click.option("--type", "edit_type", required=True,
-              help="emotion, style, speed, paralinguistic, denoise or vad.")
-@click.option("--info", "edit_info", default="", help="e.g. happy, whisper, faster, remove.")
-@click.option("--intensity", default="1.0", show_default=True, help="Strength of the edit, 0.1 to 3.0.")
-@click.option("--iterations", default="1", show_default=True, help="Apply the edit this many times in a row.")
-@click.option("--audio-text", default="", help="Transcript of INPUT_AUDIO.")
-@click.option("--text", default="", help="Paralinguistic edits: the new text with tags such as [laugh] "
-              "(`editx tags` lists them).")
+@_with_edit_options
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
               help="Output file (.wav, .flac, .mp3, .ogg or .opus); default: <input>_<type>.wav here.")
 @_common
@@ -255,10 +257,8 @@ def edit(input_audio: str, edit_type: str, edit_info: str, intensity: str, itera
            "edit_info": edit_info, "intensity": intensity, "iterations": iterations,
            "audio_text": audio_text, "text": text,
            "output": output or f"{Path(input_audio).stem}_{edit_type or 'edit'}.{_suffix(common)}"}
-    _single(row, common, {"input_audio": "INPUT_AUDIO", "edit_type": "--type", "edit_info": "--info",
-                          "intensity": "--intensity", "iterations": "--iterations",
-                          "audio_text": "--audio-text", "text": "--text", "output": "--output",
-                          "task": "--engine", "seed": "--seed"})
+    _single(row, common, {"input_audio": "INPUT_AUDIO", **{s.name: s.option for s in settings.EDIT},
+                          "output": "--output", "task": "--engine", "seed": "--seed"})
 
 
 def _quality(common: dict) -> dict:

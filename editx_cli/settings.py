@@ -1,11 +1,13 @@
-"""The output settings, each declared once. From these come the command line's options
-(`--sample-rate`, environment `EDITX_SAMPLE_RATE`), the manifest's fields (`sample_rate`), and
-the server's request fields (JSON and form); `deliver` checks and applies them. Cheap to
+"""An edit's settings and the output settings, each declared once. From these come the command
+line's options (`--sample-rate`, environment `EDITX_SAMPLE_RATE`; `editx edit --type`), the
+manifest's fields (`sample_rate`, `edit_type`), and the server's request fields (JSON and
+form); the manifest's validation checks them, `deliver` applies the output's. Cheap to
 import: the command line reads it to build its options."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -13,15 +15,28 @@ class Setting:
     name: str  # the manifest field, the request field
     kind: type  # str, int, float or bool (a flag on the command line)
     help: str
+    default: Any = None  # None: unset
+    required: bool = False
+    flag: str = ""  # the command line's option, where it is not --name-with-dashes
 
     @property
     def option(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.flag or "--" + self.name.replace("_", "-")
 
     @property
     def envvar(self) -> str:
         return "EDITX_" + self.name.upper()
 
+
+EDIT = (
+    Setting("edit_type", str, "emotion, style, speed, paralinguistic, denoise or vad.", required=True, flag="--type"),
+    Setting("edit_info", str, "e.g. happy, whisper, faster, remove.", "", flag="--info"),
+    Setting("intensity", float, "Strength of the edit, 0.1 to 3.0.", 1.0),
+    Setting("iterations", int, "Apply the edit this many times in a row.", 1),
+    Setting("audio_text", str, "Transcript of the audio to edit.", ""),
+    Setting("text", str, "Paralinguistic edits: the new text with tags such as [laugh] (`editx tags` lists them).",
+            ""),
+)
 
 DELIVERY = (
     Setting("format", str, "Output format: wav, flac, mp3, ogg (Vorbis) or opus, for outputs not named with an "

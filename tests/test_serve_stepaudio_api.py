@@ -239,7 +239,8 @@ def test_what_needs_the_whole_output_is_not_streamed(model, extra, param):
 
 def test_each_output_setting_is_declared_once(tmp_path):
     """The command line's options, the manifest's fields and the server's request fields (JSON
-    and form, as its OpenAPI schema documents them) all come from settings.DELIVERY."""
+    and form, as its OpenAPI schema documents them) all come from settings.DELIVERY and
+    settings.EDIT."""
     from click.testing import CliRunner
 
     from editx_cli import settings
@@ -254,3 +255,8 @@ def test_each_output_setting_is_declared_once(tmp_path):
         if s.name != "format":  # a request's format is its response_format
             for model in ("Speech", "EditForm"):
                 assert schema[model]["properties"][s.name]["description"] == s.help, (model, s.name)
+    helps = " ".join(CliRunner().invoke(cli, ["edit", "--help"], terminal_width=500).output.split())
+    for s in settings.EDIT:  # an edit's settings: `editx edit`'s options, the edits form
+        assert s.option in helps and " ".join(s.help.split()) in helps and s.name in FIELDS
+        assert schema["EditForm"]["properties"][s.name]["description"] == s.help
+    assert schema["EditForm"]["required"] == ["edit_type"]

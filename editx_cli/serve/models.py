@@ -47,14 +47,8 @@ class Speech(Output):
     step_audio: StepAudio | None = None
 
 
-class EditForm(Output):
-    """The fields of /v1/audio/edits's form, beside its file."""
-
-    edit_type: str
-    edit_info: str = ""
-    intensity: float = 1.0
-    iterations: int = 1
-    seed: int = 0
-    audio_text: str = ""  # transcribed when empty, given --whisper-model
-    text: str = ""  # a paralinguistic edit's new text, with its tags
-    response_format: str = "wav"
+# The fields of /v1/audio/edits's form, beside its file: an edit's settings (settings.EDIT), the
+# seed, the response's format, the output settings.
+EditForm = create_model(
+    "EditForm", __base__=Output, seed=(int, 0), response_format=(str, "wav"),
+    **{s.name: (s.kind, Field(... if s.required else s.default, description=s.help)) for s in settings.EDIT})

@@ -7,6 +7,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, Response
 
+from editx_cli import settings
 from editx_cli.serve.errors import ApiError
 from editx_cli.serve.models import EditForm, Speech
 from editx_cli.serve.options import MEDIA, MODEL_ID, RESPONSE_FORMATS
@@ -59,7 +60,7 @@ async def edits(http: HttpRequest, file: Annotated[UploadFile, File()], form: An
     path = await serving.save_upload(file, "file")
     try:
         row = {"task": "edit", "input_audio": str(path),
-               **form.model_dump(include={"edit_type", "edit_info", "intensity", "iterations", "audio_text", "text"})}
+               **form.model_dump(include={s.name for s in settings.EDIT})}
         task = serving.checked(serving.request_row(row, form, fmt),
                                {"input_audio": "file", "output": "response_format", "task": "edit_type"})
     except BaseException:
