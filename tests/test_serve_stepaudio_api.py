@@ -260,3 +260,9 @@ def test_each_output_setting_is_declared_once(tmp_path):
         assert s.option in helps and " ".join(s.help.split()) in helps and s.name in FIELDS
         assert schema["EditForm"]["properties"][s.name]["description"] == s.help
     assert schema["EditForm"]["required"] == ["edit_type"]
+
+
+def test_a_bad_input_is_refused_before_a_stream_starts(model):
+    r = model.post("/v1/audio/speech", json={"input": "Hi.", "stream": True, "step_audio": {
+        "prompt_audio_base64": base64.b64encode(b"RIFF....WAVEjunk").decode(), "prompt_text": CLIP_TEXT}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "step_audio.prompt_audio_base64", r.text

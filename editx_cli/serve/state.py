@@ -99,29 +99,35 @@ class Serving:
         delivered as `batch` writes it; the response is that output (`stream`: sent as it is
         made, see streaming.py). `uploads`: the request's saved audio, removed once the task
         is over (a streamed one's when its last byte has gone)."""
-        streaming = False
+        streaming, t0 = False, time.perf_counter()
         try:
+            x, sr = await self._input(task)  # a bad one is refused before any byte is sent
             if stream:
                 response = await self._streamed(task, fmt, speed, uploads)
                 streaming = True
                 return response
-            return await self._whole(task, fmt, http, speed)
+            return await self._whole(task, fmt, http, speed, x, sr, t0)
         finally:
             if not streaming:
                 remove(uploads)
 
-    async def _whole(self, task: Task, fmt: str, http: HttpRequest, speed: float) -> Response:
-        t0 = time.perf_counter()
-        src = task.prompt_audio or task.input_audio
+    async def _input(self, task: Task) -> tuple[Any, int]:
+        """The task's audio, decoded (off the event loop: other requests keep flowing) and bounded."""
         field = "voice" if task.kind == "clone" else "file"
-        # decoding, measuring and encoding run off the event loop: other requests keep flowing
         try:
-            x, sr = await asyncio.to_thread(audio.load, src)
+            x, sr = await asyncio.to_thread(audio.load, task.prompt_audio or task.input_audio)
         except audio.AudioError as e:
             raise ApiError(400, self.private(f"not usable audio: {e}"), field) from None
         if len(x) / sr > self.options.max_audio_seconds:
             raise ApiError(400, f"the audio is {len(x) / sr:.1f} s; at most {self.options.max_audio_seconds:g} s",
                            field)
+        return x, sr
+
+    async def _whole(self, task: Task, fmt: str, http: HttpRequest, speed: float, x: Any, sr: int,
+                     t0: float) -> Response:
+        """The response made whole: the output as `batch` writes it, with what the run found in headers."""
+        src = task.prompt_audio or task.input_audio
+        field = "voice" if task.kind == "clone" else "file"
         folder = Path(tempfile.mkdtemp(dir=self.scratch))
         stretch = speed != 1.0  # OpenAI's speed: applied to the output, then delivered again
         try:
