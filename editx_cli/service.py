@@ -141,9 +141,12 @@ class Service:
     def _gather(self) -> None:
         """Let requests sent at about the same moment join this wave: wait while they keep
         arriving (each `gather` seconds bringing more), at most ten such waits."""
-        seen, waits = -1, 0
-        while self.gather and seen != len(self._waiting) < self.max_batch and waits < 10:
-            seen, waits = len(self._waiting), waits + 1
+        seen = -1
+        for _ in range(10 if self.gather else 0):
+            waiting = len(self._waiting)
+            if waiting == seen or waiting >= self.max_batch:  # the burst is over, or the wave is full
+                return
+            seen = waiting
             time.sleep(self.gather)
 
     def _work(self, batch: list[tuple[Any, Future]]) -> None:

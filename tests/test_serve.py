@@ -33,7 +33,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-class App:
+class _Requests:
+    """What the tests ask of a server, in-process or not (`get` and `post` are its client's)."""
+
+    def health(self) -> dict:
+        return self.get("/healthz").json()
+
+    def edit(self, path: Path = NARRATION, headers: dict | None = None, **form):
+        return self.post("/v1/audio/edits", files={"file": (path.name, path.read_bytes())},
+                         data={"edit_type": "speed", "edit_info": "faster", **form}, headers=headers)
+
+
+class App(_Requests):
     """The app of `editx serve` with these ServeOptions, in this process."""
 
     def __init__(self, tmp: Path, **options):
@@ -66,13 +77,6 @@ class App:
             time.sleep(0.05)
         return f"http://127.0.0.1:{port}"
 
-    def health(self) -> dict:
-        return self.get("/healthz").json()
-
-    def edit(self, path: Path = NARRATION, headers: dict | None = None, **form):
-        return self.post("/v1/audio/edits", files={"file": (path.name, path.read_bytes())},
-                         data={"edit_type": "speed", "edit_info": "faster", **form}, headers=headers)
-
     def stop(self) -> None:
         if self._server is not None:
             self._server.should_exit = True
@@ -85,14 +89,14 @@ def tiny_model(tiny: Path) -> dict:
                                                      "tokenizer_dir": str(tiny / "Step-Audio-Tokenizer")}}
 
 
-class Server:
+class Server(_Requests):
     """`editx serve` as the command line starts it, on a free port."""
 
     def __init__(self, tmp: Path, *args: str):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(tmp / f"server-{self.port}.log", "w")
-        self.http = httpx.Client(base_url=self.url)
+        self.http = httpx.Client(base_url=self.url, timeout=120)
         self.get, self.post = self.http.get, self.http.post
         self.proc = subprocess.Popen([EDITX, "serve", "--port", str(self.port), "--voices-dir", str(tmp / "voices"),
                                       "--cache-dir", str(tmp / "cache"), *args], stdout=self.log,
@@ -106,13 +110,6 @@ class Server:
                 time.sleep(0.2)
             assert self.proc.poll() is None, (tmp / f"server-{self.port}.log").read_text()
         raise AssertionError("the server did not start")
-
-    def health(self) -> dict:
-        return self.get("/healthz").json()
-
-    def edit(self, path: Path = NARRATION, headers: dict | None = None, **form):
-        return self.post("/v1/audio/edits", files={"file": (path.name, path.read_bytes())},
-                         data={"edit_type": "speed", "edit_info": "faster", **form}, headers=headers)
 
     def stop(self) -> None:
         self.http.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import re
 import shutil
@@ -239,11 +240,15 @@ class Serving:
         """The engine thread's wave: the requests waiting, through the batch loop as one run;
         a streamed request's audio goes to its stream as the loop hands it over."""
         streams = {p.task.id: self.streams[p.task.id] for p in planned if p.task.id in self.streams}
+
+        def on_audio(task_id: str, x, sr: int) -> None:
+            if task_id in streams:
+                streams[task_id].put(x, sr)
+
         try:
             outcomes, _ = loop.run(planned, engine, self.wave_options,
                                    transcriber=self.transcriber(engine) if self.options.whisper_model else None,
-                                   on_audio=(lambda task_id, x, sr: streams[task_id].put(x, sr)
-                                             if task_id in streams else None) if streams else None)
+                                   on_audio=on_audio if streams else None)
         finally:
             for parts in streams.values():
                 parts.close()
@@ -368,8 +373,6 @@ METADATA_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 def echo_headers(body: Any) -> dict[str, str]:
     """What the Step-Audio API echoes: the model asked for (X-StepAudio-Model) and each metadata
     entry as X-Metadata-<key> (percent-encoded UTF-8, as headers are Latin-1)."""
-    import json
-
     headers = {"X-StepAudio-Model": quote(body.model[:200], safe=SAFE)}
     metadata = body.metadata or {}
     if len(metadata) > METADATA_KEYS:
