@@ -231,7 +231,9 @@ def test_continuous_batching_figures_and_shared_features(tiny, tmp_path):
     report = json.loads((out / "report.json").read_text())
     tasks = report["tasks"]
     assert sum(t["cache_misses"] for t in tasks) == 2  # narration + pauses
-    assert {t["info"]["slots"] for t in tasks} == {3} and {t["info"]["decoded_with"] for t in tasks} == {6}
+    # decoded_with: the most tasks decoding at once with it, never more than the slots hold
+    assert {t["info"]["slots"] for t in tasks} == {3} and max(t["info"]["decoded_with"] for t in tasks) > 1
+    assert all(1 <= t["info"]["decoded_with"] <= 3 for t in tasks)
     decode = report["run"]["engine_info"]["decode"]
     assert decode["batch_sizes"] == {"3": 1}
     # one read-back every 8 steps, whatever the number of rows

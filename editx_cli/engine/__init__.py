@@ -112,6 +112,19 @@ class Engine:
                 on_result(i, results[-1])
         return results
 
+    def stream(self, take: Callable[[bool], list | None], deliver: Callable[[Any, Result | Exception], None]) -> None:
+        """Run requests as they are handed over, until `take` says no more will come.
+
+        `take(wait)`: the (key, Request) pairs that arrived since it was last asked ([] when
+        none has, blocking until one does when `wait`), or None once no more will come.
+        `deliver(key, result or error)`: once per request, as each is ready, from any thread.
+        Engines that admit requests into work already running override this; the default
+        runs what has arrived, call by call."""
+        while (arrived := take(True)) is not None:
+            if arrived:
+                for (key, _), result in zip(arrived, self.run_batch([r for _, r in arrived]), strict=True):
+                    deliver(key, result)
+
     def seam_pause(self, edit_type: str, edit_info: str, intensity: float, seconds: float) -> float:
         """The pause the output keeps where the input was cut in a pause this long."""
         return seconds
@@ -137,6 +150,29 @@ class Engine:
 
     def close(self) -> None:
         pass
+
+
+def collect(stream: Callable, requests: list[Request],
+            on_result: Callable[[int, Result | Exception], None] | None = None) -> list[Result | Exception]:
+    """run_batch through an engine's stream: the requests handed over at once, the results in
+    their order (`on_result(index, result)` as each is ready)."""
+    results: list[Result | Exception | None] = [None] * len(requests)
+    given = False
+
+    def take(wait: bool) -> list | None:
+        nonlocal given
+        if given:
+            return None
+        given = True
+        return list(enumerate(requests))
+
+    def deliver(i: int, result: Result | Exception) -> None:
+        results[i] = result
+        if on_result is not None:
+            on_result(i, result)
+
+    stream(take, deliver)
+    return results  # type: ignore[return-value]
 
 
 def build(name: str, config: dict[str, Any], cache: Any) -> Engine:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from editx_cli.cache import fingerprint_files
-from editx_cli.engine import Engine, Request, Result
+from editx_cli.engine import Engine, Request, Result, collect
 from editx_cli.engine.stepaudio import layout, prompts
 from editx_cli.engine.stepaudio.vocoding import VocodeLine, VocodeStats
 from editx_cli.speech_text import speech_seconds
@@ -319,38 +319,67 @@ class StepAudioEngine(Engine):
 
     def run_batch(self, requests: list[Request],
                   on_result: Callable[[int, Result | Exception], None] | None = None) -> list[Result | Exception]:
-        """Prepare every request, decode them all in one batch, vocode each (`on_result` as each
-        is vocoded, from the vocoder's thread)."""
-        results: list[Result | Exception | None] = [None] * len(requests)
-        prepared: dict[int, _Prepared] = {}
-        shared: dict[str, tuple[dict, bool]] = {}  # rows with the same prompt audio share its features
-        for i, r in enumerate(requests):
+        """Every request decoded together: `stream` over this list."""
+        return collect(self.stream, requests, on_result)
+
+    def stream(self, take: Callable[[bool], list | None], deliver: Callable[[Any, Result | Exception], None]) -> None:
+        """Requests decoded as they come: each is prepared as it arrives and joins the running
+        decode at its next sync (continuous batching across calls), and is vocoded as soon as
+        it ends, beside the decoding of the rest. One that the decoder's cache cannot hold
+        waits for the running decode to drain (nothing else joins meanwhile); the cache then
+        grows for it."""
+        held: list[tuple[Any, _Prepared]] = []
+        while True:
+            if not held:
+                arrived = take(True)
+                if arrived is None:
+                    return
+                held = self._prepare_all(arrived, deliver)
+                if not held:
+                    continue
+            held = self._decode_run(held, take, deliver)
+
+    def _prepare_all(self, arrived: list, deliver) -> list[tuple[Any, _Prepared]]:
+        """Each request's prompt and features; a request that cannot be prepared is answered now."""
+        ready, shared = [], {}  # rows with the same prompt audio share its features
+        for key, request in arrived:
             try:
-                prepared[i] = self._prepare(r, shared)
+                ready.append((key, self._prepare(request, shared)))
             except Exception as e:  # this request's problem alone
-                results[i] = e
-        if not prepared:
-            return results  # type: ignore[return-value]
-        # a task is vocoded as soon as the decoder has finished it, beside the decoding of the rest
-        line = VocodeLine(lambda group: self._vocode(group, len(prepared)), VOCODE_BATCH, self.device, on_result)
-        index = {id(p.job): i for i, p in prepared.items()}
+                deliver(key, e)
+        return ready
+
+    def _decode_run(self, first: list[tuple[Any, _Prepared]], take, deliver) -> list[tuple[Any, _Prepared]]:
+        """One run of the decoder: `first`, and what arrives while it runs and fits its cache;
+        returns the prepared requests that did not fit (the next run starts with them)."""
+        line = VocodeLine(self._vocode, VOCODE_BATCH, self.device, deliver)
+        running = {id(p.job): (key, p) for key, p in first}
+        held: list[tuple[Any, _Prepared]] = []
+
+        def more() -> list:
+            arrived = take(False)
+            jobs = []
+            for key, p in self._prepare_all(arrived or [], deliver):
+                if held or not self.decoder.fits(p.job):  # in arrival order: once one waits, all do
+                    held.append((key, p))
+                else:
+                    running[id(p.job)] = (key, p)
+                    jobs.append(p.job)
+            return jobs
+
         failed: Exception | None = None
         t0 = time.perf_counter()
         try:
-            self._decode([p.job for p in prepared.values()],
-                         on_done=lambda job: line.put(index[id(job)], prepared[index[id(job)]]))
+            self._decode([p.job for _, p in first], on_done=lambda job: line.put(*running.pop(id(job))), more=more)
         except Exception as e:  # tasks it had finished are vocoded all the same
             failed = e
-        decoding = (t0, time.perf_counter())
-        vocoded = line.finish()
-        self.vocode_stats.add(line.busy, decoding)
-        share = (decoding[1] - decoding[0]) / len(prepared)
-        for i in prepared:
-            result = vocoded.get(i, failed or RuntimeError("the decoder did not finish this task"))
-            if isinstance(result, Result):
-                result.stages["generate"] += share
-            results[i] = result
-        return results  # type: ignore[return-value]
+        finally:
+            decoding = (t0, time.perf_counter())
+            line.finish()
+            self.vocode_stats.add(line.busy, decoding)
+        for key, _ in running.values():
+            deliver(key, failed or RuntimeError("the decoder did not finish this task"))
+        return held
 
     def _prepare(self, request: Request, shared: dict[str, tuple[dict, bool]]) -> _Prepared:
         from editx_cli.engine.stepaudio import generate
@@ -422,23 +451,29 @@ class StepAudioEngine(Engine):
         with open(path, "a", encoding="utf-8") as f:  # one write: lines from several workers never mix
             f.write("".join(json.dumps(r) + "\n" for r in rows))
 
-    def _decode(self, jobs: list, on_done=None) -> None:
+    def _decode(self, jobs: list, on_done=None, more=None) -> None:
         """Decode every job through the engine's decoder (its cache and graphs kept from call to
-        call), longest budget first (the short ones fill the slots at the end), on_done(job) as
-        each finishes; on CUDA out-of-memory, halve the slots and go on with the jobs that had
-        not finished."""
+        call), longest budget first (the short ones fill the slots at the end), and those
+        `more()` brings as they arrive; on_done(job) as each finishes. On CUDA out-of-memory,
+        halve the slots and go on with the jobs that had not finished."""
         import torch
 
         from editx_cli.engine.stepaudio.decoder import Decoder
 
         todo = sorted(jobs, key=lambda j: j.budget, reverse=True)
+
+        def arrived() -> list:
+            new = more()
+            todo.extend(new)
+            return new
+
         while todo:
             if self.decoder is None:
                 self.decoder = Decoder(self.runner, self.max_batch, self.sampling, self.device,
                                        cuda_graphs=self.cuda_graphs, deterministic=self.deterministic)
             t0 = time.perf_counter()
             try:
-                figures = self.decoder.run(todo, on_done)
+                figures = self.decoder.run(list(todo), on_done, arrived if more else None)
             except torch.cuda.OutOfMemoryError:
                 if self.max_batch == 1:
                     raise
@@ -447,7 +482,7 @@ class StepAudioEngine(Engine):
                 torch.cuda.empty_cache()
                 self.max_batch //= 2
                 log.warning("GPU out of memory: going on with %d decoder slots", self.max_batch)
-                todo = [j for j in todo if not j.tokens]
+                todo[:] = [j for j in todo if not j.tokens]
                 continue
             self.stats.add(todo, figures, time.perf_counter() - t0)
             self.slots = figures.slots
@@ -458,7 +493,7 @@ class StepAudioEngine(Engine):
             self.decoder.close()
             self.decoder = None
 
-    def _vocode(self, group: list[_Prepared], tasks: int) -> list[Result | Exception]:
+    def _vocode(self, group: list[_Prepared]) -> list[Result | Exception]:
         """The group's audio in one vocoder call (a task without audio tokens fails alone)."""
         from editx_cli.engine.stepaudio import generate
         from editx_cli.engine.stepaudio.token2wav import VocodeJob
@@ -486,22 +521,23 @@ class StepAudioEngine(Engine):
             waves = [e] * len(jobs)
         seconds = (time.perf_counter() - t0) / max(1, len(jobs))
         for k, wav in zip(where, waves, strict=True):
-            out[k] = wav if isinstance(wav, Exception) else self._result(group[k], wav, seconds, tasks, len(jobs))
+            out[k] = wav if isinstance(wav, Exception) else self._result(group[k], wav, seconds, len(jobs))
         return out  # type: ignore[return-value]
 
-    def _result(self, p: _Prepared, wav: np.ndarray, vocode_seconds: float, tasks: int, vocoded_with: int) -> Result:
-        """A task's result; its share of the decoding is added to "generate" once that has ended."""
+    def _result(self, p: _Prepared, wav: np.ndarray, vocode_seconds: float, vocoded_with: int) -> Result:
+        """A task's result: "generate" is its prompt's making and its share of the decoder's time."""
         from editx_cli.engine.stepaudio import generate
 
         job = p.job
-        stages = {"tokenize": p.tokenize_seconds, "generate": p.prompt_seconds, "vocode": vocode_seconds}
+        stages = {"tokenize": p.tokenize_seconds, "generate": p.prompt_seconds + job.seconds,
+                  "vocode": vocode_seconds}
         stopped = "end" if job.tokens and job.tokens[-1] == generate.EOS else "budget"
         if stopped == "budget":
             log.warning("task %s: stopped at its budget of %d tokens (%.1f s of speech); the end may be cut",
                         p.task_id or "?", job.budget, job.budget / TOKENS_PER_SECOND)
         info = {"prompt_tokens": len(job.prompt), "generated_tokens": len(job.tokens), "token_budget": job.budget,
                 "stopped": stopped,
-                "guided": job.guided, "decoded_with": tasks, "vocoded_with": vocoded_with, "slots": self.slots,
+                "guided": job.guided, "decoded_with": job.peers, "vocoded_with": vocoded_with, "slots": self.slots,
                 # the ids themselves, in short: compares two runs' decoding without the audio
                 "tokens_digest": hashlib.sha256(np.asarray(job.tokens, np.int64).tobytes()).hexdigest()[:16]}
         return Result(wav.astype(np.float32), self.vocoder.sample_rate, stages, info,

@@ -284,13 +284,18 @@ class Decoder:
     # -- the loop --------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def run(self, jobs: list[Job], on_done=None) -> Figures:
+    def run(self, jobs: list[Job], on_done=None, more=None) -> Figures:
         """Decode every job to its end-of-turn or its budget; fills `job.tokens`, and calls
         on_done(job) as each finishes (the vocoder takes it from there while decoding goes on).
+        `more()`: jobs that arrived since (each `fits`), asked for at every sync while slots
+        are free or about to be; the run goes on while it brings any.
 
         Newcomers' prompts are prefilled a chunk at a time between decode periods, within a
         share of the time (`PREFILL_SHARE`) while most slots are decoding, so running rows
-        keep producing while the queue drains; at full speed while most slots are empty."""
+        keep producing while the queue drains; at full speed while most slots are empty.
+        Each job's `seconds` is its share of the device time (a period's time split among the
+        rows it decoded, a prefill's among the rows it filled); `peers` the most tasks that
+        decoded at once with it, itself included."""
         fig = Figures(attention=self.runner.attention)
         if not jobs:
             return fig
@@ -305,7 +310,7 @@ class Decoder:
         self.pos.fill_(self.length)
         self.steps_seen = [0] * self.slots  # each row's steps at the last sync
         credit = 0.0  # seconds of prefill earned by decode periods while newcomers wait
-        self._admit(queue, fig)
+        self._admit(queue, fig, more)
         while any(self.rows):
             live = self._live()
             waiting = any(r and not r.filled for r in self.rows)
@@ -337,15 +342,30 @@ class Decoder:
             fig.syncs += 1
             period = time.perf_counter() - t0
             fig.decode_seconds += period
+            self._share(live, period)
             credit += period * PREFILL_SHARE / (1 - PREFILL_SHARE)
             for s in live:
                 self.steps_seen[s] = flags[1][s]
             self._finish([s for s in live if not self.rows[s].reference and flags[0][s]], flags[1], fig, on_done)
             self._compact(widths)
-            self._admit(queue, fig)
+            self._admit(queue, fig, more)
         fig.graphs = sorted(f"{w}x{k}{'g' if g else ''}" for w, k, g in used if (w, k, g) in self.graphs)
         fig.keys = sorted({k for _, k, _ in used})
         return fig
+
+    def fits(self, job: Job) -> bool:
+        """Whether a running decode can take this job: the cache holds its rows, and its
+        rows fit the slots."""
+        rows = [job.prompt, job.reference] if job.guided else [job.prompt]
+        return len(rows) <= self.slots and max(len(r) for r in rows) + job.budget <= self.length
+
+    def _share(self, live: list[int], seconds: float) -> None:
+        """A period's time split among the rows that decoded in it; the tasks' peers."""
+        tasks = {id(self.rows[s].job): self.rows[s].job for s in live}
+        for s in live:
+            self.rows[s].job.seconds += seconds / len(live)
+        for job in tasks.values():
+            job.peers = max(job.peers, len(tasks))
 
     def _live(self) -> list[int]:
         """The slots whose rows are decoding (their prompts are in)."""
@@ -411,9 +431,12 @@ class Decoder:
             self.__dict__.pop(name, None)
         self.runner.close()
 
-    def _admit(self, queue: deque, fig: Figures) -> None:
-        """Give queued jobs the free slots (lowest first); their prompts wait to be prefilled."""
+    def _admit(self, queue: deque, fig: Figures, more=None) -> None:
+        """Give queued jobs the free slots (lowest first); their prompts wait to be prefilled.
+        Jobs that arrived (`more`) join the queue first while it is shorter than the free slots."""
         free = [s for s, r in enumerate(self.rows) if r is None]
+        if more is not None and len(queue) < max(1, len(free)):
+            queue.extend(more())
         new: list[tuple[int, _Row]] = []
         while queue and len(free) >= (2 if queue[0].guided else 1):
             job = queue.popleft()
@@ -433,6 +456,7 @@ class Decoder:
         t0 = time.perf_counter()
         beside = any(r and r.filled for r in self.rows)  # rows are decoding: this time is taken from them
         done = 0
+        forwards: list[list[Job]] = []  # each forward's rows' jobs, to share the time among
         while chunks is None or done < chunks:
             # the rows furthest along first (they start soonest), similar lengths together
             waiting = sorted((-r.offset, len(r.ids), s) for s, r in enumerate(self.rows) if r and not r.filled)
@@ -454,6 +478,7 @@ class Decoder:
                 self.rows[s].offset += width
                 self.rows[s].filled = i in ended
             fig.prefill_chunks += 1
+            forwards.append([self.rows[s].job for s in group])
             fig.prefill_tokens += sum(max(0, min(width, len(r) - offset)) for r in rows)
             fig.prefill_padded += len(rows) * width
             fig.prefill_rows += len(ended)
@@ -462,6 +487,9 @@ class Decoder:
         if self.device.startswith("cuda"):
             torch.cuda.synchronize()  # so the time is the device's
         seconds = time.perf_counter() - t0
+        for group in forwards:
+            for job in group:
+                job.seconds += seconds / len(forwards) / len(group)
         if beside:
             fig.prefill_seconds += seconds
         return seconds

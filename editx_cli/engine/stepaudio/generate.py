@@ -55,6 +55,8 @@ class Job:
     guidance: float = 1.0
     reference: list[int] | None = None  # the unedited prompt, decoded beside `prompt` when guidance != 1
     tokens: list[int] = field(default_factory=list)  # generated, end-of-turn included when reached
+    seconds: float = 0.0  # its share of the decoder's device time (see Decoder.run)
+    peers: int = 0  # the most tasks decoded at once with it, itself included
 
     @property
     def guided(self) -> bool:
