@@ -1,14 +1,18 @@
-"""The in-process run loop: tasks through an engine, in waves, outputs committed as they finish.
+"""The in-process run loop: tasks through an engine, outputs committed as they finish.
 
-Ready tasks go to the engine several at a time (an engine with a queue of its
-own gets several batches' worth); chained tasks wait for the task they read;
-a task's failure is its own. Ctrl-C or SIGTERM stops the loop: what finished
-stays, the rest is reported as pending.
+The engine runs on a thread of its own (`feed.Feed`): each request goes to it as soon as
+it is ready (a new task, a task's next pass, a retry, a long task's chunks) and each
+result is settled as soon as it is made, so nothing waits for a batch to end, and a
+server's requests (a `Source`) join the decoding under way. At most a group's worth of
+tasks is in progress (an engine that decodes several at once holds a few batches'
+worth); chained tasks wait for the task they read; a task's failure is its own. Ctrl-C
+or SIGTERM stops the loop: what finished stays, the rest is reported as pending.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import sys
@@ -16,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -57,12 +61,27 @@ class RunOptions:
         return f"{key};retry={self.thresholds};max={self.max_retries};whisper={self.whisper_model}"
 
 
+class Source(Protocol):
+    """Tasks handed to a run while it runs (a server's requests), and where their outcomes go."""
+
+    def take(self, wait: bool, limit: int) -> list[tuple[Any, PlannedTask]] | None:
+        """Up to `limit` (key, task) pairs that arrived ([] when none has; blocking until one does
+        when `wait`); None once no more will come."""
+
+    def deliver(self, key: Any, outcome: Outcome) -> None:
+        """A task's outcome, settled."""
+
+    def listen(self, wake: Callable[[], None]) -> None:
+        """Call `wake()` whenever a task arrives (the run is waiting on its engine meanwhile)."""
+
+
 def run(
     planned: list[PlannedTask],
     engine: Engine,
     options: RunOptions,
     transcriber=None,
     on_audio: Callable[[str, np.ndarray, int], None] | None = None,
+    source: Source | None = None,
 ) -> tuple[list[Outcome], float]:
     """Run every task not already done; return the outcomes and the engine load time.
 
@@ -73,6 +92,8 @@ def run(
     `on_audio(task id, samples, rate)`: each output as its parts become final, in order, before
     it is levelled and encoded (a long task's as its chunks are joined, each as soon as the
     engine has made it when no check can still reject it): a streamed response.
+    `source`: tasks that arrive while the run runs, each joining the work under way; the run
+    ends when the source says no more will come (its tasks' outcomes go to it, not in the list).
     """
     outcomes = {p.task.id: outcome_of(p.task) for p in planned}
     todo = [p for p in planned if not p.skip]
@@ -97,56 +118,104 @@ def run(
         load_seconds = time.perf_counter() - t0
         log.debug("engine %s ready on %s in %.2f s", engine.name, engine.device, load_seconds)
 
-    waves = _Waves(planned, outcomes, engine, options, transcriber, on_audio, len(todo))
+    flow = _Flow(planned, outcomes, engine, options, transcriber, on_audio, len(todo), source)
     try:
-        waves.run()
+        flow.run()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: what finished stays; the rest is pending
-        waves.drop()
+        flow.drop()
         left = sum(1 for o in outcomes.values() if o.status == "pending")
         log.warning("interrupted: %d task(s) not finished are reported as pending; a rerun goes on from here",
                     left)
     finally:
-        waves.bar.close()
+        flow.bar.close()
     return [outcomes[p.task.id] for p in planned], load_seconds
 
 
-class _Waves:
-    """The tasks of one run in waves through the engine: each wave filled with work in
-    progress first (passes to go, retries, chunks of long tasks), then new tasks."""
+class _Flow:
+    """The tasks of one run through the engine's stream: a work's request goes in as soon as it
+    is ready (a new task, a task's next pass, a retry, a long task's chunks), and each result
+    is settled as soon as it comes back; at most a group's worth of works at a time."""
 
     def __init__(self, planned: list[PlannedTask], outcomes: dict[str, Outcome], engine: Engine,
-                 options: RunOptions, transcriber, on_audio, total: int) -> None:
+                 options: RunOptions, transcriber, on_audio, total: int, source: Source | None) -> None:
         from tqdm import tqdm
 
         self.outcomes, self.engine, self.options, self.on_audio = outcomes, engine, options, on_audio
         self.bar = tqdm(total=total, unit="task", file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
         self.where = {p.task.id: p.task.where for p in planned}
-        self.lengths: dict[Path, float] = {}  # input seconds, probed once, for grouping by length
+        self.lengths: dict[Path, float] = {}  # input seconds, probed once, for ordering by length
         self.size = group_size(engine, options.batch_size)
-        # Shortest input first when tasks are decoded together, so a batch holds prompts of
-        # similar length (little padding).
+        # Shortest input first when tasks are decoded together, so those decoding at once have
+        # prompts of similar length (little padding).
         self.sched = Scheduler(planned, options.fail_fast, self.finished,
                                key=self.seconds_of if self.size > 1 else None)
         self.transcriber = transcriber or _transcriber(engine, options)
         self.checker = _checker(engine, options, self.transcriber)
         self.active: list[_Work] = []
+        self.sent: dict[int, _Work] = {}  # request key -> the work whose pass it is
+        self.keys = itertools.count()
+        self.source = source  # None once it has said no more will come
+        self.deliver = source.deliver if source is not None else None
+        self.keyed: dict[str, tuple[Any, Path]] = {}  # the source's tasks: id -> (its key there, input)
 
     def run(self) -> None:
-        while True:
-            starting = self.sched.take(self.size - min(len(self.active), self.size))
-            if self.sched.stopping:  # --fail-fast: work in progress is cancelled too
-                for w in list(self.active):
-                    self.end(w, "cancelled", FAIL_FAST)
-                return
-            for p in starting:
-                self.start(p)
-            if not self.active:
-                if starting:  # all failed to start: others may be ready now
-                    continue
-                if not self.sched.finished:  # cannot happen with validated chains; never spin
-                    self.sched.abandon("its input task never ran")
-                return
-            self.wave()
+        from editx_cli.feed import Feed
+
+        feed = Feed(self.engine)
+        if self.source is not None:
+            self.source.listen(feed.wake)
+        ended = False
+        try:
+            while self.step(feed):
+                pass
+            ended = not self.sched.stopping
+        finally:
+            feed.close(abort=not ended)  # interrupted, or --fail-fast: the engine stops now
+
+    def step(self, feed) -> bool:
+        """Start what there is room for, hand the engine every work that is ready, settle what
+        came back; False when the run is over."""
+        room = self.size - min(len(self.active), self.size)
+        if self.source is not None:  # asked even with no room: a source may have other work to do
+            self.arrived(self.source.take(False, room))
+        starting = self.sched.take(room)
+        if self.sched.stopping:  # --fail-fast: work in progress is cancelled too
+            for w in list(self.active):
+                self.end(w, "cancelled", FAIL_FAST)
+            return False
+        for p in starting:
+            self.start(p)
+        ready = [w for w in self.active if not w.sent]
+        if ready:
+            items = []
+            for w in ready:
+                key, w.sent = next(self.keys), True
+                self.sent[key] = w
+                items.append((key, w.request()))
+            feed.put(items)
+        if not self.sent:
+            if starting:  # all failed to start: others may be ready now
+                return True
+            if self.source is not None:  # idle: wait for the source's next task (or its end)
+                self.arrived(self.source.take(True, self.size))
+                return True
+            if not self.sched.finished:  # cannot happen with validated chains; never spin
+                self.sched.abandon("its input task never ran")
+            return False
+        self.settle(feed.next())
+        return True
+
+    def arrived(self, tasks: list[tuple[Any, PlannedTask]] | None) -> None:
+        """The source's new tasks join the run (None: no more will come)."""
+        if tasks is None:
+            self.source = None
+            return
+        for key, p in tasks:
+            self.keyed[p.task.id] = (key, p.source)
+            self.outcomes[p.task.id] = outcome_of(p.task)
+            self.where[p.task.id] = p.task.where
+        self.sched.add([p for _, p in tasks])
+        self.bar.total += len(tasks)
 
     def start(self, p: PlannedTask) -> None:
         """A task's input read (and heard, when asked); a long one cut, its chunks working in its place."""
@@ -167,21 +236,15 @@ class _Waves:
             self.active.remove(w)
             self.active.extend(c for i, c in enumerate(whole.chunks) if i not in whole.done)
 
-    def wave(self) -> None:
-        """One engine call over the next works; each absorbs its pass; final passes are checked
-        (when asked) and committed, or sent round again."""
-        wave = (sorted(self.active, key=lambda w: len(w.audio) / w.sr) if self.size > 1 else self.active)[:self.size]
-        self.bar.set_postfix_str(",".join(w.planned.task.id for w in wave)[:40], refresh=False)
-
-        def made(i: int, result: Result | Exception) -> None:
-            """The engine's word that one request is done, before the wave ends."""
-            w = wave[i]
-            if self.checker is None and isinstance(result, Result) and w.passes + 1 == w.planned.task.iterations:
-                w.offer(result.audio, result.sr)
-
-        results = self.engine.run_batch([w.request() for w in wave], on_result=made if self.on_audio else None)
+    def settle(self, results: list[tuple[int, Result | Exception]]) -> None:
+        """Each work absorbs its pass; final passes are checked (when asked, those that came
+        back together in one group) and committed, or sent round again."""
         last: list[_Work] = []  # works whose final pass this was
-        for w, result in zip(wave, results, strict=True):
+        for key, result in results:
+            w = self.sent.pop(key)
+            w.sent = False
+            if w not in self.active:  # its task ended (another chunk failed) while it decoded
+                continue
             if isinstance(result, BaseException):
                 if isinstance(result, ValueError):  # the engine's word on this input
                     (w.whole.work if w.whole else w).outcome.info["refused"] = True
@@ -244,6 +307,12 @@ class _Waves:
         if o.status == "failed":
             log.error("%s: task %s failed: %s", self.where[o.id], o.id, o.error)
         self.bar.update(1)
+        if o.id in self.keyed:  # a source's task: its outcome goes back there, and nothing of it stays
+            del self.outcomes[o.id], self.where[o.id]
+            self.sched.forget(o.id)
+            key, source = self.keyed.pop(o.id)
+            self.lengths.pop(source, None)
+            self.deliver(key, o)
 
     def seconds_of(self, p: PlannedTask) -> float:
         if p.source not in self.lengths:
@@ -302,6 +371,7 @@ class _Work:
     whole: _Long | None = None  # the long task this work is a chunk of
     on_audio: Callable[[str, np.ndarray, int], None] | None = None  # see run()
     offered: bool = False  # its final audio has gone to on_audio (or to its whole's join)
+    sent: bool = False  # a request of its is with the engine
 
     def __post_init__(self) -> None:
         # What a retry starts again from

@@ -39,6 +39,7 @@ class Scheduler:
         self._key = key  # orders ready tasks (shortest input first, say); plan order otherwise
         self._status = {p.task.id: ("done" if p.skip else "pending") for p in planned}
         self._index = {p.task.id: i for i, p in enumerate(planned)}
+        self._count = len(planned)  # the next index, for tasks added later
         self._ready: list[tuple[float, int, PlannedTask]] = []  # a heap
         self._waiting: dict[str, list[PlannedTask]] = {}  # upstream id -> tasks that read it
         self._pending = 0
@@ -49,6 +50,19 @@ class Scheduler:
     @property
     def finished(self) -> bool:
         return not self._pending and not self.running
+
+    def add(self, tasks: list[PlannedTask]) -> None:
+        """Tasks that arrived while the run runs (a server's requests), after those planned."""
+        for p in tasks:
+            self._index[p.task.id] = self._count
+            self._count += 1
+            self._status[p.task.id] = "pending"
+            self._add(p)
+
+    def forget(self, task_id: str) -> None:
+        """A finished task that nothing can read any more (a server's request, answered)."""
+        for table in (self._index, self._status, self.outcomes):
+            table.pop(task_id, None)
 
     def take(self, limit: int, workers: int = 1) -> list[PlannedTask]:
         """Up to `limit` ready tasks, now running; [] when none is ready.
@@ -117,9 +131,9 @@ class Scheduler:
 
 
 def group_size(engine: Any, batch_size: int) -> int:
-    """Tasks run together (one wave, or one worker's group): one for an engine that does not
-    batch; else the batch size times the engine's wave factor (an engine with a queue of its
-    own gets several batches' worth)."""
+    """Tasks in progress at once (in the loop, or one worker's group): one for an engine that
+    does not batch; else the batch size times the engine's wave factor (an engine with a queue
+    of its own holds several batches' worth, to refill its slots from as rows end)."""
     return max(1, batch_size) * engine.wave_factor if engine.batches else 1
 
 

@@ -1,13 +1,14 @@
 """One engine for a long-running process: loaded on the first request that needs it, released
-after a while without requests, and fed by one thread that decodes concurrent requests
-together.
+after a while without requests, and fed by one thread that runs requests as they come.
 
-Callers (the HTTP server) hand in work items and wait for their results; the thread takes
-whatever is waiting, up to `max_batch` at a time, and runs it as one wave (`run_wave`: the
-server's is the batch loop itself; by default the engine's run_batch on engine Requests),
-so eight clients at once make one or two decode batches, not eight.
-The queue is bounded: past `max_queue` waiting requests, `submit` refuses at once
-(the server answers 503 with Retry-After) rather than letting latency grow without bound.
+Callers (the HTTP server) hand in work items and wait for their results. The engine thread
+loads the engine and runs it (`run(engine, source)`: the server's is the batch loop, with
+this service as its source; by default the engine's own stream on engine Requests) until it
+has been idle for `idle_unload` seconds; a request that arrives while others are decoding
+joins them at the decoder's next sync, so eight clients at once decode together, and none
+waits for another's batch to end. The queue is bounded: past `max_queue` waiting requests,
+`submit` refuses at once (the server answers 503 with Retry-After) rather than letting
+latency grow without bound.
 """
 
 from __future__ import annotations
@@ -34,26 +35,42 @@ class Busy(RuntimeError):
 
 @dataclass
 class Served:
-    result: Any  # what the wave gave for this item (a Result, an Outcome)
+    result: Any  # what the run gave for this item (a Result, an Outcome)
     load_seconds: float  # the engine load this request waited for (0 when it was loaded already)
-    batch: int  # requests decoded together with this one, itself included
+    batch: int  # the most requests the engine held at once while it held this one, itself included
+
+
+def engine_stream(engine: Engine, source: Service) -> None:
+    """The default run: engine Requests through the engine's own stream."""
+    engine.stream(lambda wait: source.take(wait), source.deliver)
+
+
+@dataclass
+class _Item:
+    work: Any  # an engine Request, a PlannedTask, or a call: fn(engine)
+    future: Future
+    queued: float  # time.monotonic() when it was submitted
+    peers: int = 1
 
 
 class Service:
     def __init__(self, make_engine, *, max_batch: int = 16, max_queue: int = 64, idle_unload: float = 300.0,
-                 gather: float = 0.01, run_wave: Callable[[Engine, list], list] | None = None) -> None:
+                 run: Callable[[Engine, Service], None] = engine_stream) -> None:
         self._make = make_engine  # () -> Engine, not loaded
-        self._run_wave = run_wave or (lambda engine, requests: engine.run_batch(requests))
-        self.max_batch, self.max_queue, self.idle_unload, self.gather = max_batch, max_queue, idle_unload, gather
+        self._run = run
+        self.max_batch, self.max_queue, self.idle_unload = max_batch, max_queue, idle_unload
         self.engine: Engine | None = None
-        self.running = 0  # requests the engine thread has in hand (loading for them, or decoding them)
-        self._waiting: deque[tuple[Any, Future]] = deque()
+        self._waiting: deque[_Item] = deque()
+        self._held: dict[Future, _Item] = {}  # taken by the run, not yet delivered
         self._lock = threading.Condition()
         self._closed = False
         self._last = time.monotonic()
-        self.stats = {"requests": 0, "batches": 0, "largest_batch": 0, "loads": 0, "unloads": 0,
+        self._ready_at = 0.0  # when the engine last finished loading
+        self._load_seconds = 0.0
+        self._wake: Callable[[], None] | None = None
+        self.stats = {"requests": 0, "largest_batch": 0, "loads": 0, "unloads": 0,
                       "load_seconds": None, "refused": 0, "dropped": 0}
-        self._thread = threading.Thread(target=self._loop, name="editx-engine", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="editx-service", daemon=True)
         self._thread.start()
 
     # -- callers
@@ -62,17 +79,17 @@ class Service:
         return self._enqueue(item)
 
     def call(self, fn) -> Future:
-        """Run fn(engine) on the engine thread, alone, the engine loaded (work that is not a
-        decode, such as a new voice's prompt features); a future of its return value. The same
-        queue limit holds: raises Busy when the queue is full."""
+        """Run fn(engine) on the engine's side, the engine loaded (work that is not a decode,
+        such as a new voice's prompt features), beside any decoding; a future of its return
+        value. The same queue limit holds: raises Busy when the queue is full."""
         return self._enqueue(fn)
 
     def withdraw(self, future: Future) -> bool:
         """Drop work whose caller has gone, if it is still waiting (work under way finishes)."""
         with self._lock:
-            for entry in self._waiting:
-                if entry[1] is future:
-                    self._waiting.remove(entry)
+            for item in self._waiting:
+                if item.future is future:
+                    self._waiting.remove(item)
                     self.stats["dropped"] += 1
                     future.cancel()
                     return True
@@ -84,14 +101,22 @@ class Service:
             if len(self._waiting) >= self.max_queue:
                 self.stats["refused"] += 1
                 raise Busy(f"{len(self._waiting)} requests are waiting")
-            self._waiting.append((work, future))
+            self._waiting.append(_Item(work, future, time.monotonic()))
             self._last = time.monotonic()
-            self._lock.notify()
+            self._lock.notify_all()
+            wake = self._wake
+        if wake is not None:  # a run waiting on its engine looks at the queue now
+            wake()
         return future
 
     @property
     def queued(self) -> int:
         return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        """Requests the engine holds (decoding, or queued in it)."""
+        return len(self._held)
 
     @property
     def loaded(self) -> bool:
@@ -105,65 +130,98 @@ class Service:
         if not self._thread.is_alive():
             self._unload()
 
+    # -- the run's side: the service is its source of work
+    def listen(self, wake: Callable[[], None]) -> None:
+        """`wake()` is called whenever work is submitted (the run is waiting on its engine)."""
+        with self._lock:
+            self._wake = wake
+
+    def take(self, wait: bool, limit: int | None = None) -> list[tuple[Future, Any]] | None:
+        """Up to `limit` waiting items as (future, work) pairs, at most `max_batch` held at once;
+        calls waiting are run here, first. With `wait`, blocks until an item comes; None once
+        the service closes or after `idle_unload` seconds without any (the engine is released)."""
+        while True:
+            with self._lock:
+                while wait and not self._waiting and not self._closed:
+                    timeout = self._last + self.idle_unload - time.monotonic()
+                    if timeout <= 0 and not self._held:
+                        return None
+                    self._lock.wait(max(timeout, 0.05))
+                if self._closed:
+                    return None
+                if self._waiting and callable(self._waiting[0].work):
+                    call = self._waiting.popleft()
+                else:
+                    return self._hand_over(limit)
+            self._call(call)
+
+    def _hand_over(self, limit: int | None) -> list[tuple[Future, Any]]:
+        room = self.max_batch - len(self._held)
+        room = room if limit is None else min(room, limit)
+        items = []
+        while self._waiting and len(items) < room and not callable(self._waiting[0].work):
+            items.append(self._waiting.popleft())
+        for item in items:
+            self._held[item.future] = item
+        held = len(self._held)
+        for item in self._held.values():
+            item.peers = max(item.peers, held)
+        self.stats["requests"] += len(items)
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], held)
+        return [(item.future, item.work) for item in items]
+
+    def _call(self, item: _Item) -> None:
+        try:
+            item.future.set_result(item.work(self.engine))
+        except Exception as e:
+            item.future.set_exception(e)
+
+    def deliver(self, future: Future, result: Any) -> None:
+        """An item's result (or the error that stopped it), from any thread."""
+        with self._lock:
+            item = self._held.pop(future, None)
+            self._last = time.monotonic()
+        if item is None or future.done():
+            return
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            load = self._load_seconds if item.queued < self._ready_at else 0.0
+            future.set_result(Served(result, load, item.peers))
+
     # -- the engine thread
     def _loop(self) -> None:
         while True:
             with self._lock:
                 while not self._waiting and not self._closed:
-                    timeout = None
-                    if self.engine is not None:
-                        timeout = self._last + self.idle_unload - time.monotonic()
-                        if timeout <= 0:
-                            self._unload()
-                            continue
-                    self._lock.wait(timeout)
+                    self._lock.wait()
                 if self._closed:
-                    for _, f in self._waiting:
-                        f.set_exception(RuntimeError("the server is shutting down"))
+                    for item in self._waiting:
+                        item.future.set_exception(RuntimeError("the server is shutting down"))
                     self._waiting.clear()
                     return
-            self._gather()
-            with self._lock:  # a call runs alone; requests go together, up to max_batch
-                if not self._waiting:  # withdrawn while gathering
-                    continue
-                if callable(self._waiting[0][0]):
-                    batch = [self._waiting.popleft()]
-                else:
-                    batch = []
-                    while self._waiting and len(batch) < self.max_batch and not callable(self._waiting[0][0]):
-                        batch.append(self._waiting.popleft())
-            self.running = len(batch)
+            try:  # outside the lock: callers can still queue, or be refused, while a model loads
+                self._ensure_loaded()
+            except Exception as e:  # a broken model folder: every waiting request hears why
+                with self._lock:
+                    failed, self._waiting = list(self._waiting), deque()
+                for item in failed:
+                    item.future.set_exception(e)
+                continue
             try:
-                self._work(batch)
-            finally:
-                self.running = 0
-
-    def _gather(self) -> None:
-        """Let requests sent at about the same moment join this wave: wait while they keep
-        arriving (each `gather` seconds bringing more), at most ten such waits."""
-        seen = -1
-        for _ in range(10 if self.gather else 0):
-            waiting = len(self._waiting)
-            if waiting == seen or waiting >= self.max_batch:  # the burst is over, or the wave is full
-                return
-            seen = waiting
-            time.sleep(self.gather)
-
-    def _work(self, batch: list[tuple[Any, Future]]) -> None:
-        try:  # outside the lock: callers can still queue, or be refused, while a model loads
-            load_seconds = self._ensure_loaded()
-        except Exception as e:  # a broken model folder: every waiting request hears why
-            for _, f in batch:
-                f.set_exception(e)
-            return
-        if callable(batch[0][0]):
-            fn, future = batch[0]
-            try:
-                future.set_result(fn(self.engine))
-            except Exception as e:
-                future.set_exception(e)
-            return
-        self._run(batch, load_seconds)
+                self._run(self.engine, self)
+            except Exception as e:  # the run itself failed: what it held hears why
+                log.error("the engine's run failed: %s", e, exc_info=True)
+                with self._lock:
+                    held, self._held = list(self._held.values()), {}
+                for item in held:
+                    if not item.future.done():
+                        item.future.set_exception(e)
+            with self._lock:
+                self._wake = None
+                idle = not self._waiting and not self._closed
+            if idle:  # the run ended as nothing came for idle_unload seconds
+                self._unload()
 
     def _ensure_loaded(self) -> float:
         """Only the engine thread loads and unloads."""
@@ -174,26 +232,11 @@ class Service:
         engine.load()
         self.engine = engine
         seconds = time.perf_counter() - t0
+        self._ready_at, self._load_seconds = time.monotonic(), seconds
         self.stats["loads"] += 1
         self.stats["load_seconds"] = round(seconds, 3)
         log.info("engine %s loaded on %s in %.2f s", engine.name, engine.device, seconds)
         return seconds
-
-    def _run(self, batch: list[tuple[Any, Future]], load_seconds: float) -> None:
-        self.stats["batches"] += 1
-        self.stats["requests"] += len(batch)
-        self.stats["largest_batch"] = max(self.stats["largest_batch"], len(batch))
-        try:
-            results = self._run_wave(self.engine, [r for r, _ in batch])
-        except Exception as e:  # the whole batch failed (out of memory...): each request hears why
-            results = [e] * len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                future.set_exception(result)
-            else:
-                future.set_result(Served(result, load_seconds, len(batch)))
-        with self._lock:
-            self._last = time.monotonic()
 
     def _unload(self) -> None:
         """Drop the engine and give its device memory back."""

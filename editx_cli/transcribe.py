@@ -22,7 +22,7 @@ import numpy as np
 from editx_cli.audio import resample
 from editx_cli.cache import fingerprint_files
 
-CODE_VERSION = "transcribe-2"
+CODE_VERSION = "transcribe-3"
 WINDOW_SECONDS = 30  # Whisper's window: clips up to this long decode in one batch
 BATCH = 16
 CT2_FILES = ("model.bin", "config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json")
@@ -127,7 +127,12 @@ class Transcriber:
         return self.model
 
     def _text(self, x: np.ndarray, sr: int) -> str:
-        return self._model().text(resample(np.asarray(x, np.float32), sr, 16000))
+        """A clip of one window is decoded as `many` decodes it (one pass, at most a window's
+        tokens: a model that hallucinates cannot run on); a longer one window by window."""
+        audio = resample(np.asarray(x, np.float32), sr, 16000)
+        if len(audio) <= WINDOW_SECONDS * 16000:
+            return self._model().texts([audio])[0]
+        return self._model().text(audio)
 
     def _transcribe(self, x: np.ndarray, sr: int) -> str:
         text = self._text(x, sr)

@@ -136,7 +136,7 @@ def failing_run(tiny, tmp_path_factory):
     return tmp, out, json.loads((out / "report.json").read_text())
 
 
-def test_every_attempt_is_reported_and_retries_are_batched(failing_run):
+def test_every_attempt_is_reported_and_retries_go_straight_back(failing_run):
     _, out, report = failing_run
     assert report["run"]["qa"] == {"checked": 4, "passed": 0, "retries": 4}
     for t in report["tasks"]:
@@ -145,8 +145,9 @@ def test_every_attempt_is_reported_and_retries_are_batched(failing_run):
         assert all(not a["passed"] and "similarity" in a["problems"] for a in attempts)
         kept = max(attempts, key=rank)
         assert t["info"]["qa"] == kept  # the best attempt's scores, and its audio
-        assert t["info"]["decoded_with"] == 4  # the retries of the four tasks went through together
-    assert report["run"]["engine_info"]["decode"]["batch_sizes"] == {"4": 2}
+        # a retry goes back as soon as its attempt is judged, joining the decoding under way
+        assert 1 <= t["info"]["decoded_with"] <= 4
+    assert set(report["run"]["engine_info"]["decode"]["batch_sizes"]) == {"4"}
     for t in report["tasks"]:  # scored as written: levelled to -30 LUFS, 16-bit
         y, _ = read_audio(out / f"{t['id']}.wav")
         assert t["info"]["qa"]["peak_dbfs"] == round(20 * math.log10(float(np.abs(y).max())), 1)

@@ -249,14 +249,15 @@ def test_continuous_batching_figures_and_shared_features(tiny, tmp_path):
 
 
 def test_one_decoder_and_one_cache_serve_every_engine_call(tiny, tmp_path):
-    """Twelve tasks through two slots: the engine is handed four slots' worth a call (two calls),
-    and the decoder made on the first keeps its cache for the others."""
+    """Twelve tasks through two slots, the loop holding four slots' worth at a time: the later
+    ones join the decoding under way (or start a run of their own if it has just drained), and
+    the decoder made for the first keeps its cache for every run."""
     rows = [edit_row(f"e{i}", "emotion", info) for i, info in enumerate(["happy", "sad", "angry"] * 4)]
     m = write_manifest(tmp_path / "m.csv", HEADER, rows)
     r = invoke("batch", m, *model_args(tiny), "-o", tmp_path / "out", "--batch-size", "2", "-q")
     assert r.exit_code == 0, r.stderr
     decode = json.loads((tmp_path / "out" / "report.json").read_text())["run"]["engine_info"]["decode"]
-    assert decode["batch_sizes"] == {"2": 2} and decode["cache_allocations"] == 1
+    assert set(decode["batch_sizes"]) == {"2"} and decode["cache_allocations"] == 1
 
 
 def test_clone_budgets_fit_the_target_whatever_its_script():

@@ -58,8 +58,8 @@ class Engine:
     needs_transcript: ClassVar[frozenset[str]] = frozenset()
     # Whether run_batch decodes several requests at once (worth handing a worker a group).
     batches: ClassVar[bool] = False
-    # Requests per run_batch call, per unit of batch size: above 1 when the engine keeps a
-    # queue of its own (continuous batching refills its rows from it as tasks end).
+    # Requests held at once, per unit of batch size: above 1 when the engine keeps a queue of
+    # its own (continuous batching refills its rows from it as tasks end).
     wave_factor: ClassVar[int] = 1
     # Inputs (and clone texts, by their speaking time) longer than this many seconds are cut in
     # pauses into chunks of at most chunk_seconds, edited apart and joined; None: never.

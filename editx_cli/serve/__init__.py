@@ -11,9 +11,9 @@ Step-Audio API.
     GET  /v1/models, GET /healthz, OpenAPI docs at /docs
 
 Requests are checked by the same validation as manifest rows (the same messages, naming
-the request's field) and run as tasks of the batch loop in waves through the shared
-Service (lazy load, idle release, concurrent requests batched): long inputs cut, QA,
-delivery as batch does it. Uploads go to a private temporary folder under names the server
+the request's field) and run as tasks of the batch loop, which takes them from the shared
+Service as they arrive (lazy load, idle release, each request joining the decoding under
+way): long inputs cut, QA, delivery as batch does it. Uploads go to a private temporary folder under names the server
 picks; a client never names a path.
 
     app.py      the app factory         state.py   the serving objects, request -> task -> response

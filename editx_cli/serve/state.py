@@ -51,15 +51,14 @@ class Serving:
         self.engine_cls: type[Engine] = engines.get(options.engine)
         self.cache = open_cache(options.cache_dir, enabled=options.use_cache)
         self.cache.open()
-        # --max-batch is the decoder's slots; an engine that refills its slots from a queue of its
-        # own as rows end (continuous batching) is handed several slots' worth of requests at once.
-        per_call = options.max_batch * (self.engine_cls.wave_factor if self.engine_cls.batches else 1)
-        self.wave_options = loop.RunOptions(progress=False, batch_size=options.max_batch,
-                                            transcribe=bool(options.whisper_model),
-                                            whisper_model=options.whisper_model or "", **(options.quality or {}))
+        # --max-batch is the decoder's slots; the loop holds a few slots' worth of requests (an
+        # engine that refills its slots as rows end has the next ones ready)
+        self.run_options = loop.RunOptions(progress=False, batch_size=options.max_batch,
+                                           transcribe=bool(options.whisper_model),
+                                           whisper_model=options.whisper_model or "", **(options.quality or {}))
         self.service = Service(lambda: engines.build(options.engine, options.engine_config or {}, self.cache),
-                               max_batch=per_call, max_queue=options.max_queue, idle_unload=options.idle_unload,
-                               run_wave=self.run_wave)
+                               max_batch=options.max_batch * self.engine_cls.wave_factor,
+                               max_queue=options.max_queue, idle_unload=options.idle_unload, run=self.run_tasks)
         self.voices = Path(options.voices_dir)
         self.scratch = Path(tempfile.mkdtemp(prefix="editx-serve-"))
         self.whisper = None  # opened by the first request that needs it, kept for the server's life
@@ -95,7 +94,7 @@ class Serving:
 
     async def run(self, task: Task, fmt: str, http: HttpRequest, speed: float = 1.0, stream: bool = False,
                   uploads: tuple[Path, ...] = ()) -> Response:
-        """One task through the batch loop, in a wave with whatever other requests wait: long
+        """One task through the batch loop, beside whatever other requests are running: long
         inputs and texts cut and joined, iterations, a missing transcript heard, the output
         delivered as `batch` writes it; the response is that output (`stream`: sent as it is
         made, see streaming.py). `uploads`: the request's saved audio, removed once the task
@@ -139,7 +138,7 @@ class Serving:
                 served = await self.settled(future, http)
             except ApiError:
                 raise
-            except Exception as e:  # the whole wave failed (out of memory...)
+            except Exception as e:  # the engine's run failed (out of memory...)
                 raise ApiError(500, self.private(f"the engine failed: {one_line(e)}"), kind="server_error") from None
             done = served.result
             if done.status != "done":
@@ -216,6 +215,7 @@ class Serving:
             self.streams.pop(job.id, None)
             shutil.rmtree(folder, ignore_errors=True)
             raise
+        future.add_done_callback(lambda _: parts.close())  # settled (or dropped): the stream ends
 
         async def body():
             finished = False
@@ -236,23 +236,17 @@ class Serving:
         headers = {"X-Editx-Stream": "true", **({"X-Editx-Sample-Rate": str(d.sample_rate)} if d.sample_rate else {})}
         return StreamingResponse(body(), media_type=MEDIA[fmt], headers=headers)
 
-    def run_wave(self, engine: Engine, planned: list) -> list:
-        """The engine thread's wave: the requests waiting, through the batch loop as one run;
-        a streamed request's audio goes to its stream as the loop hands it over."""
-        streams = {p.task.id: self.streams[p.task.id] for p in planned if p.task.id in self.streams}
+    def run_tasks(self, engine: Engine, source: Service) -> None:
+        """The engine thread's run: the requests as tasks of the batch loop, each joining the
+        work under way as it arrives, until the service says no more will come; a streamed
+        request's audio goes to its stream as the loop hands it over."""
+        loop.run([], engine, self.run_options, on_audio=self.on_audio, source=source,
+                 transcriber=self.transcriber(engine) if self.options.whisper_model else None)
 
-        def on_audio(task_id: str, x, sr: int) -> None:
-            if task_id in streams:
-                streams[task_id].put(x, sr)
-
-        try:
-            outcomes, _ = loop.run(planned, engine, self.wave_options,
-                                   transcriber=self.transcriber(engine) if self.options.whisper_model else None,
-                                   on_audio=on_audio if streams else None)
-        finally:
-            for parts in streams.values():
-                parts.close()
-        return outcomes
+    def on_audio(self, task_id: str, x, sr: int) -> None:
+        parts = self.streams.get(task_id)
+        if parts is not None:
+            parts.put(x, sr)
 
     def transcriber(self, engine: Engine):
         """One Whisper model for the server's life, on the engine's device (engine thread only)."""

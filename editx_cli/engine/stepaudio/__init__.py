@@ -56,7 +56,7 @@ class StepAudioEngine(Engine):
     edit_types = frozenset(EDIT_TYPES)
     needs_transcript = frozenset({"emotion", "style", "speed", "paralinguistic"})
     batches = True
-    wave_factor = 4  # tasks handed over per call, per decoder slot: queued work refills slots as rows end
+    wave_factor = 4  # tasks held at once, per decoder slot: queued work refills slots as rows end
     window_seconds = 30.0  # the model edits and speaks ~30 s at a time (its README's advice)
     chunk_seconds = 25.0
 

@@ -287,8 +287,8 @@ class Decoder:
     def run(self, jobs: list[Job], on_done=None, more=None) -> Figures:
         """Decode every job to its end-of-turn or its budget; fills `job.tokens`, and calls
         on_done(job) as each finishes (the vocoder takes it from there while decoding goes on).
-        `more()`: jobs that arrived since (each `fits`), asked for at every sync while slots
-        are free or about to be; the run goes on while it brings any.
+        `more()`: jobs that arrived since (each `fits`), asked for at every sync; the run goes
+        on while it brings any.
 
         Newcomers' prompts are prefilled a chunk at a time between decode periods, within a
         share of the time (`PREFILL_SHARE`) while most slots are decoding, so running rows
@@ -433,9 +433,9 @@ class Decoder:
 
     def _admit(self, queue: deque, fig: Figures, more=None) -> None:
         """Give queued jobs the free slots (lowest first); their prompts wait to be prefilled.
-        Jobs that arrived (`more`) join the queue first while it is shorter than the free slots."""
+        Jobs that arrived (`more`) join the end of the queue first."""
         free = [s for s, r in enumerate(self.rows) if r is None]
-        if more is not None and len(queue) < max(1, len(free)):
+        if more is not None:  # asked at every sync, so that a stop is heard within one period
             queue.extend(more())
         new: list[tuple[int, _Row]] = []
         while queue and len(free) >= (2 if queue[0].guided else 1):
