@@ -1,7 +1,7 @@
 """`editx serve` under load vs. `editx batch` on the same work, side by side in one run.
 
 A live server on 127.0.0.1 takes N edit requests at concurrency 1, 8 and 32 (requests per
-second, p50 and p95 latency, and how many decode batches they made); then `editx batch`
+second, p50 and p95 latency, and how many requests the engine held at once); then `editx batch`
 runs the same N tasks from a manifest (tasks per second, the model's load time left
 out of both). With the model, a long text (about 50 s of speech, cut in pieces) is then
 asked for whole and with `stream: true`: the seconds to its first audio and to its end.

@@ -321,3 +321,32 @@ def test_the_vocoder_draws_its_noise_from_the_task_seed_alone(tiny):
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's generator is left alone
     (alone,) = vocoder([VocodeJob(tokens[:30], tokens[30:], mel, emb, 3)])
     assert np.array_equal(alone, a)  # and nothing of its neighbours'
+
+
+@pytest.mark.slow
+def test_an_interrupt_stops_the_decoder_at_its_next_sync(tiny, tmp_path):
+    """The decoder runs on a thread of its own: Ctrl-C still stops it within a sync period, not
+    at the end of the work it holds; what finished stays, the rest is pending."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import EDITX
+
+    rows = [edit_row(f"e{i:02d}", "emotion", ["happy", "sad", "angry"][i % 3]) for i in range(24)]
+    m = write_manifest(tmp_path / "m.csv", HEADER, rows)
+    out = tmp_path / "out"
+    cmd = [EDITX, "batch", m, *map(str, model_args(tiny)), "-o", out, "-q", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("e*.wav")):
+        time.sleep(0.01)
+    t0 = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    stopped = time.time() - t0
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    status = [t["status"] for t in json.loads((out / "report.json").read_text())["tasks"]]
+    assert status.count("pending") > 8 and set(status) <= {"done", "pending"}
+    assert stopped < 10  # the eight tasks it held would take longer to finish
