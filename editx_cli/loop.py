@@ -177,7 +177,7 @@ class _Flow:
         came back; False when the run is over."""
         room = self.size - min(len(self.active), self.size)
         if self.source is not None:  # asked even with no room: a source may have other work to do
-            self.arrived(self.source.take(False, room))
+            self.arrived(self.source.take(False, max(0, room - self.sched.ready)))
         starting = self.sched.take(room)
         if self.sched.stopping:  # --fail-fast: work in progress is cancelled too
             for w in list(self.active):

@@ -48,6 +48,11 @@ class Scheduler:
                 self._add(p)
 
     @property
+    def ready(self) -> int:
+        """Tasks that could start now."""
+        return len(self._ready)
+
+    @property
     def finished(self) -> bool:
         return not self._pending and not self.running
 
