@@ -266,7 +266,9 @@ class Decoder:
                     self._warm(shape)
                 torch.cuda.current_stream().wait_stream(side)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool):
+                # thread_local: the vocoder's and the run loop's threads keep using the device
+                # while this thread captures ("global" would fail their calls, or the capture)
+                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
                     self._step(*shape)
                 self.pool = graph.pool()
                 self.graphs[shape] = graph
