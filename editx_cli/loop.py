@@ -185,14 +185,12 @@ class _Flow:
             return False
         for p in starting:
             self.start(p)
-        ready = [w for w in self.active if not w.sent]
+        with_engine = set(self.sent.values())
+        ready = [w for w in self.active if w not in with_engine]
         if ready:
-            items = []
-            for w in ready:
-                key, w.sent = next(self.keys), True
-                self.sent[key] = w
-                items.append((key, w.request()))
-            feed.put(items)
+            keys = [next(self.keys) for _ in ready]
+            self.sent.update(zip(keys, ready, strict=True))
+            feed.put([(key, w.request()) for key, w in zip(keys, ready, strict=True)])
         if not self.sent:
             if starting:  # all failed to start: others may be ready now
                 return True
@@ -242,7 +240,6 @@ class _Flow:
         last: list[_Work] = []  # works whose final pass this was
         for key, result in results:
             w = self.sent.pop(key)
-            w.sent = False
             if w not in self.active:  # its task ended (another chunk failed) while it decoded
                 continue
             if isinstance(result, BaseException):
@@ -371,7 +368,6 @@ class _Work:
     whole: _Long | None = None  # the long task this work is a chunk of
     on_audio: Callable[[str, np.ndarray, int], None] | None = None  # see run()
     offered: bool = False  # its final audio has gone to on_audio (or to its whole's join)
-    sent: bool = False  # a request of its is with the engine
 
     def __post_init__(self) -> None:
         # What a retry starts again from

@@ -42,7 +42,7 @@ class Served:
 
 def engine_stream(engine: Engine, source: Service) -> None:
     """The default run: engine Requests through the engine's own stream."""
-    engine.stream(lambda wait: source.take(wait), source.deliver)
+    engine.stream(source.take, source.deliver)
 
 
 @dataclass
@@ -223,10 +223,10 @@ class Service:
             if idle:  # the run ended as nothing came for idle_unload seconds
                 self._unload()
 
-    def _ensure_loaded(self) -> float:
+    def _ensure_loaded(self) -> None:
         """Only the engine thread loads and unloads."""
         if self.engine is not None:
-            return 0.0
+            return
         t0 = time.perf_counter()
         engine = self._make()
         engine.load()
@@ -236,7 +236,6 @@ class Service:
         self.stats["loads"] += 1
         self.stats["load_seconds"] = round(seconds, 3)
         log.info("engine %s loaded on %s in %.2f s", engine.name, engine.device, seconds)
-        return seconds
 
     def _unload(self) -> None:
         """Drop the engine and give its device memory back."""

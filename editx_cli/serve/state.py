@@ -21,6 +21,7 @@ from editx_cli.engine import Engine
 from editx_cli.errors import InvalidInput
 from editx_cli.manifest import validate
 from editx_cli.resume import PlannedTask
+from editx_cli.schedule import group_size
 from editx_cli.serve.errors import ApiError, one_line
 from editx_cli.serve.options import (
     MEDIA,
@@ -57,7 +58,7 @@ class Serving:
                                            transcribe=bool(options.whisper_model),
                                            whisper_model=options.whisper_model or "", **(options.quality or {}))
         self.service = Service(lambda: engines.build(options.engine, options.engine_config or {}, self.cache),
-                               max_batch=options.max_batch * self.engine_cls.wave_factor,
+                               max_batch=group_size(self.engine_cls, options.max_batch),
                                max_queue=options.max_queue, idle_unload=options.idle_unload, run=self.run_tasks)
         self.voices = Path(options.voices_dir)
         self.scratch = Path(tempfile.mkdtemp(prefix="editx-serve-"))

@@ -18,23 +18,21 @@ log = logging.getLogger("editx")
 
 class VocodeLine:
     def __init__(self, vocode: Callable[[list], list], group: int, device: str,
-                 on_result: Callable[[Any, Any], None] | None = None) -> None:
+                 on_result: Callable[[Any, Any], None]) -> None:
         self._vocode, self._group, self._device, self._on_result = vocode, group, device, on_result
         self._queue: queue.Queue = queue.Queue()
-        self.results: dict[Any, Any] = {}
         self.busy: list[tuple[float, float, int]] = []  # (start, end, tasks) of each vocoder call
         self._thread = threading.Thread(target=self._run, name="editx-vocode", daemon=True)
         self._thread.start()
 
     def put(self, key: Any, item: Any) -> None:
-        """A finished task to vocode; its result lands in `results[key]`."""
+        """A finished task to vocode; its result goes to on_result(key, result)."""
         self._queue.put((key, item))
 
-    def finish(self) -> dict[Any, Any]:
-        """Wait for everything handed over; the results by key."""
+    def finish(self) -> None:
+        """Wait for everything handed over to be vocoded."""
         self._queue.put(_END)
         self._thread.join()
-        return self.results
 
     def _run(self) -> None:
         stream = None
@@ -70,12 +68,10 @@ class VocodeLine:
                 outs = [e] * len(group)
             self.busy.append((t0, time.perf_counter(), len(group)))
             for (key, _), out in zip(group, outs, strict=True):
-                self.results[key] = out
-                if self._on_result is not None:
-                    try:
-                        self._on_result(key, out)
-                    except Exception:  # a listener's failure is not the task's
-                        log.warning("a result listener failed", exc_info=True)
+                try:
+                    self._on_result(key, out)
+                except Exception:  # a listener's failure is not the task's
+                    log.warning("a result listener failed", exc_info=True)
 
 
 class VocodeStats:
