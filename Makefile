@@ -6,7 +6,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser demo test test-quick lint bench clean conformance tiny
+.PHONY: setup browser demo test test-quick lint bench clean conformance tiny gpu-wheels gpu-rehearsal
 
 setup: $(STAMP)
 
@@ -46,7 +46,16 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/vocoder.py
 
 clean:
-	rm -rf demo-out .pytest_cache test-artifacts
+	rm -rf demo-out .pytest_cache test-artifacts .rehearsal
+
+# A lent GPU reaches no package index: the wheels benchmarks/gpu_check.sh needs there, for the
+# image's Python (3.12), into .whl/ (carried with the tree; at most 60 MiB).
+gpu-wheels:
+	bash scripts/gpu_wheels.sh 3.12 .whl
+
+# gpu_check.sh on this CPU with only the image's packages and the wheelhouse (tiny shape).
+gpu-rehearsal:
+	bash scripts/gpu_rehearsal.sh
 
 # Needs the released checkpoints: EDITX_MODEL_DIR, EDITX_TOKENIZER_DIR, EDITX_SRC.
 conformance: $(STAMP)

@@ -13,12 +13,13 @@ Workloads (`--workload`):
   cache sized for them), each task ending at a length drawn around its input's
   (end-of-turn as in real runs: the rows end at different steps), a queue 4x the
   slots so admissions, chunked prefill and compaction happen; a quarter of the
-  tasks guided (two rows, one task).
+  tasks guided (two rows, one task) except at batch 1, where every task is unguided
+  (a guided task takes two slots: batch 1 is one slot).
 - `clone`: short prompts (about 250 ids), outputs of 100-600 ids, queue 4x.
 - `fixed`: one task a slot, every row to the same budget, no admissions: the
   pure step (with `--cache-capacity` to size the cache apart from the work).
 
-Per batch size: ms a decode step (sync to sync, prefill apart), task tokens a
+Per batch size: the slots the decoder used, ms a decode step (sync to sync, prefill apart), task tokens a
 second over the whole run (a guided task's two rows make one token), occupancy,
 the graphs and attention that ran (from the decoder), captures and their time
 apart, peak memory, and the memory floor: the bytes a step must read (weights,
@@ -79,9 +80,9 @@ def build(shape: str, device: str, dtype: torch.dtype) -> Step1ForCausalLM:
 
 
 def workload(name: str, slots: int, seed: int = 0, fixed_prompt: int = 500,
-             fixed_budget: int = 96) -> tuple[list[Job], int]:
-    """The jobs, and the cache length their real budgets would need (end-of-turn is drawn: a
-    job's `budget` here is where it ends)."""
+             fixed_budget: int = 96, queue: int = 4) -> tuple[list[Job], int]:
+    """The jobs (`queue` times the slots), and the cache length their real budgets would need
+    (end-of-turn is drawn: a job's `budget` here is where it ends)."""
     rng = random.Random(seed)
 
     def ids(n: int) -> list[int]:
@@ -92,7 +93,7 @@ def workload(name: str, slots: int, seed: int = 0, fixed_prompt: int = 500,
         for i in range(slots):
             jobs.append(Job(ids(fixed_prompt - 8 * (i % 4)), seed=i, budget=fixed_budget))
         return jobs, fixed_prompt + fixed_budget
-    for i in range(4 * slots):
+    for i in range(queue * slots):
         if name == "edit30":
             audio = rng.randint(1150, 1300)  # 27-31 s of input audio tokens
             prompt, budget = audio + 80, 2 * audio + 50  # its budget as the engine sets it
@@ -100,7 +101,7 @@ def workload(name: str, slots: int, seed: int = 0, fixed_prompt: int = 500,
         else:  # clone
             prompt, budget = rng.randint(200, 300), 1300
             ends = rng.randint(100, 600)
-        guided = name == "edit30" and i % 4 == 3
+        guided = name == "edit30" and i % 4 == 3 and slots > 1
         job = Job(ids(prompt), seed=i, budget=ends, guidance=1.5 if guided else 1.0,
                   reference=ids(prompt - 30) if guided else None)
         jobs.append(job)
@@ -177,7 +178,8 @@ class PeakRss:
 def run_once(model, slots: int, args, device: str, whole: bool, decoder=None, cap: int | None = None):
     """The workload through a decoder (a new one when none is given); `cap`: the same prompts,
     at most that many tokens each (the warm-up, and the profiler's short runs)."""
-    jobs, longest = workload(args.workload, slots, fixed_prompt=args.fixed_prompt, fixed_budget=args.new_tokens)
+    jobs, longest = workload(args.workload, slots, fixed_prompt=args.fixed_prompt, fixed_budget=args.new_tokens,
+                             queue=args.queue)
     if cap:
         jobs = [Job(j.prompt, j.seed, min(j.budget, cap), j.guidance, j.reference) for j in jobs]
     capacity = args.cache_capacity or longest
@@ -201,7 +203,7 @@ def measure(model, slots: int, args, device: str, bandwidth: float, whole: bool)
     cfg, elem = model.config, model.lm_head.weight.element_size()
     floor = (weight_bytes(model) + live_key_bytes(jobs, fig.steps, cfg, elem)) / bandwidth
     row = {
-        "batch": slots, "workload": args.workload, "tasks": len(jobs),
+        "batch": slots, "slots": fig.slots, "shape": args.shape, "workload": args.workload, "tasks": len(jobs),
         "ms_per_step": 1000 * fig.decode_seconds / fig.steps,
         # over the whole run (prefill and admissions in), captures apart
         "task_tokens_per_s": fig.task_tokens / (wall - fig.capture_seconds),
@@ -268,6 +270,7 @@ def main() -> None:
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU")
     ap.add_argument("--batch-sizes", default=None, help="default: 1,2,4,8,16,32,64 on CUDA, 1,8 on the CPU")
     ap.add_argument("--workload", choices=("edit30", "clone", "fixed"), default="edit30")
+    ap.add_argument("--queue", type=int, default=4, help="tasks per slot (edit30 and clone; default 4)")
     ap.add_argument("--cache-capacity", type=int, default=None, help="cache positions (default: the jobs' need)")
     ap.add_argument("--fixed-prompt", type=int, default=500, help="prompt length of the fixed workload")
     ap.add_argument("--new-tokens", type=int, default=96, help="tokens a row of the fixed workload")
@@ -275,6 +278,7 @@ def main() -> None:
     ap.add_argument("--compare", choices=("whole",), default=None, help="also attend over the whole cache")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--jsonl", action="store_true", help="one JSON line as each row is measured (meta first)")
     args = ap.parse_args()
 
     cuda = args.device.startswith("cuda")
@@ -287,10 +291,12 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name() if cuda else None, "threads": torch.get_num_threads()}
     if args.prefill:
         out = {"meta": meta, "prefill": prefill_memory(model, args.prefill, args.device)}
-        print(json.dumps(out, indent=1) if args.json else out)
+        print(json.dumps(out) if args.jsonl else json.dumps(out, indent=1) if args.json else out)
         return
     bandwidth = copy_bandwidth(args.device)
     meta["copy_bandwidth_gb_s"] = round(bandwidth / 1e9, 1)
+    if args.jsonl:
+        print(json.dumps({"meta": meta}), flush=True)
     sizes = args.batch_sizes or ("1,2,4,8,16,32,64" if cuda else "1,8")
     rows = []
     for b in [int(x) for x in sizes.split(",")]:
@@ -301,16 +307,18 @@ def main() -> None:
             row["whole_task_tokens_per_s"] = base["task_tokens_per_s"]
             row["speedup"] = base["ms_per_step"] / row["ms_per_step"]
         rows.append(row)
-        if not args.json:
+        if args.jsonl:
+            print(json.dumps({"row": row}), flush=True)
+        elif not args.json:
             print((_header() + "\n" if len(rows) == 1 else "") + _line(row), flush=True)
     if args.json:
         print(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    else:
+    elif not args.jsonl:
         print(f"\n{meta}")
 
 
 def _header() -> str:
-    return ("batch | ms/step | task tok/s | occupancy | running | x floor | keys | graphs | captures (s) | "
+    return ("batch | slots | ms/step | task tok/s | occupancy | running | x floor | keys | graphs | captures (s) | "
             "peak MiB | whole ms/step | speed-up | ops/step | syncs/step")
 
 
@@ -319,7 +327,7 @@ def _line(r: dict) -> str:
         return format(r[key], fmt) if key in r else "-"
 
     keys = f"{r['keys'][0]}-{r['keys'][-1]}" if len(r["keys"]) > 1 else str(r["keys"][0])
-    return (f"{r['batch']:>5} | {f('ms_per_step', '7.2f')} | {f('task_tokens_per_s', '10.0f')} | "
+    return (f"{r['batch']:>5} | {r['slots']:>5} | {f('ms_per_step', '7.2f')} | {f('task_tokens_per_s', '10.0f')} | "
             f"{f('occupancy', '9.2f')} | {f('running_share', '7.2f')} | {f('x_floor', '7.2f')} | {keys} | "
             f"{len(r['graphs'])} | {r['captures']} ({r['capture_s']:.2f}) | {r['peak_memory_bytes'] / 2**20:8.0f} | "
             f"{f('whole_ms_per_step', '13.2f')} | {f('speedup', '7.2f')}x | {f('ops_per_step', '8.0f')} | "

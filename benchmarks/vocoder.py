@@ -8,6 +8,11 @@ the ratio native / official; and the error of bfloat16 and float16 against float
 of the waveform, over the same tasks).
 
     python benchmarks/vocoder.py [--batch-sizes 1,8] [--seconds 2] [--prompt-seconds 2] [--device cuda]
+
+`--tasks N` measures instead what a run does: N tasks vocoded in the engine's groups
+(`--group`, the engine's VOCODE_BATCH), warm (one group first, untimed), in each of
+`--dtypes`, one JSON line a dtype (`--shape tiny`: the tiny checkpoints' vocoder, for a
+rehearsal on the CPU).
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_tiny_checkpoints import randomise, weight_normed  # noqa: E402
 
+from editx_cli.engine.stepaudio import VOCODE_BATCH  # noqa: E402
 from editx_cli.engine.stepaudio.flow import Flow, FlowShape  # noqa: E402
 from editx_cli.engine.stepaudio.hift import HiFT, HiftShape  # noqa: E402
-from editx_cli.engine.stepaudio.token2wav import Token2Wav, VocodeJob  # noqa: E402
+from editx_cli.engine.stepaudio.token2wav import Token2Wav, VocodeJob, read_config  # noqa: E402
 from editx_cli.engine.stepaudio.vocoder import reshape  # noqa: E402
 
 MEL_CONF = {"num_mels": 80, "n_fft": 1920, "hop_size": 480, "win_size": 1920, "sampling_rate": 24000, "fmin": 0,
@@ -102,6 +108,46 @@ def snr(reference: np.ndarray, other: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * math.log10(np.sum(reference**2) / noise)
 
 
+def shapes(name: str) -> tuple[FlowShape, HiftShape]:
+    if name == "released":
+        return FlowShape(), HiftShape()
+    import tempfile
+
+    from make_tiny_checkpoints import COSYVOICE_YAML
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cosyvoice.yaml"
+        path.write_text(COSYVOICE_YAML)
+        config = read_config(path)
+    return config.flow, config.hift
+
+
+def engine_rows(args) -> None:
+    """`args.tasks` tasks in groups of `args.group`, as the engine vocodes them, per dtype."""
+    import json
+
+    flow_shape, hift_shape = shapes(args.shape)
+    work = jobs(args.tasks, args.seconds, args.prompt_seconds)
+    for dtype in args.dtypes.split(","):
+        torch.manual_seed(0)
+        flow, hift = Flow(flow_shape), HiFT(hift_shape)
+        randomise(flow, 1, scale=0.5)
+        randomise(hift, 2, scale=0.5)
+        vocoder = Token2Wav(flow, hift, MEL_CONF, args.device, dtype)
+        vocoder(work[: args.group])  # first-call costs: allocations, kernel selection
+        groups = [work[i:i + args.group] for i in range(0, len(work), args.group)]
+        seconds = timed(lambda v=vocoder, g=groups: [v(group) for group in g])
+        audio = args.tasks * args.seconds
+        peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else None
+        print(json.dumps({"row": {"dtype": dtype, "shape": args.shape, "tasks": args.tasks, "group": args.group,
+                                  "task_seconds": args.seconds, "prompt_seconds": args.prompt_seconds,
+                                  "seconds": seconds, "x_realtime": audio / seconds, "peak_memory_bytes": peak}}),
+              flush=True)
+        del vocoder, flow, hift
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-sizes", default="1,8")
@@ -109,7 +155,16 @@ def main() -> None:
     ap.add_argument("--prompt-seconds", type=float, default=2.0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-official", action="store_true")
+    ap.add_argument("--tasks", type=int, default=None, help="the run's view: this many tasks in groups")
+    ap.add_argument("--group", type=int, default=VOCODE_BATCH, help="tasks a vocoder call (with --tasks)")
+    ap.add_argument("--dtypes", default="bfloat16,float32", help="with --tasks")
+    ap.add_argument("--shape", choices=("released", "tiny"), default="released", help="with --tasks")
     args = ap.parse_args()
+    if args.tasks:
+        if args.device.startswith("cuda"):  # parity is stated for fp32 without TF32
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        engine_rows(args)
+        return
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     torch.manual_seed(0)
     flow, hift = Flow(FlowShape()), HiFT(HiftShape())

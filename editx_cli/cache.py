@@ -14,7 +14,6 @@ form is a miss with a warning.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -41,29 +40,6 @@ def default_dir() -> Path:
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("editx")) / "features"
-
-
-def fingerprint_files(paths: list[str | os.PathLike], code_version: str) -> str:
-    """Fingerprint of extractor checkpoints: path name, size and a hash of head and tail.
-
-    Hashing multi-GB checkpoints in full at every start would cost more than the
-    cache saves; size plus the first and last MiB changes with any re-export.
-    """
-    h = hashlib.sha256(code_version.encode())
-    for p in sorted(str(x) for x in paths):
-        path = Path(p)
-        h.update(path.name.encode())
-        if not path.exists():
-            h.update(b"<missing>")
-            continue
-        size = path.stat().st_size
-        h.update(str(size).encode())
-        with open(path, "rb") as f:
-            h.update(f.read(1 << 20))
-            if size > 2 << 20:
-                f.seek(-(1 << 20), os.SEEK_END)
-                h.update(f.read())
-    return h.hexdigest()[:16]
 
 
 class UnsafeEntry(ValueError):

@@ -247,6 +247,12 @@ class Service:
         gc.collect()  # the model's reference cycles go now, not at some later collection
         torch = sys.modules.get("torch")
         if torch is not None and torch.cuda.is_available():
+            torch.cuda.synchronize()
+            # cuBLAS keeps a workspace per handle and stream in the caching allocator: without
+            # this the memory the engine's products used stays allocated after it is gone
+            clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)  # private: absent from some builds
+            if clear is not None:
+                clear()
             torch.cuda.empty_cache()
         log.info("engine released after %.0f s idle", self.idle_unload)
 

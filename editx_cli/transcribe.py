@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from editx_cli.audio import resample
-from editx_cli.cache import fingerprint_files
+from editx_cli.fingerprint import fingerprint_files
 
 CODE_VERSION = "transcribe-3"
 WINDOW_SECONDS = 30  # Whisper's window: clips up to this long decode in one batch

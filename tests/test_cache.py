@@ -9,7 +9,8 @@ import shutil
 import numpy as np
 from conftest import CLIPS, invoke, write_manifest
 
-from editx_cli.cache import FeatureCache, fingerprint_files
+from editx_cli.cache import FeatureCache
+from editx_cli.fingerprint import fingerprint_files
 
 
 def _vad_manifest(tmp_path, src):

@@ -515,6 +515,9 @@ def test_idle_release_gives_the_device_memory_back(tiny):
         while service.loaded and time.monotonic() < deadline:
             time.sleep(0.1)
         torch.cuda.synchronize()
-        assert torch.cuda.memory_allocated() == before
+        # Allowed: nothing. The engine's tensors, graphs and caches go with it, and the unload
+        # clears cuBLAS's workspaces (which the caching allocator counts as allocated).
+        left = torch.cuda.memory_allocated() - before
+        assert left == 0, f"{left} bytes still allocated after the release"
     finally:
         service.close()

@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from editx_cli.cache import fingerprint_files
 from editx_cli.engine import Engine, Request, Result, collect
 from editx_cli.engine.stepaudio import layout, prompts
 from editx_cli.engine.stepaudio.vocoding import VocodeLine, VocodeStats
+from editx_cli.fingerprint import fingerprint_files
 from editx_cli.speech_text import speech_seconds
 
 log = logging.getLogger("editx")
@@ -48,6 +49,8 @@ TOKENS_PER_SECOND = 41.67
 PROMPT_PEAK = 0.6  # the reference scales louder audio down to this peak to avoid clipping after edits
 EDIT_TYPES = ("emotion", "style", "speed", "paralinguistic", "denoise", "vad")
 VOCODE_BATCH = 8  # tasks vocoded in one call: their flows run as one batch
+DETERMINISTIC_WIDTH = 8  # rows every step runs under --deterministic, whatever --batch-size (at most this)
+REGROW_AFTER = 64  # tasks decoded with no out-of-memory before slots halved by one double again
 
 
 class StepAudioEngine(Engine):
@@ -76,8 +79,15 @@ class StepAudioEngine(Engine):
         self.llm_dir = layout.llm_dir(self.model_dir, self.variant) if self.model_dir else None
         self.audio_tokenizer = None
         self.speaker_encoder = None
-        self.max_batch = int(config.get("batch_size") or 8)
+        self.batch_size = int(config.get("batch_size") or 8)
+        if self.deterministic:  # one decode width for every batch size: see decoder.py
+            self.batch_size = min(self.batch_size, DETERMINISTIC_WIDTH)
+        self.max_batch = self.batch_size  # halved after an out-of-memory, grown back after a clean stretch
+        self.clean_tasks = 0  # tasks decoded since the last out-of-memory
         self.slots = self.max_batch
+        # Held by a CUDA graph capture and by each vocoder call: during a capture the caching
+        # allocator cannot free cached blocks to retry a failed allocation, on any thread
+        self.gate = threading.Lock()
         self.decoder = None  # made on the first call, kept with its cache and graphs
         self.stats = DecodeStats()
         self.vocode_stats = VocodeStats()
@@ -222,8 +232,14 @@ class StepAudioEngine(Engine):
         gpu_asked = self.config.get("gpu") is not None
         if torch.cuda.is_available():
             self.device = "cuda:0"  # --gpu N has set CUDA_VISIBLE_DEVICES, so N is device 0 here
-            torch.backends.cuda.matmul.allow_tf32 = not self.deterministic
-            torch.backends.cudnn.allow_tf32 = not self.deterministic
+            # TF32 changes only float32 products: the LLM runs in bf16 unless --dtype float32 or
+            # --deterministic, and the vocoder's float32 is where parity with the official code is
+            # stated. The flags are process-wide, so TF32 stays off unless a float32 LLM is asked
+            # for without --deterministic and the vocoder is not float32.
+            tf32 = (not self.deterministic and self.dtype_name in ("float32", "fp32")
+                    and self.vocoder_dtype != "float32")
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
         elif gpu_asked:
             raise RuntimeError(f"--gpu {self.config['gpu']} was given but no CUDA device is available")
         else:
@@ -323,43 +339,37 @@ class StepAudioEngine(Engine):
         return collect(self.stream, requests, on_result)
 
     def stream(self, take: Callable[[bool], list | None], deliver: Callable[[Any, Result | Exception], None]) -> None:
-        """Requests decoded as they come: each is prepared as it arrives and joins the running
-        decode at its next sync (continuous batching across calls), and is vocoded as soon as
-        it ends, beside the decoding of the rest. One that the decoder's cache cannot hold
-        waits for the running decode to drain (nothing else joins meanwhile); the cache then
-        grows for it."""
+        """Requests decoded as they come: each is prepared as it arrives, on the preparation
+        thread (preparing.py), and joins the running decode at its next sync (continuous
+        batching across calls), and is vocoded as soon as it ends, beside the decoding of the
+        rest. One that the decoder's cache cannot hold waits for the running decode to drain
+        (nothing else joins meanwhile); the cache then grows for it."""
+        from editx_cli.engine.stepaudio.preparing import Preparation
+
+        preparation = Preparation(self._prepare, take)
         held: list[tuple[Any, _Prepared]] = []
         while True:
             if not held:
-                arrived = take(True)
+                arrived = preparation.get(True)
                 if arrived is None:
+                    preparation.join()
                     return
-                held = self._prepare_all(arrived, deliver)
+                held = _answer_failures(arrived, deliver)
                 if not held:
                     continue
-            held = self._decode_run(held, take, deliver)
+            held = self._decode_run(held, preparation, deliver)
 
-    def _prepare_all(self, arrived: list, deliver) -> list[tuple[Any, _Prepared]]:
-        """Each request's prompt and features; a request that cannot be prepared is answered now."""
-        ready, shared = [], {}  # rows with the same prompt audio share its features
-        for key, request in arrived:
-            try:
-                ready.append((key, self._prepare(request, shared)))
-            except Exception as e:  # this request's problem alone
-                deliver(key, e)
-        return ready
-
-    def _decode_run(self, first: list[tuple[Any, _Prepared]], take, deliver) -> list[tuple[Any, _Prepared]]:
-        """One run of the decoder: `first`, and what arrives while it runs and fits its cache;
-        returns the prepared requests that did not fit (the next run starts with them)."""
-        line = VocodeLine(self._vocode, VOCODE_BATCH, self.device, deliver)
+    def _decode_run(self, first: list[tuple[Any, _Prepared]], preparation, deliver) -> list[tuple[Any, _Prepared]]:
+        """One run of the decoder: `first`, and what is prepared while it runs and fits its
+        cache; returns the prepared requests that did not fit (the next run starts with them)."""
+        # one task a vocoder call under --deterministic: a call's row count picks cuBLAS's kernels
+        line = VocodeLine(self._vocode, 1 if self.deterministic else VOCODE_BATCH, self.device, deliver, self.gate)
         running = {id(p.job): (key, p) for key, p in first}
         held: list[tuple[Any, _Prepared]] = []
 
         def more() -> list:
-            arrived = take(False)
             jobs = []
-            for key, p in self._prepare_all(arrived or [], deliver):
+            for key, p in _answer_failures(preparation.get(False) or [], deliver):
                 if held or not self.decoder.fits(p.job):  # in arrival order: once one waits, all do
                     held.append((key, p))
                 else:
@@ -455,7 +465,8 @@ class StepAudioEngine(Engine):
         """Decode every job through the engine's decoder (its cache and graphs kept from call to
         call), longest budget first (the short ones fill the slots at the end), and those
         `more()` brings as they arrive; on_done(job) as each finishes. On CUDA out-of-memory,
-        halve the slots and go on with the jobs that had not finished."""
+        halve the slots and go on with the jobs that had not finished; after REGROW_AFTER tasks
+        with none, double them again (the peak may have been a passing one: the vocoder's)."""
         import torch
 
         from editx_cli.engine.stepaudio.decoder import Decoder
@@ -467,10 +478,12 @@ class StepAudioEngine(Engine):
             todo.extend(new)
             return new
 
+        self._regrow()
         while todo:
             if self.decoder is None:
-                self.decoder = Decoder(self.runner, self.max_batch, self.sampling, self.device,
-                                       cuda_graphs=self.cuda_graphs, deterministic=self.deterministic)
+                width = DETERMINISTIC_WIDTH if self.deterministic else self.max_batch
+                self.decoder = Decoder(self.runner, width, self.sampling, self.device, cuda_graphs=self.cuda_graphs,
+                                       deterministic=self.deterministic, limit=self.max_batch, gate=self.gate)
             t0 = time.perf_counter()
             try:
                 figures = self.decoder.run(list(todo), on_done, arrived if more else None)
@@ -481,12 +494,27 @@ class StepAudioEngine(Engine):
                 self.decoder = None
                 torch.cuda.empty_cache()
                 self.max_batch //= 2
+                self.clean_tasks = 0
+                self.stats.halvings += 1
                 log.warning("GPU out of memory: going on with %d decoder slots", self.max_batch)
                 todo[:] = [j for j in todo if not j.tokens]
                 continue
             self.stats.add(todo, figures, time.perf_counter() - t0)
             self.slots = figures.slots
+            self.clean_tasks += len(todo)
             return
+
+    def _regrow(self) -> None:
+        """Slots halved by an out-of-memory double again after REGROW_AFTER clean tasks (the
+        decoder is made anew with them on its next run)."""
+        if self.max_batch >= self.batch_size or self.clean_tasks < REGROW_AFTER:
+            return
+        self.max_batch = min(self.batch_size, 2 * self.max_batch)
+        self.clean_tasks = 0
+        if self.decoder is not None:
+            self.decoder.close()
+            self.decoder = None
+        log.info("no out-of-memory for %d tasks: going on with %d decoder slots", REGROW_AFTER, self.max_batch)
 
     def close(self) -> None:
         if self.decoder is not None:
@@ -517,12 +545,33 @@ class StepAudioEngine(Engine):
             where.append(k)
         try:
             waves = self.vocoder(jobs) if jobs else []
-        except Exception as e:  # the group's call failed: each of its tasks hears why
-            waves = [e] * len(jobs)
+        except Exception as e:
+            waves = self._vocode_alone(jobs, e)
         seconds = (time.perf_counter() - t0) / max(1, len(jobs))
         for k, wav in zip(where, waves, strict=True):
             out[k] = wav if isinstance(wav, Exception) else self._result(group[k], wav, seconds, len(jobs))
         return out  # type: ignore[return-value]
+
+    def _vocode_alone(self, jobs: list, error: Exception) -> list:
+        """A group's call failed (on a GPU most often a passing out-of-memory): each task is
+        vocoded alone (its audio is the same: the vocoder's items do not depend on each
+        other), so one task's failure is its own."""
+        if len(jobs) == 1:
+            return [error]
+        log.warning("a vocoder call of %d tasks failed (%s: %s); vocoding them one at a time", len(jobs),
+                    type(error).__name__, (str(error).splitlines() or [""])[0])
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+        self.vocode_stats.retried += len(jobs)
+        out: list = []
+        for job in jobs:
+            try:
+                out += self.vocoder([job])
+            except Exception as e:  # this task's own failure
+                out.append(e)
+        return out
 
     def _result(self, p: _Prepared, wav: np.ndarray, vocode_seconds: float, vocoded_with: int) -> Result:
         """A task's result: "generate" is its prompt's making and its share of the decoder's time."""
@@ -538,10 +587,23 @@ class StepAudioEngine(Engine):
         info = {"prompt_tokens": len(job.prompt), "generated_tokens": len(job.tokens), "token_budget": job.budget,
                 "stopped": stopped,
                 "guided": job.guided, "decoded_with": job.peers, "vocoded_with": vocoded_with, "slots": self.slots,
+                # from its first decoded token to its last, wall time (its own tokens a second)
+                "decoding_seconds": round(job.ended_at - job.started_at, 4) if job.started_at else None,
                 # the ids themselves, in short: compares two runs' decoding without the audio
                 "tokens_digest": hashlib.sha256(np.asarray(job.tokens, np.int64).tobytes()).hexdigest()[:16]}
         return Result(wav.astype(np.float32), self.vocoder.sample_rate, stages, info,
                       cache_hits=int(p.hit), cache_misses=int(not p.hit))
+
+
+def _answer_failures(arrived: list[tuple[Any, Any]], deliver) -> list[tuple[Any, _Prepared]]:
+    """The prepared requests; those whose preparation failed are answered now."""
+    ready = []
+    for key, item in arrived:
+        if isinstance(item, Exception):
+            deliver(key, item)
+        else:
+            ready.append((key, item))
+    return ready
 
 
 @dataclass
@@ -569,6 +631,8 @@ class DecodeStats:
         self.allocations = 0
         self.captures = 0
         self.capture_seconds = 0.0
+        self.capture_failures = 0
+        self.halvings = 0  # out-of-memory slot halvings
         self.prefill_seconds = 0.0
         self.attention = ""
         self.graphs: set[str] = set()
@@ -587,6 +651,7 @@ class DecodeStats:
         self.allocations += fig.allocations
         self.captures += fig.captures
         self.capture_seconds += fig.capture_seconds
+        self.capture_failures += fig.capture_failures
         self.prefill_seconds += fig.prefill_seconds
         self.attention = fig.attention
         self.graphs.update(fig.graphs)
@@ -610,6 +675,8 @@ class DecodeStats:
             "cuda_graphs": sorted(self.graphs, key=lambda g: tuple(map(int, g.split("x")))),
             "graph_captures": self.captures,
             "graph_capture_seconds": round(self.capture_seconds, 3),
+            "graph_capture_failures": self.capture_failures,
+            "out_of_memory_halvings": self.halvings,
             "prefill_beside_decode_seconds": round(self.prefill_seconds, 3),
         }
 

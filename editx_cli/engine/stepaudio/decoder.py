@@ -27,14 +27,24 @@ and about two graph shapes per doubling of the length.
 
 On CUDA each (rows, keys) shape is captured as a graph the first time it is
 needed and replayed after; near the end, rows are moved down so a smaller graph
-serves them. The cache, the state and the graphs belong to the decoder, which an
+serves them. A shape whose capture fails runs eagerly (counted); the others keep
+their graphs. While a graph is captured the caching allocator cannot free cached
+blocks to retry a failed allocation, for any thread: the capture holds the engine's
+device gate, which the vocoder's calls hold too, so none runs meanwhile.
+
+Under `deterministic` every step runs all `slots` rows (one width, whatever the
+number of tasks: on CUDA cuBLAS picks its kernels by the row count, so a row's
+arithmetic would otherwise depend on how many rows ran beside it) and at most
+`limit` rows hold tasks at once. The cache, the state and the graphs belong to the decoder, which an
 engine keeps for its life: later runs reuse them, growing the cache only when a
 longer job arrives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -180,6 +190,7 @@ class Figures:
     allocations: int = 0  # static caches allocated (0: the last run's was reused)
     captures: int = 0
     capture_seconds: float = 0.0
+    capture_failures: int = 0  # shapes whose capture failed: they ran eagerly
     cache_length: int = 0
     attention: str = ""
     graphs: list[str] = field(default_factory=list)  # "rows x keys" shapes replayed from CUDA graphs ("g": guided)
@@ -207,15 +218,21 @@ class Decoder:
     set of CUDA graphs kept from run to run (an engine makes one decoder)."""
 
     def __init__(self, runner: Any, slots: int, sampling: Sampling, device: str, *, cuda_graphs: bool = False,
-                 deterministic: bool = False) -> None:
-        """`deterministic`: prefill each prompt alone and attend over the whole cache, sized to
-        the model's window whatever the jobs: a row's arithmetic is then independent of the
-        other rows (--deterministic), at the cost of reading every key each step."""
+                 deterministic: bool = False, limit: int | None = None,
+                 gate: threading.Lock | contextlib.nullcontext | None = None) -> None:
+        """`deterministic`: prefill each prompt alone, attend over the whole cache, sized to
+        the model's window whatever the jobs, and step every slot: a row's arithmetic is then
+        independent of the other rows (--deterministic), at the cost of reading every key each
+        step. `limit`: the most rows that hold tasks at once (default: every slot). `gate`: held
+        while a graph is captured (the engine's device gate)."""
         self.runner, self.slots, self.sampling, self.device = runner, max(1, slots), sampling, device
+        self.limit = max(1, limit or self.slots)
         self.cuda_graphs = cuda_graphs and runner.can_capture and device.startswith("cuda")
         self.deterministic = deterministic
+        self.gate = gate if gate is not None else contextlib.nullcontext()
         self.length = 0  # positions per slot in the cache (0: none allocated); one more is scratch
         self.graphs: dict[tuple[int, int, bool], Any] = {}  # (rows, keys, guided) -> its graph
+        self.uncapturable: set[tuple[int, int, bool]] = set()  # shapes whose capture failed: run eagerly
         self.pool = None
 
     # -- the step (captured as a CUDA graph per rows x keys x guided) ------------------------
@@ -254,34 +271,43 @@ class Decoder:
 
     def _graph(self, shape: tuple[int, int, bool], fig: Figures) -> Any:
         """The CUDA graph of this shape, captured the first time it is needed, then kept (graphs
-        share one memory pool: only one ever runs at a time)."""
-        if not self.cuda_graphs:
+        share one memory pool: only one ever runs at a time). None: this shape runs eagerly
+        (no graphs, or its capture failed: that shape alone, so one odd shape never turns a
+        whole run eager, at about 7,000 ops a step)."""
+        if not self.cuda_graphs or shape in self.uncapturable:
             return None
         if shape not in self.graphs:
             t0 = time.perf_counter()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
             try:
-                with torch.cuda.stream(side):
-                    self._warm(shape)
-                torch.cuda.current_stream().wait_stream(side)
-                graph = torch.cuda.CUDAGraph()
-                # thread_local: the vocoder's and the run loop's threads keep using the device
-                # while this thread captures ("global" would fail their calls, or the capture)
-                with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
-                    self._step(*shape)
-                self.pool = graph.pool()
-                self.graphs[shape] = graph
+                with self.gate:  # no vocoding while the allocator cannot free and retry
+                    self.graphs[shape] = self._capture(shape)
             except torch.cuda.OutOfMemoryError:
                 raise
-            except Exception as e:  # an op that cannot be captured (4-bit kernels?): run eagerly
-                log.warning("CUDA graph capture failed, decoding eagerly: %s", str(e).splitlines()[0])
-                self.cuda_graphs = False
+            except Exception as e:  # an op that cannot be captured (4-bit kernels?): this shape runs eagerly
+                log.warning("CUDA graph capture of %d rows x %d keys failed; that shape runs eagerly: %s",
+                            shape[0], shape[1], (str(e).splitlines() or [type(e).__name__])[0])
+                self.uncapturable.add(shape)
+                fig.capture_failures += 1
                 return None
-            torch.cuda.synchronize()
             fig.captures += 1
             fig.capture_seconds += time.perf_counter() - t0
         return self.graphs[shape]
+
+    def _capture(self, shape: tuple[int, int, bool]) -> Any:
+        """Warm the shape on a side stream, then capture one step of it."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._warm(shape)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the run loop's thread keeps using the device while this thread
+        # captures ("global" would fail its calls, or the capture)
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            self._step(*shape)
+        self.pool = graph.pool()
+        torch.cuda.synchronize()
+        return graph
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -303,7 +329,8 @@ class Decoder:
             return fig
         self._reserve(jobs, fig)
         fig.slots, fig.cache_length = self.slots, self.length
-        widths = sorted({min(2**i, self.slots) for i in range(self.slots.bit_length() + 1)})
+        widths = [self.slots] if self.deterministic else \
+            sorted({min(2**i, self.slots) for i in range(self.slots.bit_length() + 1)})
         sizes = [self.length] if self.deterministic else buckets(self.length)
         used: set[tuple[int, int, bool]] = set()
         queue = deque(jobs)
@@ -379,9 +406,11 @@ class Decoder:
             return
         with torch.profiler.record_function(SYNC_LABEL):
             got = self.tokens[ended].cpu().tolist()
+        now = time.perf_counter()
         for s, toks in zip(ended, got, strict=True):
             job = self.rows[s].job
             job.tokens = toks[: steps[s]]
+            job.ended_at = now
             fig.task_tokens += len(job.tokens)
             if on_done is not None:
                 on_done(job)
@@ -408,7 +437,7 @@ class Decoder:
             length = min(max(-(-positions // LENGTH_STEP) * LENGTH_STEP, self.length), self.runner.window)
         if self.length >= length and self.slots >= slots:
             return
-        self.graphs, self.pool = {}, None
+        self.graphs, self.pool, self.uncapturable = {}, None, set()
         self.slots, self.length = slots, length
         dev, window = self.device, max(1, self.sampling.repetition_window)
         self.runner.allocate(slots, length + 1, dev)  # position `length`: where idle rows write
@@ -435,12 +464,15 @@ class Decoder:
 
     def _admit(self, queue: deque, fig: Figures, more=None) -> None:
         """Give queued jobs the free slots (lowest first); their prompts wait to be prefilled.
-        Jobs that arrived (`more`) join the end of the queue first."""
+        Jobs that arrived (`more`) join the end of the queue first. At most `limit` rows hold
+        tasks (a job that needs more starts alone)."""
         free = [s for s, r in enumerate(self.rows) if r is None]
+        busy = self.slots - len(free)
         if more is not None:  # asked at every sync, so that a stop is heard within one period
             queue.extend(more())
         new: list[tuple[int, _Row]] = []
-        while queue and len(free) >= (2 if queue[0].guided else 1):
+        while queue and len(free) >= (need := 2 if queue[0].guided else 1) and \
+                (busy + len(new) + need <= self.limit or busy + len(new) == 0):
             job = queue.popleft()
             new.append((free.pop(0), _Row(job, False)))
             if job.guided:
@@ -507,8 +539,10 @@ class Decoder:
                 ready += [r for r in mine if r not in ready]
         if not ready:
             return
+        now = time.perf_counter()
         for s in ready:
             self.steps_seen[s] = 0
+            self.rows[s].job.started_at = now
         at = to_device(torch.tensor(ready), self.device)
         self.pos[at] = to_device(torch.tensor([len(self.rows[s].ids) for s in ready]), self.device)
         self.done[at] = False

@@ -217,7 +217,7 @@ class TimeEmbedding(nn.Module):
         half = self.channels // 2
         rates = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
         args = (1000 * t)[:, None].float() * rates[None]
-        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(t.dtype))
+        return self.mlp(torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(self.mlp[0].weight.dtype))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -353,7 +353,9 @@ class FlowMatching(nn.Module):
 
     def forward(self, noise: torch.Tensor, lengths: list[int], mu: torch.Tensor, speaker: torch.Tensor,
                 cond: torch.Tensor, steps: int = STEPS) -> torch.Tensor:
-        span = 1 - torch.cos(torch.linspace(0, 1, steps + 1, device=mu.device, dtype=mu.dtype) * 0.5 * torch.pi)
+        # the schedule in float32 whatever the model's dtype: in bf16 its third point, 1000 t =
+        # 48.94, would be 50.75, and steps would be percents short or long
+        span = 1 - torch.cos(torch.linspace(0, 1, steps + 1, device=mu.device, dtype=torch.float32) * 0.5 * torch.pi)
         x, b = noise, mu.shape[0]
         t, dt = span[0], span[1] - span[0]
         rows_lengths = lengths + lengths

@@ -57,6 +57,8 @@ class Job:
     tokens: list[int] = field(default_factory=list)  # generated, end-of-turn included when reached
     seconds: float = 0.0  # its share of the decoder's device time (see Decoder.run)
     peers: int = 0  # the most tasks decoded at once with it, itself included
+    started_at: float = 0.0  # perf_counter when its rows began decoding (their prompts were in)
+    ended_at: float = 0.0  # perf_counter when its last token was read back
 
     @property
     def guided(self) -> bool:

@@ -61,8 +61,10 @@ class Snake(nn.Module):
         self.alpha = nn.Parameter(torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        alpha = self.alpha[None, :, None]
-        return x + 1.0 / (alpha + 1e-9) * torch.pow(torch.sin(x * alpha), 2)
+        # in float32 whatever the model's dtype: in fp16 the 1e-9 that keeps 1/alpha finite is lost
+        alpha = self.alpha[None, :, None].float()
+        y = x.float()
+        return (y + 1.0 / (alpha + 1e-9) * torch.pow(torch.sin(y * alpha), 2)).to(x.dtype)
 
 
 class ResBlock(nn.Module):

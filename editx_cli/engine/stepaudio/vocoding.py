@@ -5,6 +5,7 @@ own). The thread takes whatever has finished, up to a group's worth, in one voco
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -18,8 +19,11 @@ log = logging.getLogger("editx")
 
 class VocodeLine:
     def __init__(self, vocode: Callable[[list], list], group: int, device: str,
-                 on_result: Callable[[Any, Any], None]) -> None:
+                 on_result: Callable[[Any, Any], None], gate: Any = None) -> None:
+        """`gate`: held around each call (the engine's device gate: no call while the decoder
+        captures a CUDA graph)."""
         self._vocode, self._group, self._device, self._on_result = vocode, group, device, on_result
+        self._gate = gate if gate is not None else contextlib.nullcontext()
         self._queue: queue.Queue = queue.Queue()
         self.busy: list[tuple[float, float, int]] = []  # (start, end, tasks) of each vocoder call
         self._thread = threading.Thread(target=self._run, name="editx-vocode", daemon=True)
@@ -57,13 +61,14 @@ class VocodeLine:
                 group.append(more)
             t0 = time.perf_counter()
             try:
-                if stream is not None:
-                    import torch
+                with self._gate:
+                    if stream is not None:
+                        import torch
 
-                    with torch.cuda.stream(stream):
+                        with torch.cuda.stream(stream):
+                            outs = self._vocode([item for _, item in group])
+                    else:
                         outs = self._vocode([item for _, item in group])
-                else:
-                    outs = self._vocode([item for _, item in group])
             except Exception as e:  # the call failed: each of its tasks hears why
                 outs = [e] * len(group)
             self.busy.append((t0, time.perf_counter(), len(group)))
@@ -83,6 +88,7 @@ class VocodeStats:
         self.calls = 0
         self.tasks = 0
         self.largest = 0
+        self.retried = 0  # tasks vocoded alone after their group's call failed
 
     def add(self, busy: list[tuple[float, float, int]], decoding: tuple[float, float]) -> None:
         for start, end, tasks in busy:
@@ -94,4 +100,5 @@ class VocodeStats:
 
     def summary(self) -> dict[str, Any]:
         return {"vocode_seconds": round(self.seconds, 3), "vocode_overlap_seconds": round(self.overlap, 3),
-                "vocoder_calls": self.calls, "tasks_vocoded": self.tasks, "largest_vocoder_call": self.largest}
+                "vocoder_calls": self.calls, "tasks_vocoded": self.tasks, "largest_vocoder_call": self.largest,
+                "tasks_vocoded_alone_after_a_failed_call": self.retried}
