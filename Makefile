@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/listen.py
 	$(BIN)/python benchmarks/transcribe.py
 	$(BIN)/python benchmarks/vocoder.py
+	$(BIN)/python benchmarks/admission.py
 
 clean:
 	rm -rf demo-out .pytest_cache test-artifacts .rehearsal

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import subprocess
 import sys
@@ -78,6 +79,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs of each case; the best is kept")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    logging.getLogger("editx").setLevel(logging.ERROR)  # the newcomers' short budgets are meant
     with tempfile.TemporaryDirectory() as tmp:
         tiny = Path(tmp) / "tiny"
         subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_checkpoints.py"), str(tiny)], check=True,

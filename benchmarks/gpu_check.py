@@ -130,8 +130,9 @@ def decode_rows(got: dict) -> list[Row]:
         verdict += f"; {r['x_floor']:.2f}x floor (goal <= 1.6)"
     ops = f"; {r['ops_per_step']:.0f} ops, {r['syncs_per_step']:.3f} syncs a step" if "ops_per_step" in r else ""
     return [(f"decode b{r['batch']}", f"{r['task_tokens_per_s']:.0f} task tok/s, {r['ms_per_step']:.2f} ms/step",
-             f"{r['slots']} slots; floor {r['floor_ms_per_step']:.2f} ms ({r['x_floor']:.2f}x); occupancy "
-             f"{r['occupancy']:.2f}; {r['tasks']} tasks; {len(r['graphs'])} graphs, {r['captures']} captures "
+             f"{r['slots']} slot{'' if r['slots'] == 1 else 's'}; floor {r['floor_ms_per_step']:.2f} ms "
+             f"({r['x_floor']:.2f}x); occupancy {r['occupancy']:.2f}; {r['tasks']} tasks; "
+             f"{len(r['graphs'])} graphs, {r['captures']} captures "
              f"{r['capture_s']:.1f} s; peak {r['peak_memory_bytes'] / 2**30:.2f} GiB{ops}{verdict}", r)]
 
 

@@ -20,11 +20,14 @@ site=$(mktemp -d)
 trap 'rm -rf "$site"' EXIT
 count=$(ls "$WHEELS"/*.whl 2>/dev/null | wc -l)
 if [ "$count" -gt 0 ]; then
-  if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
-      --target "$site" "$WHEELS"/*.whl >"$site.log" 2>&1; then
-    echo "gpu_check: the wheelhouse did not install: $(tail -1 "$site.log")"
+  if "$PY" -m pip --version >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
+      --target "$site" "$WHEELS"/*.whl >"$site.log" 2>&1 || echo "gpu_check: the wheelhouse did not install: $(tail -1 "$site.log")"
+    rm -f "$site.log"
+  else  # no pip there: a wheel is a zip of what lies in site-packages
+    "$PY" -c 'import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]' "$site" "$WHEELS"/*.whl \
+      || echo "gpu_check: the wheelhouse did not unpack"
   fi
-  rm -f "$site.log"
 fi
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONDONTWRITEBYTECODE=1

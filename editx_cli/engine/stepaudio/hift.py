@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editx_cli.engine.stepaudio.rowwise import conv, transposed_conv
+from editx_cli.engine.stepaudio.rowwise import conv, steady, transposed_conv
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.activations1, self.activations2, strict=True):
-            x = x + c2(a2(c1(a1(x))))  # torch's own: per task, and its sums here follow no thread count
+            x = x + steady(a2(steady(a1(x), c1)), c2)  # per task: only the thread count is at stake
         return x
 
 
@@ -89,11 +89,14 @@ class F0Predictor(nn.Module):
         layers: list[nn.Module] = []
         for i in range(5):
             layers += [nn.Conv1d(mel if i == 0 else channels, channels, 3, padding=1), nn.ELU()]
-        self.condnet = nn.Sequential(*layers)
+        self.condnet = nn.Sequential(*layers)  # named as the checkpoint names it; run layer by layer
         self.classifier = nn.Linear(channels, 1)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        return torch.abs(self.classifier(self.condnet(mel).transpose(1, 2)).squeeze(-1))
+        x = mel
+        for layer in self.condnet:
+            x = steady(x, layer) if isinstance(layer, nn.Conv1d) else layer(x)
+        return torch.abs(self.classifier(x.transpose(1, 2)).squeeze(-1))
 
 
 class Source(nn.Module):
@@ -195,7 +198,7 @@ class HiFT(nn.Module):
         source = self.source(self.f0_predictor(mel).float(), noise.float()).squeeze(1)
         window = self.window.float()
         spec = self.source_spectrum(source, window).to(dtype)
-        x = self.conv_pre(mel)
+        x = steady(mel, self.conv_pre)
         kinds = len(s.resblock_kernels)
         for i, up in enumerate(self.ups):
             x = transposed_conv(F.leaky_relu(x, s.lrelu_slope), up)
@@ -203,7 +206,7 @@ class HiFT(nn.Module):
                 x = F.pad(x, (1, 0), mode="reflect")
             x = x + self.source_resblocks[i](conv(spec, self.source_downs[i]))
             x = sum(self.resblocks[i * kinds + j](x) for j in range(kinds)) / kinds
-        x = self.conv_post(F.leaky_relu(x)).float()
+        x = steady(F.leaky_relu(x), self.conv_post).float()
         half = s.n_fft // 2 + 1
         magnitude, phase = torch.clamp(torch.exp(x[:, :half]), max=1e2), torch.sin(x[:, half:])
         wave = self.inverse_spectrum(magnitude * torch.cos(phase), magnitude * torch.sin(phase), window)

@@ -4,8 +4,11 @@ An item's audio must not depend on its neighbours in a batch, on the padded leng
 on how many threads the process has (one worker process per GPU or CPU share). A matrix
 product's rows on the CPU hold to that: each output is one dot product, summed the same
 way whatever the other rows. torch's convolutions do not: their algorithm follows the
-input's length and the thread count (differences of 1e-7 that turn a 16-bit sample over).
-So the vocoder convolves as matrix products of unfolded frames.
+input's length and, on the CPU, the thread count (oneDNN picks its blocking by the threads
+on some processors, for any kernel; differences of 1e-7 that turn a 16-bit sample over).
+So the vocoder convolves as matrix products of unfolded frames; where only the thread count
+is at stake (one item's convolution), `steady` keeps torch's own off the CPU, where it is
+faster and its sums follow no thread count.
 """
 
 from __future__ import annotations
@@ -17,15 +20,25 @@ from torch import nn
 
 def conv(x: torch.Tensor, layer: nn.Conv1d) -> torch.Tensor:
     """layer(x) for (B, C, T): its stride, dilation and padding."""
-    w, stride, dilation, pad = layer.weight, layer.stride[0], layer.dilation[0], layer.padding[0]
+    return products(x, layer.weight, layer.bias, layer.stride[0], layer.dilation[0], layer.padding[0])
+
+
+def steady(x: torch.Tensor, layer: nn.Conv1d) -> torch.Tensor:
+    """layer(x) whatever the thread count: products of frames on the CPU, torch's own elsewhere."""
+    return conv(x, layer) if x.device.type == "cpu" else layer(x)
+
+
+def products(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, dilation: int = 1,
+             pad: int = 0) -> torch.Tensor:
+    """conv1d(x, w, bias) for (B, C, T) as one matrix product of the unfolded frames."""
     if pad:
         x = F.pad(x, (pad, pad))
     k = w.shape[2]
     frames = x.unfold(2, (k - 1) * dilation + 1, stride)[..., ::dilation]  # (B, C, T', k)
     frames = frames.transpose(1, 2).reshape(x.shape[0], -1, w.shape[1] * k)
     out = frames @ w.reshape(w.shape[0], -1).T
-    if layer.bias is not None:
-        out = out + layer.bias
+    if bias is not None:
+        out = out + bias
     return out.transpose(1, 2)
 
 
