@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from editx_cli import review
 from editx_cli.errors import InvalidInput, Problem, RunFailed
-from editx_cli.loop import RunOptions, check_transcription, duration_of, run
+from editx_cli.loop import RunOptions, check_transcription, duration_of, progress_bar, run
 from editx_cli.report import Outcome, is_report
 from editx_cli.resume import PlannedTask, plan, restore, unwritable
 from editx_cli.schedule import outcome_of
@@ -180,16 +179,18 @@ def _check_report(report: Path, tasks: list[Task]) -> None:
 
 
 def _run_parallel(planned: list[PlannedTask], config: RunConfig, cache) -> tuple[list[Outcome], float, str, dict]:
-    from tqdm import tqdm
-
     from editx_cli import parallel
 
     todo = sum(not p.skip for p in planned)
-    bar = tqdm(total=todo, unit="task", file=sys.stderr, disable=not config.options.progress, dynamic_ncols=True)
+    workers = len(config.gpus) if config.gpus else config.workers
+    log.info("starting %s for %d task%s…", "Ray actors" if config.ray is not None else f"{workers} workers", todo,
+             "" if todo == 1 else "s")
+    bar = progress_bar(todo, config.options.progress)
 
     def finished(o: Outcome) -> None:
         if o.status == "failed":
             log.error("task %s failed: %s", o.id, o.error)
+        bar.set_postfix_str(f"{o.status} {o.id}", refresh=False)
         bar.update(1)
 
     cpu_threads = None if config.gpus else max(1, (os.cpu_count() or 1) // config.workers)

@@ -16,7 +16,8 @@ PACKAGES = (
 
 
 def report(names: list[str] | None, echo: Callable[[str], None], config: dict | None = None) -> bool:
-    """Print the checks; return whether every engine asked for is ready."""
+    """Print the checks; return whether every engine asked for is ready (none asked for: whether
+    any is, so a machine that runs only dsp is healthy)."""
     echo(f"python     {platform.python_version()} ({platform.machine()})")
     for pkg in PACKAGES:
         try:
@@ -27,11 +28,11 @@ def report(names: list[str] | None, echo: Callable[[str], None], config: dict | 
     echo("devices:")
     for line in _devices():
         echo(f"  {line}")
-    ok = True
+    ready: dict[str, bool] = {}
     for name in names or engines.names():
         if name not in engines.names():
             echo(f"engine {name}: unknown (known: {', '.join(engines.names())})")
-            ok = False
+            ready[name] = False
             continue
         cls = engines.get(name)
         problems = cls.check_config(config or {})
@@ -42,8 +43,8 @@ def report(names: list[str] | None, echo: Callable[[str], None], config: dict | 
         echo(f"engine {name}: {'ready' if not problems else 'NOT READY'} (tasks: {kinds}; edits: {edits})")
         for p in problems:
             echo(f"  - {p}")
-        ok = ok and not problems
-    return ok
+        ready[name] = not problems
+    return all(ready.values()) if names else any(ready.values())
 
 
 def _devices() -> list[str]:

@@ -106,6 +106,7 @@ def run(
     load_seconds = 0.0
     if todo:
         t0 = time.perf_counter()
+        log.info("loading the %s engine for %d task%s…", engine.name, len(todo), "" if len(todo) == 1 else "s")
         try:
             engine.load()
         except KeyboardInterrupt:
@@ -116,7 +117,7 @@ def run(
             raise InvalidInput([Problem(f"--engine {engine.name}", None, None,
                                         f"the engine failed to load: {_one_line(e)}")]) from None
         load_seconds = time.perf_counter() - t0
-        log.debug("engine %s ready on %s in %.2f s", engine.name, engine.device, load_seconds)
+        log.info("%s engine ready on %s in %.1f s", engine.name, engine.device, load_seconds)
 
     flow = _Flow(planned, outcomes, engine, options, transcriber, on_audio, len(todo), source)
     try:
@@ -131,6 +132,22 @@ def run(
     return [outcomes[p.task.id] for p in planned], load_seconds
 
 
+def progress_bar(total: int, enabled: bool):
+    """The tasks' bar on stderr, each finished task named at its end. A terminal that reports no
+    size (0 columns or 0 lines: some CI consoles, a pty nobody sized) is taken as 80 x 24: tqdm
+    would hide the bar as lying outside the screen."""
+    from tqdm import tqdm
+
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        columns, lines = size.columns, size.lines
+    except (OSError, ValueError, AttributeError):
+        columns = lines = 0
+    sized = columns > 0 and lines > 0
+    return tqdm(total=total, unit="task", file=sys.stderr, disable=not enabled, dynamic_ncols=sized,
+                ncols=None if sized else columns or 80, nrows=None if sized else lines or 24)
+
+
 class _Flow:
     """The tasks of one run through the engine's stream: a work's request goes in as soon as it
     is ready (a new task, a task's next pass, a retry, a long task's chunks), and each result
@@ -138,10 +155,8 @@ class _Flow:
 
     def __init__(self, planned: list[PlannedTask], outcomes: dict[str, Outcome], engine: Engine,
                  options: RunOptions, transcriber, on_audio, total: int, source: Source | None) -> None:
-        from tqdm import tqdm
-
         self.outcomes, self.engine, self.options, self.on_audio = outcomes, engine, options, on_audio
-        self.bar = tqdm(total=total, unit="task", file=sys.stderr, disable=not options.progress, dynamic_ncols=True)
+        self.bar = progress_bar(total, options.progress)
         self.where = {p.task.id: p.task.where for p in planned}
         self.lengths: dict[Path, float] = {}  # input seconds, probed once, for ordering by length
         self.size = group_size(engine, options.batch_size)
@@ -303,6 +318,7 @@ class _Flow:
         self.outcomes[o.id] = o
         if o.status == "failed":
             log.error("%s: task %s failed: %s", self.where[o.id], o.id, o.error)
+        self.bar.set_postfix_str(f"{o.status} {o.id}", refresh=False)
         self.bar.update(1)
         if o.id in self.keyed:  # a source's task: its outcome goes back there, and nothing of it stays
             del self.outcomes[o.id], self.where[o.id]

@@ -109,8 +109,9 @@ def _model_options() -> list:
                           "(trust_remote_code), which ignores attention masks, so each row runs alone, "
                           "unpadded and uncached: slow, for comparison and AWQ."),
         click.option("--deterministic", is_flag=True, envvar="EDITX_DETERMINISTIC",
-                     help="float32 without TF32, each prompt prefilled alone, a fixed cache length: a task's "
-                          "output does not depend on what it is batched with (slower)."),
+                     help="float32 without TF32, each prompt prefilled alone, a fixed cache length, 8 rows a "
+                          "step and one task a vocoder call (--batch-size at most 8): a task's output does not "
+                          "depend on what it is batched with (slower)."),
         click.option("--cuda-graphs/--no-cuda-graphs", envvar="EDITX_CUDA_GRAPHS", default=True, show_default=True,
                      help="Capture the decode step as CUDA graphs (CUDA only; native LLM)."),
         click.option("--prompt-format", envvar="EDITX_PROMPT_FORMAT", default="auto", show_default=True,
@@ -198,21 +199,26 @@ def cli() -> None:
 @_common
 def batch(manifest: str, out_dir: str, fail_fast: bool, force: bool, batch_size: int, gpus: str | None,
           workers: int, ray_address: str | None, review: bool, **common) -> None:
-    """Run every task of a CSV or JSONL MANIFEST.
+    """Run every task of a CSV or JSONL MANIFEST (`-`: read it from stdin).
 
-    Relative audio paths resolve against the manifest's folder. Tasks already done
-    by an earlier run with the same inputs and parameters are skipped.
+    Relative audio paths resolve against the manifest's folder (stdin: the current folder).
+    Tasks already done by an earlier run with the same inputs and parameters are skipped.
     """
     from editx_cli import manifest as manifests
 
+    if gpus and common["gpu"] is not None:
+        raise UsageError("--gpu and --gpus exclude each other")
     _setup(common)
     out = Path(out_dir).resolve()
     path = Path(manifest)
     engine_cls = _engine_class(common["engine"])
 
+    stdin = manifest == "-"
+
     def build():
         rows = manifests.read_rows(path)
-        return manifests.validate(rows, source=str(path), base_dir=path.resolve().parent,
+        return manifests.validate(rows, source="stdin" if stdin else str(path),
+                                  base_dir=Path.cwd() if stdin else path.resolve().parent,
                                   out_dir=out, engine=engine_cls, transcribe=common["transcribe"],
                                   seed=common["seed"], delivery=_delivery(common))
 
@@ -223,8 +229,6 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, force: bool, batch_size:
             gpu_list = [int(g) for g in gpus.split(",") if g.strip()]
         except ValueError:
             raise UsageError(f"--gpus: {gpus!r} is not a comma-separated list of GPU indices") from None
-        if common["gpu"] is not None:
-            raise UsageError("--gpu and --gpus exclude each other")
     _run(build, common, report_path, fail_fast=fail_fast, batch_size=batch_size, force=force,
          parallel={"workers": workers, "gpus": gpu_list, "ray": ray_address}, review=review)
 
@@ -232,33 +236,82 @@ def batch(manifest: str, out_dir: str, fail_fast: bool, force: bool, batch_size:
 @cli.command()
 @click.argument("prompt_audio", type=click.Path(dir_okay=False))
 @click.option("--prompt-text", required=True, help="Transcript of PROMPT_AUDIO.")
-@click.option("--text", required=True, help="Text to speak in the prompt's voice.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Output file (.wav, .flac, .mp3, .ogg or .opus); default: <prompt>_cloned.wav here.")
+@click.option("--text", "texts", required=True, multiple=True,
+              help="Text to speak in the prompt's voice; repeat for several outputs (the model loads once).")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Output file (.wav, .flac, .mp3, .ogg or .opus), or a folder with several --text; "
+                   "default: <prompt>_cloned.wav here.")
 @_common
-def clone(prompt_audio: str, prompt_text: str, text: str, output: str | None, **common) -> None:
+def clone(prompt_audio: str, prompt_text: str, texts: tuple[str, ...], output: str | None, **common) -> None:
     """Speak TEXT in the voice of PROMPT_AUDIO (zero-shot clone)."""
-    row = {"id": "clone", "task": "clone", "prompt_audio": prompt_audio, "prompt_text": prompt_text,
-           "text": text, "output": output or f"{Path(prompt_audio).stem}_cloned.{_suffix(common)}"}
-    _single(row, common, {"prompt_audio": "PROMPT_AUDIO", "prompt_text": "--prompt-text", "text": "--text",
-                          "output": "--output", "task": "--engine"})
+    stem, suffix = Path(prompt_audio).stem, _suffix(common)
+    names = [f"{stem}_cloned.{suffix}"] if len(texts) == 1 else \
+        [f"{stem}_cloned_{n}.{suffix}" for n in range(1, len(texts) + 1)]
+    outputs = _outputs(names, output, "--text")
+    rows = [{"id": Path(out).stem, "task": "clone", "prompt_audio": prompt_audio, "prompt_text": prompt_text,
+             "text": text, "output": out} for text, out in zip(texts, outputs, strict=True)]
+    _single(rows, common, {"prompt_audio": "PROMPT_AUDIO", "prompt_text": "--prompt-text", "text": "--text",
+                           "output": "--output", "task": "--engine"})
 
 
 @cli.command()
-@click.argument("input_audio", type=click.Path(dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT_AUDIO...", type=click.Path())
 @_with_edit_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
-              help="Output file (.wav, .flac, .mp3, .ogg or .opus); default: <input>_<type>.wav here.")
+@click.option("-o", "--output", type=click.Path(), default=None,
+              help="Output file (.wav, .flac, .mp3, .ogg or .opus), or a folder for several inputs "
+                   "(each output named as its input); default: <input>_<type>.wav here.")
 @_common
-def edit(input_audio: str, edit_type: str, edit_info: str, intensity: str, iterations: str,
+def edit(inputs: tuple[str, ...], edit_type: str, edit_info: str, intensity: str, iterations: str,
          audio_text: str, text: str, output: str | None, **common) -> None:
-    """Edit INPUT_AUDIO: change its emotion, style or speed, add sounds, denoise, remove silence."""
-    row = {"id": "edit", "task": "edit", "input_audio": input_audio, "edit_type": edit_type,
-           "edit_info": edit_info, "intensity": intensity, "iterations": iterations,
-           "audio_text": audio_text, "text": text,
-           "output": output or f"{Path(input_audio).stem}_{edit_type or 'edit'}.{_suffix(common)}"}
-    _single(row, common, {"input_audio": "INPUT_AUDIO", **{s.name: s.option for s in settings.EDIT},
-                          "output": "--output", "task": "--engine", "seed": "--seed"})
+    """Edit INPUT_AUDIO (one or more files, or folders of them): change the emotion, style or speed,
+    add sounds, denoise, remove silence. The model loads once for all of them."""
+    paths = _audio_inputs(inputs)
+    if len(paths) > 1 and audio_text:
+        raise UsageError("--audio-text is one clip's transcript: give one INPUT_AUDIO with it "
+                         "(or use --transcribe, or a manifest)")
+    suffix = _suffix(common)
+    names = [f"{p.stem}_{edit_type or 'edit'}.{suffix}" for p in paths]
+    if output is not None and (len(paths) > 1 or _is_folder(output)):
+        names = [f"{p.stem}.{suffix}" for p in paths]
+    outputs = _outputs(names, output, "INPUT_AUDIO")
+    rows = [{"id": Path(out).stem, "task": "edit", "input_audio": str(p), "edit_type": edit_type,
+             "edit_info": edit_info, "intensity": intensity, "iterations": iterations,
+             "audio_text": audio_text, "text": text, "output": out} for p, out in zip(paths, outputs, strict=True)]
+    _single(rows, common, {"input_audio": "INPUT_AUDIO", **{s.name: s.option for s in settings.EDIT},
+                           "output": "--output", "task": "--engine", "seed": "--seed"})
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
+
+
+def _audio_inputs(inputs: tuple[str, ...]) -> list[Path]:
+    """The files named, a folder's audio files (sorted) in its place."""
+    paths: list[Path] = []
+    for name in inputs:
+        p = Path(name)
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise UsageError(f"INPUT_AUDIO: {name}: no audio files in this folder ({', '.join(AUDIO_SUFFIXES)})")
+            paths += found
+        else:
+            paths.append(p)
+    return paths
+
+
+def _is_folder(output: str) -> bool:
+    return output.endswith(("/", os.sep)) or Path(output).is_dir()
+
+
+def _outputs(names: list[str], output: str | None, many: str) -> list[str]:
+    """Each output's path: the names given here, in the folder -o names, or -o itself for one."""
+    if output is None:
+        return names
+    if len(names) == 1 and not _is_folder(output):
+        return [output]
+    if Path(output).exists() and not Path(output).is_dir():
+        raise UsageError(f"--output: {output} is a file; several outputs ({many}) need a folder")
+    return [str(Path(output) / n) for n in names]
 
 
 def _quality(common: dict) -> dict:
@@ -280,16 +333,16 @@ def _suffix(common: dict) -> str:
     return str(common["format"] or "wav").strip().lower().lstrip(".") or "wav"
 
 
-def _single(row: dict, common: dict, labels: dict) -> None:
+def _single(rows: list[dict], common: dict, labels: dict) -> None:
     from editx_cli import manifest as manifests
 
     _setup(common)
     engine_cls = _engine_class(common["engine"])
-    row = {**row, **_delivery(common)}
+    rows = [{**row, **_delivery(common)} for row in rows]
     labels = {**labels, **settings.OPTION_OF}
 
     def build():
-        return manifests.validate([row], source="command line", base_dir=Path.cwd(), out_dir=Path.cwd(),
+        return manifests.validate(rows, source="command line", base_dir=Path.cwd(), out_dir=Path.cwd(),
                                   engine=engine_cls, field_labels=labels, transcribe=common["transcribe"],
                                   seed=common["seed"])
 
@@ -311,6 +364,17 @@ def _setup(common: dict) -> None:
     if common["gpu"] is not None:
         # Must happen before torch initialises CUDA; the engine then sees it as cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = str(common["gpu"])
+        _check_gpu(common["gpu"])
+
+
+def _check_gpu(index: int) -> None:
+    """--gpu N names a device this host has: refused here, before any work (a server would
+    otherwise start, look healthy and fail every request)."""
+    import torch
+
+    if torch.cuda.device_count() == 0:  # counts without creating a CUDA context
+        why = "this torch is a CPU build" if torch.version.cuda is None else "CUDA sees no such device"
+        raise UsageError(f"--gpu {index}: no such GPU on this host ({why}); leave --gpu out to run on the CPU")
 
 
 def _engine_class(name: str):
@@ -349,6 +413,8 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
         **(parallel or {}),
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's stop is a Ctrl-C
+    if config.options.progress:  # a person at a terminal hears what the seconds before the bar are for
+        click.echo("editx: checking the tasks and their audio…", err=True)
     try:
         tasks = build()
         report, planned = runner.execute(tasks, config)
@@ -374,9 +440,9 @@ def _run(build, common: dict, report_path: Path | None, fail_fast: bool = False,
             if t["status"] in ("done", "skipped"):
                 click.echo(t["output"])
     if report_path is not None:
-        click.echo(str(report_path))
-        if review:
-            click.echo(str(report_path.parent / "review.html"))
+        if review and not common["quiet"]:
+            click.echo(f"editx: review page: {report_path.parent / 'review.html'}", err=True)
+        click.echo(str(report_path))  # stdout: the report's path alone, for a script to capture
     sys.exit(runner.exit_code(report))
 
 
@@ -405,8 +471,9 @@ def review_page(out_dir: str, report_path: str | None) -> None:
 @click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--thresholds", default=DEFAULT_THRESHOLDS, show_default=True, metavar="wer=N,sim=N",
               help="What a passing output scores at least (wer; cer for Chinese and Japanese; sim).")
-@click.option("--engine", envvar="EDITX_ENGINE", default=DEFAULT_ENGINE, show_default=True,
-              help="Whose speaker model measures similarity (dsp has none).")
+@click.option("--engine", envvar="EDITX_ENGINE", default=None,
+              help="Whose speaker model measures similarity (dsp has none); default: the engine of the run "
+                   "whose report is in OUT_DIR, else stepaudio.")
 @click.option("--gpu", envvar="EDITX_GPU", type=click.IntRange(0), default=None, help="GPU index to run on.")
 @click.option("--cache-dir", envvar="EDITX_CACHE_DIR", type=click.Path(file_okay=False), default=None,
               help="Feature cache folder (transcripts are cached by audio content).")
@@ -438,12 +505,13 @@ def qa_outputs(out_dir: str, thresholds: str, engine: str, gpu: int | None, cach
         resolve(whisper_model, allow_download)
     except TranscriptionError as e:
         raise UsageError(f"--whisper-model: {e}") from None
+    folder = Path(out_dir)
+    engine = engine or qa_folder.engine_of(folder / "report.json") or DEFAULT_ENGINE
     engine_cls = _engine_class(engine)
     config = {"gpu": gpu, **{k: model[k] for k in MODEL_KEYS}}
     problems = engine_cls.check_config(config)
     if problems:
         raise UsageError(f"--engine {engine}: {problems[0]}")
-    folder = Path(out_dir)
     found, skipped = qa_folder.outputs(folder)
     for line in skipped:
         log.warning("%s", line)
@@ -476,10 +544,14 @@ def qa_outputs(out_dir: str, thresholds: str, engine: str, gpu: int | None, cach
                 click.echo(f"editx: {r['output']}: {r['error']}", err=True)
         for r in below:
             click.echo(f"editx: low quality {r['output']}: {r['qa']['problems']}", err=True)
-        passed = sum(r.get("qa", {}).get("passed") is True for r in rows)
-        click.echo(f"editx: {len(rows)} outputs: {passed} passed, {len(below)} below the thresholds"
-                   + (f", {len(rows) - passed - len(below)} unreadable" if len(rows) - passed - len(below) else ""),
-                   err=True)
+        good = [r for r in rows if r.get("qa", {}).get("passed") is True]
+        unscored = sum(not r["qa"].get("scored", True) for r in good)
+        unreadable = len(rows) - len(good) - len(below)
+        click.echo(f"editx: {len(rows)} output{'' if len(rows) == 1 else 's'}: {len(good) - unscored} passed, "
+                   f"{len(below)} below the thresholds"
+                   + (f", {unscored} not scored (no text to hear them against, no speaker model to compare "
+                      f"voices; duration and level checked)" if unscored else "")
+                   + (f", {unreadable} unreadable" if unreadable else ""), err=True)
     click.echo(str(path))
     sys.exit(1 if below or any("error" in r for r in rows) else 0)
 
@@ -490,32 +562,45 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _cache_dir_option(f, envvar: str | None = None):
+    # on the group (which reads the environment) and on each subcommand: `cache --cache-dir X clear`
+    # and `cache clear --cache-dir X` both work, and a flag given wins over the environment
+    return click.option("--cache-dir", envvar=envvar, type=click.Path(file_okay=False), default=None,
+                        help="Feature cache folder (default: the user cache folder).")(f)
+
+
 @cli.group(invoke_without_command=True)
-@click.option("--cache-dir", envvar="EDITX_CACHE_DIR", type=click.Path(file_okay=False), default=None,
-              help="Feature cache folder (default: the user cache folder).")
+@functools.partial(_cache_dir_option, envvar="EDITX_CACHE_DIR")
 @click.pass_context
 def cache(ctx: click.Context, cache_dir: str | None) -> None:
     """Show or clear the persistent feature cache (default: `stats`)."""
     ctx.obj = cache_dir
     if ctx.invoked_subcommand is None:
-        ctx.invoke(stats)
+        ctx.invoke(stats, cache_dir=cache_dir)
+
+
+def _folder(ctx: click.Context, cache_dir: str | None) -> str | None:
+    return cache_dir or ctx.obj
 
 
 @cache.command()
-@click.pass_obj
-def path(cache_dir: str | None) -> None:
+@_cache_dir_option
+@click.pass_context
+def path(ctx: click.Context, cache_dir: str | None) -> None:
     """Print the cache folder."""
     from editx_cli.cache import default_dir
 
-    click.echo(str(Path(cache_dir) if cache_dir else default_dir()))
+    folder = _folder(ctx, cache_dir)
+    click.echo(str(Path(folder) if folder else default_dir()))
 
 
 @cache.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_obj
-def stats(cache_dir: str | None, as_json: bool = False) -> None:
+@_cache_dir_option
+@click.pass_context
+def stats(ctx: click.Context, cache_dir: str | None, as_json: bool = False) -> None:
     """Path, size, entries and lifetime hit rate."""
-    c = _open_cache(cache_dir)
+    c = _open_cache(_folder(ctx, cache_dir))
     s = c.stats()
     c.close()
     if as_json:
@@ -529,12 +614,13 @@ def stats(cache_dir: str | None, as_json: bool = False) -> None:
 
 @cache.command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.pass_obj
-def clear(cache_dir: str | None, yes: bool) -> None:
+@_cache_dir_option
+@click.pass_context
+def clear(ctx: click.Context, cache_dir: str | None, yes: bool) -> None:
     """Delete every cached entry."""
     if not yes and not sys.stdin.isatty():  # a script that forgot --yes must not empty a shared cache
         raise UsageError("cache clear: no terminal to confirm at; add --yes to clear without asking")
-    c = _open_cache(cache_dir)
+    c = _open_cache(_folder(ctx, cache_dir))
     if not yes:
         click.confirm(f"Delete {len(c._cache)} entries in {c.directory}?", abort=True)
     n = c.clear()
@@ -561,7 +647,8 @@ def _with_model_options(f):
 
 
 @cli.command()
-@click.option("--engine", "engine_names", multiple=True, help="Engines to check (default: all).")
+@click.option("--engine", "engine_names", multiple=True,
+              help="Engines to check (default: all); exit 1 unless each is ready (default: unless one is).")
 @_with_model_options
 def doctor(engine_names: tuple[str, ...], **model) -> None:
     """What is installed, which devices exist, and whether each engine is ready.
@@ -631,6 +718,7 @@ def list_tags() -> None:
 @click.option("--no-cache", is_flag=True, envvar="EDITX_NO_CACHE", help="Neither read nor write the cache.")
 @click.option("--whisper-model", envvar="EDITX_WHISPER_MODEL", default=None,
               help=WHISPER_HELP + " Transcribes edits sent without audio_text (default: such edits are refused).")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings only: no address line, no request log.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @_with_quality_options
 @_with_model_options
@@ -638,7 +726,7 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
           allowed_hosts: str, cors_origins: tuple[str, ...], body_timeout: float, no_docs: bool, idle_unload: float,
           max_batch: int, max_queue: int, voices_dir: str | None, max_upload_mb: float,
           max_audio_seconds: float, max_text_chars: int, allow_url_fetch: bool, url_fetch_timeout: float,
-          cache_dir: str | None, no_cache: bool, whisper_model: str | None, verbose: bool, qa: bool,
+          cache_dir: str | None, no_cache: bool, whisper_model: str | None, quiet: bool, verbose: bool, qa: bool,
           retry_below: str | None, max_retries: int | None,
           **model) -> None:
     """Serve the model over HTTP: an OpenAI-compatible API (/v1/audio/speech, /v1/audio/edits,
@@ -647,7 +735,7 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
     first request that needs it and released when idle. Needs editx[serve]."""
     import ipaddress
 
-    _setup({"verbose": verbose, "quiet": False, "gpu": gpu})
+    _setup({"verbose": verbose, "quiet": quiet, "gpu": gpu})
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -691,7 +779,8 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
                                   docs=not no_docs, quality=quality, allow_url_fetch=allow_url_fetch,
                                   url_fetch_timeout=url_fetch_timeout)
     app = serve.create_app(options)
-    uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning",
+    # uvicorn's info level: the address it listens on, then a line per request
+    uvicorn.run(app, host=host, port=port, log_level="debug" if verbose else "warning" if quiet else "info",
                 http=guard.header_timeout_protocol(body_timeout))
 
 

@@ -37,65 +37,96 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl", ".ndjson")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV or JSONL manifest as dicts of raw values, in file order."""
-    import pandas as pd
-
+    """Rows of a CSV or JSONL manifest as dicts of raw values, in file order. A path of `-` is
+    standard input, CSV or JSONL by its first character."""
+    if str(path) == "-":
+        return _stdin_rows()
     source = str(path)
-    fail = lambda msg, row=None, field=None: InvalidInput([Problem(source, row, field, msg)])  # noqa: E731
+    fail = lambda msg: InvalidInput([Problem(source, None, None, msg)])  # noqa: E731
     if not path.exists():
         raise fail("manifest not found")
     if not path.is_file():
         raise fail("manifest is not a regular file")
     suffix = path.suffix.lower()
     if suffix not in MANIFEST_SUFFIXES:
-        raise fail(f"unknown manifest format {suffix or '(none)'!r}: use .csv or .jsonl")
+        raise fail(f"unknown manifest format {suffix or '(none)'!r}: use .csv or .jsonl (or - for stdin)")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         line = e.object[: e.start].count(b"\n") + 1
         raise fail(f"not UTF-8 text (line {line}, byte {e.start})") from None
+    return parse_rows(text, source, jsonl=suffix != ".csv")
+
+
+def _stdin_rows() -> list[dict[str, Any]]:
+    import sys
+
+    try:
+        text = sys.stdin.buffer.read().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise InvalidInput([Problem("stdin", None, None, f"not UTF-8 text (line {line}, byte {e.start})")]) from None
+    return parse_rows(text, "stdin", jsonl=text.lstrip().startswith("{"))
+
+
+def parse_rows(text: str, source: str, jsonl: bool) -> list[dict[str, Any]]:
+    """Rows of a manifest's text; every line that is not valid JSON is named at once."""
+    fail = lambda msg, row=None, field=None: InvalidInput([Problem(source, row, field, msg)])  # noqa: E731
     if not text.strip():
         raise fail("manifest is empty")
-
-    if suffix == ".csv":
-        try:
-            with warnings.catch_warnings():
-                # pandas only warns, and drops data, when rows have more fields than the header
-                warnings.simplefilter("error", pd.errors.ParserWarning)
-                frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False)
-        except (pd.errors.ParserWarning, pd.errors.ParserError, csv.Error) as e:
-            wide = _wide_row(text)
-            if wide is not None:
-                raise fail(f"not valid CSV (this row has more fields than the header's {wide[1]})",
-                           row=wide[0]) from None
-            raise fail(f"not valid CSV ({str(e).strip().splitlines()[0]})") from None
-        header = next(csv.reader(io.StringIO(text)), [])
-        twice = sorted({c.strip() for c in header if [h.strip() for h in header].count(c.strip()) > 1})
-        if twice:
-            raise fail("column given twice in the header", field=twice[0])
-        unnamed = [c for c in frame.columns if str(c).startswith("Unnamed:")]
-        if unnamed:
-            raise fail("the header has an empty column name", field="header")
-        return frame.to_dict(orient="records")
+    if not jsonl:
+        return _csv_rows(text, fail)
 
     # JSONL, one object a line. Lines end at "\n" only: U+2028 and friends are characters that
     # a JSON string may hold. NaN and Infinity are not JSON; a value of null is no value.
-    rows = []
+    rows, problems = [], []
     for row, line in enumerate((ln for ln in text.split("\n") if ln.strip()), 1):
+        bad = lambda msg, field=None, row=row: problems.append(Problem(source, row, field, msg))  # noqa: E731
         try:
             obj = json.loads(line, parse_constant=_not_json, object_pairs_hook=_one_of_each)
         except json.JSONDecodeError as e:
-            raise fail(f"not valid JSON ({e.msg}, column {e.colno})", row=row) from None
+            bad(f"not valid JSON ({e.msg}, column {e.colno})")
+            continue
         except RecursionError:
-            raise fail("not valid JSON for a manifest (nested too deeply)", row=row) from None
+            bad("not valid JSON for a manifest (nested too deeply)")
+            continue
         except _Twice as e:
-            raise fail("given twice in one object", row=row, field=str(e)) from None
+            bad("given twice in one object", str(e))
+            continue
         except ValueError as e:
-            raise fail(str(e), row=row) from None
+            bad(str(e))
+            continue
         if not isinstance(obj, dict):
-            raise fail("each line must be a JSON object", row=row)
+            bad("each line must be a JSON object")
+            continue
         rows.append({k: v for k, v in obj.items() if v is not None})
+    if problems:
+        raise InvalidInput(problems)
     return rows
+
+
+def _csv_rows(text: str, fail) -> list[dict[str, Any]]:
+    import pandas as pd
+
+    try:
+        with warnings.catch_warnings():
+            # pandas only warns, and drops data, when rows have more fields than the header
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False)
+    except (pd.errors.ParserWarning, pd.errors.ParserError, csv.Error) as e:
+        wide = _wide_row(text)
+        if wide is not None:
+            raise fail(f"not valid CSV (this row has more fields than the header's {wide[1]})",
+                       row=wide[0]) from None
+        raise fail(f"not valid CSV ({str(e).strip().splitlines()[0]})") from None
+    header = next(csv.reader(io.StringIO(text)), [])
+    twice = sorted({c.strip() for c in header if [h.strip() for h in header].count(c.strip()) > 1})
+    if twice:
+        raise fail("column given twice in the header", field=twice[0])
+    unnamed = [c for c in frame.columns if str(c).startswith("Unnamed:")]
+    if unnamed:
+        raise fail("the header has an empty column name", field="header")
+    return frame.to_dict(orient="records")
 
 
 def _wide_row(text: str) -> tuple[int, int] | None:
@@ -171,6 +202,10 @@ def validate(
                 seen_unknown.add(key)
                 sep = next((c for c in ";\t|" if c in str(key)), None)
                 hint = f"; fields are separated by commas, not {sep!r}" if sep else ""
+                if str(key).strip() in known:
+                    bad(None, str(key), f"unknown field: the header has spaces around {str(key).strip()!r} "
+                                        "(write the names between the commas without them)")
+                    continue
                 bad(None, str(key), f"unknown field (known fields: {', '.join(FIELDS)}){hint}")
     if not rows:
         bad(None, None, "manifest has no tasks")
@@ -185,6 +220,7 @@ def validate(
                 task.row = None
             tasks.append(task)
 
+    _check_ids(rows, bad)
     _check_ids_and_outputs(tasks, bad)
     _check_chains(tasks, bad)
     if problems:
@@ -335,7 +371,7 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
     if not ok:
         return None
     return Task(
-        id=task_id, kind=kind, source="", row=n, output=output,
+        id=task_id, kind=kind, source="", row=n, output=output, named_output=bool(fields["output"].strip()),
         prompt_audio=prompt_audio, prompt_text=fields["prompt_text"], text=fields["text"],
         input_audio=input_audio, input_task=input_task, audio_text=fields["audio_text"].strip(),
         edit_type=fields["edit_type"].strip(), edit_info=fields["edit_info"].strip(),
@@ -442,15 +478,22 @@ def _missing_codec(suffix: str) -> str:
     return missing_codec(suffix)
 
 
+def _check_ids(rows: list[dict], bad) -> None:
+    """Every row's id, valid row or not: a duplicate is named even when its first row has another
+    error (an id is a row's own, the row number where it has none)."""
+    first: dict[str, int] = {}
+    for n, raw in enumerate(rows, 1):
+        task_id = _text(raw, "id").strip() or str(n)
+        if task_id in first:
+            bad(n, "id", f"duplicate id {task_id!r} (also row {first[task_id]})")
+        else:
+            first[task_id] = n
+
+
 def _check_ids_and_outputs(tasks: list[Task], bad) -> None:
-    first_by_id: dict[str, Task] = {}
     first_by_output: dict[Path, Task] = {}
     inputs = {t.prompt_audio or t.input_audio: t for t in tasks if (t.prompt_audio or t.input_audio)}
     for t in tasks:
-        if t.id in first_by_id:
-            bad(t.row, "id", f"duplicate id {t.id!r} (also row {first_by_id[t.id].row})")
-        else:
-            first_by_id[t.id] = t
         if t.output in first_by_output:
             bad(t.row, "output", f"{t.output.name}: same output as row {first_by_output[t.output].row}")
         else:

@@ -198,6 +198,8 @@ class Checker:
         problems += self.thresholds.misses(scores)
         scores["problems"] = "; ".join(problems)
         scores["passed"] = not problems
+        # a word error or a similarity was measured; else only duration and level were
+        scores["scored"] = any(scores.get(k) is not None for k in ("wer", "cer", "similarity"))
         return scores
 
 

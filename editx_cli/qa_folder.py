@@ -54,6 +54,17 @@ def outputs(folder: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
     return found, skipped
 
 
+def engine_of(report: Path) -> str | None:
+    """The engine an editx report in an output folder names, or None."""
+    if not (report.is_file() and is_report(report)):
+        return None
+    try:
+        engine = json.loads(report.read_text(encoding="utf-8")).get("run", {}).get("engine")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return engine if isinstance(engine, str) else None
+
+
 def check(found: list[tuple[Path, dict]], checker: Checker) -> list[dict[str, Any]]:
     """One row per output: id, output, and its scores (or the error that stopped its check)."""
     rows: list[dict[str, Any]] = []

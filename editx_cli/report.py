@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -73,8 +74,9 @@ def build(
 ) -> dict[str, Any]:
     counts = {s: sum(o.status == s for o in outcomes) for s in ("done", "skipped", "failed", "cancelled", "pending")}
     done = [o for o in outcomes if o.status == "done"]
-    hits = sum(o.cache_hits for o in outcomes)
-    misses = sum(o.cache_misses for o in outcomes)
+    ran = [o for o in outcomes if o.status != "skipped"]  # the run's own lookups, not a skipped task's making
+    hits = sum(o.cache_hits for o in ran)
+    misses = sum(o.cache_misses for o in ran)
     audio_out = sum(o.output_seconds or 0.0 for o in done)
     processing = sum(sum(o.stages.values()) for o in done)
     stage_totals: dict[str, float] = {}
@@ -116,15 +118,25 @@ def write(report: dict[str, Any], json_path: Path) -> Path:
 
     json_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_text(json_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    fields = [f.name for f in dataclasses.fields(Outcome) if f.name not in ("stages", "info")]
+    found = {k for t in report["tasks"] for k in t["stages"]}
+    stages = [*STAGES, *sorted(found - set(STAGES))]
     rows = []
     for t in report["tasks"]:
-        row = {k: v for k, v in t.items() if k not in ("stages", "info")}
-        row.update({f"{k}_s": v for k, v in t["stages"].items()})
+        row = {k: t.get(k) for k in fields}
+        row.update({f"{k}_s": t["stages"].get(k) for k in stages})
         row["info"] = json.dumps(t["info"], ensure_ascii=False) if t["info"] else ""
         rows.append(row)
+    columns = [*fields, *(f"{k}_s" for k in stages), "info"]
     csv_path = json_path.with_suffix(".csv")
-    _atomic_text(csv_path, pd.DataFrame(rows).to_csv(index=False))
+    _atomic_text(csv_path, pd.DataFrame(rows, columns=columns).to_csv(index=False))
     return json_path
+
+
+# The CSV's columns, the same in every report: the Outcome's fields, then a `<stage>_s` column
+# for each stage any engine times, in the pipeline's order (empty where a task had none).
+STAGES = ("split", "read", "transcribe", "features", "tokenize", "generate", "process", "vocode", "join", "write",
+          "deliver", "qa")
 
 
 CSV_HEADER = "id,task,edit_type,status,"
@@ -157,7 +169,7 @@ def summary(report: dict[str, Any]) -> str:
     r = report["run"]
     cache = r["cache"]
     lines = [
-        f"editx: {r['tasks']} tasks on {r['engine']} ({r['device']}): "
+        f"editx: {r['tasks']} task{'' if r['tasks'] == 1 else 's'} on {r['engine']} ({r['device']}): "
         f"{r['done']} done, {r['skipped']} skipped, {r['failed']} failed"
         + (f", {r['cancelled']} cancelled" if r["cancelled"] else "")
         + (f", {r['pending']} pending (interrupted; a rerun goes on)" if r.get("pending") else ""),

@@ -78,7 +78,9 @@ def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False,
         planned.append(PlannedTask(t, fp, source, skip))
     for folder, t in {p.task.output.parent: p.task for p in reversed(planned)}.items():
         why = unwritable(folder)
-        if why:
+        if why and manifest_of(t) and not t.named_output:  # the folder the command line chose, not the row
+            problems.append(Problem("--out-dir", None, None, why))
+        elif why:
             problems.append(Problem(t.source, t.row, _output_field(t), why))
     if problems:
         raise InvalidInput(problems)
@@ -127,7 +129,8 @@ def read_state(output: Path) -> dict | None:
 
 # What a skipped task's row keeps from the run that made its output: a rerun's report and review
 # page still show how long it took, what the cache did and how loud it came out.
-KEPT = {"input_seconds": (int, float), "stages": dict, "cache_hits": int, "cache_misses": int, "info": dict,
+# what a skipped task's row shows of its making (not its cache lookups: a report counts its run's own)
+KEPT = {"input_seconds": (int, float), "stages": dict, "info": dict,
         "sample_rate": int, "loudness_before": (int, float), "loudness_after": (int, float), "true_peak": (int, float)}
 
 

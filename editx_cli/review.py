@@ -98,7 +98,7 @@ def _row(t: dict, src: str, folder: Path, slow_from: float) -> dict:
     if isinstance(chunks, list) and chunks:  # a long task: edited in pieces
         what += f", {len(chunks)} chunks"
     return {
-        "t": t, "what": what, "seconds": seconds, "qa": qa,
+        "t": t, "what": what, "seconds": seconds, "qa": qa, "verdict": _verdict(qa),
         "slow": t["status"] == "done" and seconds >= slow_from and seconds > 0,
         "low": qa.get("passed") is False,
         "input": _link(src, folder), "input_name": os.path.basename(src) if src else "",
@@ -106,6 +106,22 @@ def _row(t: dict, src: str, folder: Path, slow_from: float) -> dict:
         "input_spec": _spectrogram(src, folder), "output_spec": (
             _spectrogram(t["output"], folder) if t["status"] in ("done", "skipped") else ""),
     }
+
+
+def _verdict(qa: dict) -> dict:
+    """The QA cell: a mark and a word at a glance, the main scores under it, every score and the
+    problems on hover; `rank` sorts failures first."""
+    if not qa:
+        return {"rank": ""}
+    scores = ", ".join(f"{k} {qa[k]:.2f}" for k in ("wer", "cer", "similarity") if isinstance(qa.get(k), (int, float)))
+    detail = "; ".join(f"{k} {v}" for k, v in qa.items() if k not in ("passed", "scored", "problems"))
+    if qa.get("passed") is False:
+        return {"kind": "fail", "mark": "\u2717", "label": "fail", "rank": 0, "scores": scores,
+                "detail": f"{qa.get('problems') or 'below the thresholds'}\n{detail}"}
+    if qa.get("scored") is False:
+        return {"kind": "unscored", "mark": "\u2013", "label": "not scored", "rank": 1, "scores": scores,
+                "detail": f"no text to hear it against, no speaker model: duration and level only\n{detail}"}
+    return {"kind": "pass", "mark": "\u2713", "label": "pass", "rank": 2, "scores": scores, "detail": detail}
 
 
 def _spectrogram(path: str, folder: Path) -> str:
@@ -133,11 +149,16 @@ def _mel_image(path: str) -> np.ndarray:
     n_fft = 1 << max(8, round(math.log2(sr * 0.032)))  # 32 ms windows
     hop = max(n_fft // 4, math.ceil(len(x) / SPEC_WIDTH))
     mel = librosa.feature.melspectrogram(y=x, sr=sr, n_fft=n_fft, hop_length=hop, n_mels=SPEC_HEIGHT,
-                                         fmax=min(sr / 2, 11025), center=True)
-    db = librosa.power_to_db(mel, ref=np.max, top_db=80.0)
-    level = np.clip((db + 80.0) / 80.0, 0.0, 1.0)[::-1]  # low frequencies at the bottom
+                                         fmax=min(sr / 2, 11025), center=True, norm=None)
+    # levels against full scale, not against the file's own loudest bin: silence stays dark
+    # (against its own peak, a silent file's faint noise would be drawn as loud as speech)
+    full_scale = (n_fft / 4) ** 2  # a full-scale sine's power in its bin, through a Hann window
+    db = librosa.power_to_db(mel, ref=full_scale, amin=1e-12, top_db=None)
+    level = np.clip((db + FLOOR_DB) / FLOOR_DB, 0.0, 1.0)[::-1]  # low frequencies at the bottom
     return np.round(level * (LEVELS - 1)).astype(np.uint8)
 
+
+FLOOR_DB = 90.0  # drawn darkest at and below 90 dB under full scale
 
 # LEVELS steps from dark blue through teal to yellow, quiet to loud, readable for most colour
 # vision; an 8-bit palette image of 32 levels is a few kB where full colour takes tens.

@@ -68,6 +68,7 @@ class Service:
         self._ready_at = 0.0  # when the engine last finished loading
         self._load_seconds = 0.0
         self._wake: Callable[[], None] | None = None
+        self.load_error: str | None = None  # why the last load failed; None once one succeeds
         self.stats = {"requests": 0, "largest_batch": 0, "loads": 0, "unloads": 0,
                       "load_seconds": None, "refused": 0, "dropped": 0}
         self._thread = threading.Thread(target=self._loop, name="editx-service", daemon=True)
@@ -203,6 +204,8 @@ class Service:
             try:  # outside the lock: callers can still queue, or be refused, while a model loads
                 self._ensure_loaded()
             except Exception as e:  # a broken model folder: every waiting request hears why
+                self.load_error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                log.error("the engine could not be loaded: %s", self.load_error)
                 with self._lock:
                     failed, self._waiting = list(self._waiting), deque()
                 for item in failed:
@@ -230,7 +233,7 @@ class Service:
         t0 = time.perf_counter()
         engine = self._make()
         engine.load()
-        self.engine = engine
+        self.engine, self.load_error = engine, None
         seconds = time.perf_counter() - t0
         self._ready_at, self._load_seconds = time.monotonic(), seconds
         self.stats["loads"] += 1

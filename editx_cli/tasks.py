@@ -40,6 +40,7 @@ class Task:
     source: str  # the manifest file, or "command line"
     row: int | None  # 1-based data row; None for the command line
     output: Path
+    named_output: bool = False  # the row's own `output`; else <id>.<format> in --out-dir
     prompt_audio: Path | None = None
     prompt_text: str = ""
     text: str = ""

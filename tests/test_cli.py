@@ -177,6 +177,8 @@ def test_doctor_lists_packages_devices_and_engines():
     r = invoke("doctor", "--engine", "stepaudio")
     assert r.exit_code == 1
     assert "engine stepaudio: NOT READY" in r.stdout and "--model-dir (EDITX_MODEL_DIR) is not set" in r.stdout
+    r = invoke("doctor")  # every engine: a machine where dsp alone is ready is a working machine
+    assert r.exit_code == 0 and "engine dsp: ready" in r.stdout and "engine stepaudio: NOT READY" in r.stdout
 
 
 def test_no_cache_flag_leaves_no_cache(tmp_path, isolated_cache):

@@ -277,7 +277,7 @@ CASES = [
          "error: --report: {W}/mine.wav is a file, so the folder {W}/mine.wav cannot be made",
          args=("--report", "{W}/mine.wav/r.json")),
     Case("out-dir-under-a-file", csv("edit,a,{W}/in.wav,vad,,,"),
-         ": row 1, field 'output': {W}/mine.wav is a file, so the folder {W}/mine.wav/out cannot be made",
+         "error: --out-dir: {W}/mine.wav is a file, so the folder {W}/mine.wav/out cannot be made",
          args=("-o", "{W}/mine.wav/out")),
     Case("cache-dir-under-a-file", csv("edit,a,{W}/in.wav,vad,,,"),
          "error: --cache-dir: {W}/mine.wav/c: the feature cache cannot be used",

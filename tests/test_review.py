@@ -86,7 +86,7 @@ def page(run_dir) -> Path:
     r = invoke("batch", m, "--engine", "dsp", "-o", run_dir / "out", "-q", "--review")
     assert r.exit_code == 1, r.stderr  # the short clip cannot be measured for match_input
     page = run_dir / "out" / "review.html"
-    assert str(page) in r.stdout
+    assert r.stdout.split() == [str(run_dir / "out" / "report.json")] and page.is_file()  # stdout: the report's path
     return page
 
 
@@ -183,3 +183,61 @@ def test_a_skipped_task_keeps_what_its_run_measured(run_dir):
     assert clean["status"] == "skipped"
     assert clean["loudness_after"] == pytest.approx(-16, abs=0.5) and clean["input_seconds"] > 3
     assert {"read", "deliver", "write"} <= set(clean["stages"])
+
+
+@pytest.fixture(scope="module")
+def checked_page(tmp_path_factory, real_whisper) -> Path:
+    """A dsp run with --qa heard by a real Whisper: a pass, a fail, one with nothing to score it
+    against, and a near-silent input."""
+    work = tmp_path_factory.mktemp("review-qa")
+    hush = np.random.default_rng(0).standard_normal(48000) * 1e-5  # a quiet room, 100 dB under full scale
+    sf.write(work / "silence.wav", hush.astype(np.float32), 24000)
+    said = "I didn't keep every voice clip consistent, from the first take to the last."
+    rows = [
+        {"id": "heard", "task": "edit", "input_audio": str(CLIPS / "narration.wav"), "edit_type": "speed",
+         "edit_info": "faster", "audio_text": said},
+        {"id": "misheard", "task": "edit", "input_audio": str(CLIPS / "narration.wav"), "edit_type": "speed",
+         "edit_info": "slower", "audio_text": "Something else entirely was said in this recording."},
+        {"id": "unscored", "task": "edit", "input_audio": str(CLIPS / "pauses.wav"), "edit_type": "vad"},
+        {"id": "silent", "task": "edit", "input_audio": str(work / "silence.wav"), "edit_type": "speed",
+         "edit_info": "faster"},
+    ]
+    m = work / "m.jsonl"
+    m.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = invoke("batch", m, "--engine", "dsp", "-o", work / "out", "-q", "--qa", "--review",
+               "--whisper-model", real_whisper)
+    assert r.exit_code == 0, r.stderr
+    return work / "out" / "review.html"
+
+
+def test_the_qa_column_says_pass_or_fail_at_a_glance(checked_page):
+    parsed = _Page()
+    parsed.feed(checked_page.read_text())
+    marks = {row["text"].split()[0]: row["text"] for row in parsed.rows}
+    assert "\u2713 pass" in marks["heard"] and "wer 0." in marks["heard"]
+    assert "\u2717 fail" in marks["misheard"] and "\u2717 fail" in marks["silent"]
+    assert "\u2013 not scored" in marks["unscored"]
+    assert 'title="nearly silent' in checked_page.read_text()  # the reason, on hover
+    assert "heard_by" not in "".join(marks.values())  # the raw keys only on hover
+
+
+def test_silence_is_drawn_dark(checked_page):
+    report = json.loads((checked_page.parent / "report.json").read_text())
+    silent = next(t for t in report["tasks"] if t["id"] == "silent")
+    assert review._mel_image(silent["output"]).max() <= 1
+    speech = review._mel_image(str(CLIPS / "narration.wav"))
+    assert np.percentile(speech, 90) > review.LEVELS / 2  # speech is bright against full scale
+
+
+@needs_chromium
+def test_the_table_fits_a_1280_pixel_window(checked_page):
+    with chromium_page(1280, 800) as (tab, errors):
+        tab.goto(checked_page.as_uri())
+        assert tab.evaluate("document.documentElement.scrollWidth") <= 1280
+        assert tab.locator("th:visible", has_text="LUFS").count() == 1
+        assert tab.locator("th:visible", has_text="QA").count() == 1
+        assert tab.locator("th:visible", has_text="seed").count() == 0
+        tab.screenshot(path=str(ARTIFACTS / "review-1280.png"), full_page=True)
+        tab.check("#f-more")
+        assert tab.locator("th:visible", has_text="seed").count() == 1
+    assert errors == []

@@ -402,6 +402,8 @@ def test_the_web_page_in_a_real_browser(model_server):
         expect(tab.locator("#status")).to_have_class("err", timeout=60_000)
         assert tab.inner_text("#status") == "iterations: 11 is outside 1–10"
         expect(tab.locator("#health")).to_contain_text("loaded on", timeout=10_000)
+        health = tab.inner_text("#health")
+        assert "undefined" not in health and re.search(r"\d+ requests?, at most \d+ at once", health), health
         tab.screenshot(path=str(ARTIFACTS / "serve-ui.png"), full_page=True)
     # the one refused request is logged by the browser itself; nothing else went wrong
     assert [e for e in errors if "status of 400 (Bad Request)" not in e] == [], errors

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi import Request as HttpRequest
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from editx_cli import settings
 from editx_cli.serve.errors import ApiError
@@ -84,11 +84,17 @@ async def ui(http: HttpRequest):
 
 @router.get("/healthz")
 async def healthz(http: HttpRequest):
-    """Alive; whether the model is loaded; queue depth; device memory; decode statistics."""
+    """Alive; whether the model is loaded; queue depth; device memory; decode statistics. A 503
+    while the engine cannot be loaded (its last load failed), so a health check sees a broken
+    deployment; `ok` again once a load succeeds."""
     serving = http.app.state.serving
     options, service, cache = serving.options, serving.service, serving.cache
-    return {"status": "ok", "engine": options.engine, "loaded": service.loaded, "queue": service.queued,
-            "running": service.running,
+    body = {"status": "error" if service.load_error else "ok", "engine": options.engine,
+            "loaded": service.loaded, "queue": service.queued, "running": service.running,
             "device": service.engine.device if service.engine is not None else None,
             "device_memory": service.device_memory(), "stats": dict(service.stats),
             "cache": cache.stats() if hasattr(cache, "stats") and options.use_cache else None}
+    if service.load_error:
+        body["error"] = f"the engine could not be loaded: {service.load_error}"
+        return JSONResponse(body, status_code=503)
+    return body

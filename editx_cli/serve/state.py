@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import logging
 import re
@@ -64,9 +65,13 @@ class Serving:
         self.scratch = Path(tempfile.mkdtemp(prefix="editx-serve-"))
         self.whisper = None  # opened by the first request that needs it, kept for the server's life
         self.streams: dict[str, Any] = {}  # job id -> AudioStream, for requests sent as they are made
+        self._numbers = itertools.count(1)  # a request's task id, as the log names it: "request-7"
         # the model variant served (the Step-Audio API's model_variant names one)
         config = options.engine_config or {}
         self.variant = (config.get("variant") or "base") if options.engine == "stepaudio" else None
+
+    def request_id(self) -> str:
+        return f"request-{next(self._numbers)}"
 
     def close(self) -> None:
         self.service.close()
@@ -132,7 +137,7 @@ class Serving:
         folder = Path(tempfile.mkdtemp(dir=self.scratch))
         stretch = speed != 1.0  # OpenAI's speed: applied to the output, then delivered again
         try:
-            job = dataclasses.replace(task, id=folder.name,
+            job = dataclasses.replace(task, id=self.request_id(),
                                       output=folder / ("out.wav" if fmt == "pcm" or stretch else f"out.{fmt}"))
             future = self.queued(self.service.submit, PlannedTask(job, "serve", Path(src), False))
             try:
@@ -206,7 +211,7 @@ class Serving:
                 raise ApiError(400, f"{field} needs the whole output before any of it is sent; not with stream",
                                field)
         folder = Path(tempfile.mkdtemp(dir=self.scratch))
-        job = dataclasses.replace(task, id=folder.name, output=folder / "out.wav")
+        job = dataclasses.replace(task, id=self.request_id(), output=folder / "out.wav")
         parts = AudioStream(d.sample_rate, wav=fmt == "wav")
         self.streams[job.id] = parts
         try:
