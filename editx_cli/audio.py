@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import socket
 import tempfile
@@ -105,8 +106,15 @@ class AudioInfo:
         return self.frames / self.samplerate
 
 
-def probe(path: str | os.PathLike) -> AudioInfo:
-    """Check that a file is readable audio with at least one sample, without decoding it."""
+UNKNOWN_LENGTH = 2**62  # libsndfile's count for a stream whose header leaves its length open (legal FLAC)
+MAX_INPUT_RATE = 48000  # inputs above it are read at it: speech holds nothing above 24 kHz worth a 4x memory
+BLOCK_SECONDS = 1.0  # decoded a block at a time: memory follows the mono output, not the file's channels
+
+
+def probe(path: str | os.PathLike, count_up_to: float | None = None) -> AudioInfo:
+    """Check that a file is readable audio with at least one sample, without decoding it. A file
+    whose header does not say its length is counted block by block (up to `count_up_to` seconds
+    when given: past that, the count so far, which is enough to refuse it)."""
     import soundfile as sf
 
     p = Path(path)
@@ -120,16 +128,38 @@ def probe(path: str | os.PathLike) -> AudioInfo:
         info = sf.info(str(p))
     except Exception as e:  # soundfile raises LibsndfileError/RuntimeError/TypeError by format
         raise AudioError(f"not a readable audio file ({_first_line(e)})") from None
-    if info.frames <= 0:
+    frames = info.frames
+    if frames >= UNKNOWN_LENGTH:
+        frames = _count(p, info.samplerate, count_up_to)
+    if frames <= 0:
         raise AudioError("audio has no samples")
-    return AudioInfo(info.samplerate, info.channels, info.frames)
+    return AudioInfo(info.samplerate, info.channels, frames)
 
 
-def load(path: str | os.PathLike, sr: int | None = None) -> tuple[np.ndarray, int]:
-    """Read a file as mono float32 in [-1, 1]; resample to `sr` when given."""
+def _count(path: Path, rate: int, up_to: float | None) -> int:
     import soundfile as sf
 
-    probe(path)
+    frames, block = 0, max(int(rate * BLOCK_SECONDS), 1)
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                n = len(f.read(block, dtype="float32", always_2d=True))
+                frames += n
+                if n < block or (up_to is not None and frames > up_to * rate):
+                    return frames
+    except Exception:  # libsndfile cannot read some such streams at all (it seeks to their end)
+        raise AudioError("its header leaves its length open, and it cannot be read without it: write it "
+                         "again with its length (e.g. with flac or ffmpeg)") from None
+
+
+def load(path: str | os.PathLike, sr: int | None = None, max_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """Read a file as mono float32 in [-1, 1]; resample to `sr` when given, or down to `max_rate`
+    when the file's rate is above it."""
+    import soundfile as sf
+
+    rate = probe(path).samplerate
+    if sr is None and max_rate is not None and rate > max_rate:
+        sr = max_rate
     return _mono(sf, str(path), sr)
 
 
@@ -143,20 +173,56 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
 
 
 def _mono(sf, source, sr: int | None) -> tuple[np.ndarray, int]:
+    """Decoded a block at a time, each block made mono and resampled as it comes (a streamed
+    resampling equals soxr's one-shot to the bit): a 192 kHz stereo file never sits whole in
+    memory at its own rate."""
+    import soxr
+
+    heard = False
     try:
-        data, rate = sf.read(source, dtype="float32", always_2d=True)
+        with sf.SoundFile(source) as f:
+            rate, channels = f.samplerate, f.channels
+            stream = soxr.ResampleStream(rate, sr, 1, dtype="float32", quality="HQ") if sr and sr != rate else None
+            known = f.frames if 0 < f.frames < UNKNOWN_LENGTH else 0
+            out = _Growing(math.ceil(known * sr / rate) + 1 if stream is not None else known)
+            for block in f.blocks(blocksize=max(int(rate * BLOCK_SECONDS), 1), dtype="float32", always_2d=True):
+                mono = block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0]
+                if not np.isfinite(mono).all():
+                    raise AudioError("the audio holds NaN or infinite samples")
+                heard = heard or bool(np.any(mono))
+                out.add(stream.resample_chunk(mono) if stream is not None else mono)
+            if stream is not None:
+                out.add(stream.resample_chunk(np.zeros(0, np.float32), last=True))
+    except AudioError:
+        raise
     except Exception as e:
         raise AudioError(f"cannot decode audio ({_first_line(e)})") from None
-    if data.shape[0] == 0:
+    if not out.size:
         raise AudioError("audio has no samples")
-    mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-    if not np.isfinite(mono).all():
-        raise AudioError("the audio holds NaN or infinite samples")
-    if not np.any(mono):
+    if not heard:
         raise AudioError("the audio is silent (every sample is zero)")
-    if sr is not None and sr != rate:
-        mono, rate = resample(mono, rate, sr), sr
-    return np.ascontiguousarray(mono, dtype=np.float32), int(rate)
+    return out.samples(), int(sr if stream is not None else rate)
+
+
+class _Growing:
+    """A float32 buffer filled block by block: sized once when the length is known (no second
+    copy of the whole at the end), doubled when it is not."""
+
+    def __init__(self, expected: int) -> None:
+        self.buffer, self.size = np.empty(max(expected, 1), dtype=np.float32), 0
+
+    def add(self, block: np.ndarray) -> None:
+        end = self.size + len(block)
+        if end > len(self.buffer):
+            grown = np.empty(max(end, 2 * len(self.buffer)), dtype=np.float32)
+            grown[:self.size] = self.buffer[:self.size]
+            self.buffer = grown
+        self.buffer[self.size:end] = block
+        self.size = end
+
+    def samples(self) -> np.ndarray:
+        # a view when the buffer is about full (sized from the header); a copy of what a doubling left
+        return self.buffer[:self.size] if self.size * 10 >= len(self.buffer) * 9 else self.buffer[:self.size].copy()
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

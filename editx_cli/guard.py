@@ -46,8 +46,9 @@ class BodyTooLarge(HTTPException):
 
 
 class BodyTimeout(HTTPException):
-    def __init__(self, seconds: float) -> None:
-        super().__init__(408, f"the request body stalled for {seconds:g} s")
+    def __init__(self, seconds: float, whole: bool = False) -> None:
+        super().__init__(408, f"the request body took over {seconds:g} s in all" if whole else
+                         f"the request body stalled for {seconds:g} s")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class GuardOptions:
     key_prefix: str = "/v1/"  # paths that need the key (the page, /healthz and /docs do not)
     max_body_bytes: int = 50 * 2**20
     body_timeout: float = 30.0  # seconds a body may go without sending a byte
+    body_deadline: float = 300.0  # seconds a whole body may take (a byte every few seconds never stalls)
     policies: tuple[tuple[str, str], ...] = ()  # (path prefix, Content-Security-Policy) of pages that need more
 
 
@@ -100,7 +102,8 @@ class Guard:
         if refusal is not None:
             status, message, param, kind = refusal
             return await _answer(send, status, error_body(message, param, kind))
-        await self.app(scope, _limited(receive, self.options.max_body_bytes, self.options.body_timeout), send)
+        await self.app(scope, _limited(receive, self.options.max_body_bytes, self.options.body_timeout,
+                                       self.options.body_deadline), send)
 
     def refusal(self, scope, headers: dict[str, str]) -> tuple[int, str, str | None, str] | None:
         """(status, message, param, type) of a request refused on its headers alone, or None."""
@@ -114,14 +117,16 @@ class Guard:
                     "permission_error")
         if self.options.api_key is not None and method != "OPTIONS" and scope["path"].startswith(
                 self.options.key_prefix):
-            given = headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(given.encode(), self.options.api_key.encode()):
+            if not self.authorized(headers):
                 return 401, "missing or wrong API key (send Authorization: Bearer <key>)", None, "authentication_error"
         size = headers.get("content-length", "")
         if size.isdigit() and int(size) > self.options.max_body_bytes:
             return (413, f"the request body is {int(size)} bytes; at most {self.options.max_body_bytes}", None,
                     "invalid_request_error")
         return None
+
+    def authorized(self, headers: dict[str, str]) -> bool:
+        return authorized(headers.get("authorization", ""), self.options.api_key)
 
     def same_or_allowed_origin(self, scope, headers: dict[str, str]) -> bool:
         """A browser names the page that sent a request in Origin (every cross-origin POST) and
@@ -131,6 +136,15 @@ class Guard:
             own = f"{scope.get('scheme', 'http')}://{headers.get('host', '').lower()}"
             return origin.lower() == own or origin in self.options.cors_origins or "*" in self.options.cors_origins
         return headers.get("sec-fetch-site", "same-origin") in ("same-origin", "none")
+
+
+def authorized(header: str, api_key: str | None) -> bool:
+    """An `Authorization` header of `Bearer <key>`: the scheme required, in any case (RFC 9110
+    11.1). A server without a key authorizes everyone."""
+    if api_key is None:
+        return True
+    scheme, _, given = header.strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), api_key.encode())
 
 
 def _with_headers(send, extra: dict[str, str]):
@@ -144,18 +158,23 @@ def _with_headers(send, extra: dict[str, str]):
     return sending
 
 
-def _limited(receive, limit: int, timeout: float) -> Callable[[], Awaitable[dict]]:
-    """receive() that counts the body and times each part of it; once the body is complete it
-    is the plain receive() again (which waits for the client to go away)."""
-    state = {"bytes": 0, "done": False}
+def _limited(receive, limit: int, timeout: float, deadline: float) -> Callable[[], Awaitable[dict]]:
+    """receive() that counts the body and times each part of it and the whole of it (from the
+    first read); once the body is complete it is the plain receive() again (which waits for the
+    client to go away)."""
+    state = {"bytes": 0, "done": False, "ends": None}
 
     async def receiving() -> dict:
         if state["done"]:
             return await receive()
+        loop = asyncio.get_running_loop()
+        if state["ends"] is None:
+            state["ends"] = loop.time() + deadline
+        left = state["ends"] - loop.time()
         try:
-            message = await asyncio.wait_for(receive(), timeout)
+            message = await asyncio.wait_for(receive(), min(timeout, max(left, 0.0)))
         except asyncio.TimeoutError:
-            raise BodyTimeout(timeout) from None
+            raise BodyTimeout(*((deadline, True) if left <= timeout else (timeout,))) from None
         if message["type"] == "http.request":
             state["bytes"] += len(message.get("body", b""))
             if state["bytes"] > limit:

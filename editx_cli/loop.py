@@ -529,7 +529,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: Run
     text = t.prompt_text if t.kind == "clone" else t.audio_text
     try:
         t0 = time.perf_counter()
-        x, sr = audio.load(p.source)
+        x, sr = audio.load(p.source, max_rate=audio.MAX_INPUT_RATE)
         digest = audio.samples_digest(x, sr)
         o.stages["read"] = round(time.perf_counter() - t0, 4)
         try:

@@ -695,6 +695,8 @@ def list_tags() -> None:
                    "that change state from any other origin are refused.")
 @click.option("--body-timeout", envvar="EDITX_BODY_TIMEOUT", type=click.FloatRange(0.1), default=30.0,
               show_default=True, help="Seconds a request's headers or body may stall before it is dropped.")
+@click.option("--body-deadline", envvar="EDITX_BODY_DEADLINE", type=click.FloatRange(1), default=300.0,
+              show_default=True, help="Seconds a request's body may take in all (a byte now and then never stalls).")
 @click.option("--no-docs", is_flag=True, envvar="EDITX_NO_DOCS", help="Serve no /docs or /openapi.json.")
 @click.option("--idle-unload", envvar="EDITX_IDLE_UNLOAD", type=click.FloatRange(0.1), default=300.0,
               show_default=True, help="Release the model (and its device memory) after this many idle seconds.")
@@ -723,7 +725,8 @@ def list_tags() -> None:
 @_with_quality_options
 @_with_model_options
 def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | None, insecure: bool,
-          allowed_hosts: str, cors_origins: tuple[str, ...], body_timeout: float, no_docs: bool, idle_unload: float,
+          allowed_hosts: str, cors_origins: tuple[str, ...], body_timeout: float, body_deadline: float,
+          no_docs: bool, idle_unload: float,
           max_batch: int, max_queue: int, voices_dir: str | None, max_upload_mb: float,
           max_audio_seconds: float, max_text_chars: int, allow_url_fetch: bool, url_fetch_timeout: float,
           cache_dir: str | None, no_cache: bool, whisper_model: str | None, quiet: bool, verbose: bool, qa: bool,
@@ -776,6 +779,7 @@ def serve(engine: str, gpu: int | None, host: str, port: int, api_key: str | Non
                                   max_text_chars=max_text_chars, whisper_model=whisper_model, host=host,
                                   allowed_hosts=tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()),
                                   cors_origins=tuple(o.rstrip("/") for o in cors_origins), body_timeout=body_timeout,
+                                  body_deadline=body_deadline,
                                   docs=not no_docs, quality=quality, allow_url_fetch=allow_url_fetch,
                                   url_fetch_timeout=url_fetch_timeout)
     app = serve.create_app(options)

@@ -99,7 +99,10 @@ class Service:
     def _enqueue(self, work) -> Future:
         future: Future = Future()
         with self._lock:
-            if len(self._waiting) >= self.max_queue:
+            # while there is no engine, the requests it will take first once loaded (a batch's
+            # room) are not waiting: they are what its load is for
+            room = max(self.max_batch - len(self._held), 0) if self.engine is None else 0
+            if len(self._waiting) - room >= self.max_queue:
                 self.stats["refused"] += 1
                 raise Busy(f"{len(self._waiting)} requests are waiting")
             self._waiting.append(_Item(work, future, time.monotonic()))

@@ -191,7 +191,8 @@ def test_bad_uploads(dsp, tmp_path):
         "message": "missing: a registered voice (GET /v1/voices lists them)", "type": "invalid_request_error",
         "param": "voice", "code": None}
     r = dsp.post("/v1/audio/speech", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 400 and "JSON decode error" in r.json()["error"]["message"]
+    assert r.status_code == 400 and r.json()["error"]["message"].startswith("the body is not valid JSON (")
+    assert r.json()["error"]["param"] is None
 
 
 def test_concurrent_requests_are_all_answered_and_idle_releases_the_engine(dsp):

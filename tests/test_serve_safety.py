@@ -338,3 +338,120 @@ def test_the_response_formats_are_batchs_and_each_has_a_media_type():
     from editx_cli.serve.options import MEDIA, RESPONSE_FORMATS
 
     assert RESPONSE_FORMATS == (*FORMATS, "pcm") and set(MEDIA) == set(RESPONSE_FORMATS)
+
+
+# -- the last findings, tried as a hostile client would
+def test_the_key_needs_its_scheme_in_any_case(tmp_path):
+    with _client(tmp_path, api_key="s3cret") as c:
+        for header, status in (("s3cret", 401), ("Token s3cret", 401), ("Bearer s3cret", 200),
+                               ("bearer s3cret", 200), ("BEARER  s3cret ", 200), ("Bearer nope", 401)):
+            assert c.get("/v1/models", headers={"Authorization": header}).status_code == status, header
+
+
+def test_health_shows_no_server_path_without_the_key(tmp_path):
+    with _client(tmp_path, api_key="s3cret") as c:
+        open_health = c.get("/healthz").json()
+        assert "path" not in open_health["cache"] and str(tmp_path) not in json.dumps(open_health)
+        assert c.get("/healthz", headers={"Authorization": "Bearer s3cret"}).json()["cache"]["path"] == str(
+            tmp_path / "cache")
+
+
+def test_a_body_trickled_a_byte_at_a_time_meets_its_deadline(tmp_path):
+    server = Server(tmp_path, "--engine", "dsp", "--body-timeout", "30", "--body-deadline", "2")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=15) as s:
+            s.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n")
+            t0 = time.monotonic()
+            s.settimeout(0.4)
+            answer = b""
+            while not answer and time.monotonic() - t0 < 10:
+                s.sendall(b" ")  # never stalls for the 30 s of --body-timeout
+                try:
+                    answer = s.recv(65536)
+                except TimeoutError:
+                    pass
+            took = time.monotonic() - t0
+            s.settimeout(10)
+            while b"took over" not in answer and b"}" not in answer.split(b"\r\n\r\n", 1)[-1]:
+                more = s.recv(65536)
+                if not more:
+                    break
+                answer += more
+        assert answer.startswith(b"HTTP/1.1 408") and b"took over 2 s in all" in answer, answer
+        assert took < 5
+    finally:
+        server.stop()
+
+
+def test_a_flac_that_does_not_say_its_length_is_refused_in_words(client):
+    data = bytearray(_wav((np.sin(np.arange(72000) / 7) * 0.3).astype(np.float32), 24000, "FLAC"))
+    assert data[:4] == b"fLaC"
+    data[21] &= 0xF0  # STREAMINFO's 36-bit total sample count: 0, "unknown" (legal)
+    data[22:26] = b"\0\0\0\0"
+    r = _edit(client, bytes(data))
+    assert r.status_code == 400
+    assert _error(r)["message"] == ("not usable audio: its header leaves its length open, and it cannot be read "
+                                    "without it: write it again with its length (e.g. with flac or ffmpeg)")
+
+
+def test_a_json_syntax_error_names_no_character_offset_as_a_parameter(client):
+    r = client.post("/v1/audio/speech", content=b'{"input": "hi",, }', headers={"Content-Type": "application/json"})
+    assert r.status_code == 400
+    error = _error(r)
+    assert error["param"] is None and error["message"].startswith("the body is not valid JSON (")
+    assert "at character 15" in error["message"]
+
+
+@pytest.mark.parametrize("name", ["CON", "nul.txt", "Com1", "lpt9.wav", "voice."])
+def test_device_names_are_not_voice_names(client, name):
+    r = _voice(client, name)
+    assert r.status_code == 400 and "not a device name" in _error(r)["message"]
+
+
+def test_requests_that_wait_for_the_engine_to_load_are_not_counted_as_waiting():
+    import threading
+
+    from editx_cli import engine as engines
+    from editx_cli.cache import NullCache
+
+    loading = threading.Event()
+    dsp = engines.get("dsp")
+
+    class SlowToLoad(dsp):  # the dsp engine, as long to load as a model
+        def load(self) -> None:
+            loading.wait(30)
+            super().load()
+
+    service = Service(lambda: SlowToLoad({}, NullCache()), max_batch=4, max_queue=1, idle_unload=60)
+    try:
+        taken = [service.call(lambda e: "features") for _ in range(5)]  # 4 for the load, 1 waiting
+        with pytest.raises(Busy):
+            service.call(lambda e: "one too many")
+        loading.set()
+        assert [f.result(timeout=60) for f in taken] == ["features"] * 5
+    finally:
+        loading.set()
+        service.close()
+
+
+def test_a_tiny_flac_of_long_high_rate_audio_costs_memory_as_its_decoded_speech_does(tmp_path):
+    """192 kHz stereo, 149 s of DC, 0.1 MB of FLAC: read a second at a time, straight to mono at
+    48 kHz at most, never whole at its own rate."""
+    path = tmp_path / "dc.flac"
+    sf.write(path, np.full((192000 * 149, 2), 0.25, dtype=np.float32), 192000, subtype="PCM_24")
+    assert path.stat().st_size < 200_000
+    server = Server(tmp_path, "--engine", "dsp")
+
+    def peak_mb() -> float:
+        with open(f"/proc/{server.proc.pid}/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM")) / 1024
+
+    try:
+        assert server.edit().status_code == 200  # the engine loaded, the first request's memory taken
+        before = peak_mb()
+        r = server.edit(path)
+        assert r.status_code == 200, r.text
+        assert peak_mb() - before <= 300
+    finally:
+        server.stop()

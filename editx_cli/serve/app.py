@@ -44,7 +44,7 @@ def create_app(options: ServeOptions):
     app.add_middleware(Guard, options=GuardOptions(
         bind=options.host, allowed_hosts=options.allowed_hosts, cors_origins=options.cors_origins,
         api_key=options.api_key, max_body_bytes=options.max_upload_bytes * 4 // 3 + FORM_OVERHEAD,  # base64 in JSON
-        body_timeout=options.body_timeout, policies=(("/docs", DOCS_POLICY),)))
+        body_timeout=options.body_timeout, body_deadline=options.body_deadline, policies=(("/docs", DOCS_POLICY),)))
     install(app)
     app.include_router(model_routes)
     app.include_router(voice_routes)

@@ -42,6 +42,11 @@ def install(app) -> None:
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_, e: RequestValidationError):
         first = e.errors()[0]
+        if first.get("type") == "json_invalid":  # its loc is a character offset, not a parameter
+            where = next((x for x in first.get("loc", ()) if isinstance(x, int)), None)
+            why = (first.get("ctx") or {}).get("error", "JSON decode error")
+            return error(400, f"the body is not valid JSON ({why}" + (f", at character {where})" if where is not None
+                                                                       else ")"))
         loc = [str(x) for x in first.get("loc", ()) if x not in ("body", "query", "header", "path")]
         param = ".".join(loc) or None
         return error(400, f"{param}: {first.get('msg', 'invalid')}" if param else first.get("msg", "invalid"), param)

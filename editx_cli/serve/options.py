@@ -42,6 +42,7 @@ class ServeOptions:
     allowed_hosts: tuple[str, ...] = ()  # more names to answer (a proxy's), "*" for any
     cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API from their pages
     body_timeout: float = 30.0  # a request body that sends nothing for this long is dropped (408)
+    body_deadline: float = 300.0  # a request body not complete this long after it began is dropped (408)
     docs: bool = True  # /docs (Swagger UI, from the installed fastapi-offline package)
     idle_unload: float = 300.0
     max_batch: int = 16

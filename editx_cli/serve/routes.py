@@ -8,6 +8,7 @@ from fastapi import Request as HttpRequest
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from editx_cli import settings
+from editx_cli.guard import authorized
 from editx_cli.serve.errors import ApiError
 from editx_cli.serve.models import EditForm, Speech
 from editx_cli.serve.options import MEDIA, MODEL_ID, RESPONSE_FORMATS
@@ -94,6 +95,8 @@ async def healthz(http: HttpRequest):
             "device": service.engine.device if service.engine is not None else None,
             "device_memory": service.device_memory(), "stats": dict(service.stats),
             "cache": cache.stats() if hasattr(cache, "stats") and options.use_cache else None}
+    if body["cache"] and not authorized(http.headers.get("authorization", ""), options.api_key):
+        del body["cache"]["path"]  # the server's folders only to a client with the key
     if service.load_error:
         body["error"] = f"the engine could not be loaded: {service.load_error}"
         return JSONResponse(body, status_code=503)

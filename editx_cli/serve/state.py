@@ -107,29 +107,40 @@ class Serving:
         is over (a streamed one's when its last byte has gone)."""
         streaming, t0 = False, time.perf_counter()
         try:
-            x, sr = await self._input(task)  # a bad one is refused before any byte is sent
+            # a bad input is refused before any byte is sent; its samples are not kept (the loop
+            # reads it for itself), only its loudness when a second delivery will need it
+            level = await self._input(task, measure=speed != 1.0 and task.delivery.match_input)
             if stream:
                 response = await self._streamed(task, fmt, speed, uploads)
                 streaming = True
                 return response
-            return await self._whole(task, fmt, http, speed, x, sr, t0)
+            return await self._whole(task, fmt, http, speed, level, t0)
         finally:
             if not streaming:
                 remove(uploads)
 
-    async def _input(self, task: Task) -> tuple[Any, int]:
-        """The task's audio, decoded (off the event loop: other requests keep flowing) and bounded."""
+    async def _input(self, task: Task, measure: bool) -> float | None:
+        """The task's audio, decoded (off the event loop: other requests keep flowing) and bounded;
+        its loudness when `measure`."""
         field = "voice" if task.kind == "clone" else "file"
         try:
-            x, sr = await asyncio.to_thread(audio.load, task.prompt_audio or task.input_audio)
+            x, sr = await asyncio.to_thread(audio.load, task.prompt_audio or task.input_audio, None,
+                                            audio.MAX_INPUT_RATE)  # as the loop reads it
         except audio.AudioError as e:
             raise ApiError(400, self.private(f"not usable audio: {e}"), field) from None
         if len(x) / sr > self.options.max_audio_seconds:
             raise ApiError(400, f"the audio is {len(x) / sr:.1f} s; at most {self.options.max_audio_seconds:g} s",
                            field)
-        return x, sr
+        if not measure:
+            return None
+        from editx_cli import loudness
 
-    async def _whole(self, task: Task, fmt: str, http: HttpRequest, speed: float, x: Any, sr: int,
+        try:
+            return await asyncio.to_thread(loudness.integrated, x, sr)
+        except loudness.LoudnessError:  # too short or silent to measure: the loop refuses it, in its words
+            return None
+
+    async def _whole(self, task: Task, fmt: str, http: HttpRequest, speed: float, level_in: float | None,
                      t0: float) -> Response:
         """The response made whole: the output as `batch` writes it, with what the run found in headers."""
         src = task.prompt_audio or task.input_audio
@@ -153,15 +164,13 @@ class Serving:
                 raise ApiError(500, self.private(f"the engine failed: {done.error}"), kind="server_error")
             data, rate, level = job.output.read_bytes(), done.sample_rate, done.loudness_after
             if stretch:
-                from editx_cli import loudness
                 from editx_cli.engine.dsp import time_stretch  # Rubber Band, as the dsp speed edit
 
                 y, r = audio.decode(data)
                 y = await asyncio.to_thread(time_stretch, y, r, speed)
-                before = await asyncio.to_thread(loudness.integrated, x, sr) if task.delivery.match_input else None
                 try:
                     data, rate, measures = await asyncio.to_thread(
-                        deliver.render, y, r, ".wav" if fmt == "pcm" else f".{fmt}", task.delivery, before)
+                        deliver.render, y, r, ".wav" if fmt == "pcm" else f".{fmt}", task.delivery, level_in)
                 except ValueError as e:  # too short or silent to normalise
                     raise ApiError(422, one_line(e), "loudness" if task.delivery.loudness is not None else None
                                    ) from None
@@ -334,7 +343,7 @@ class Serving:
 
     def checked_upload(self, path: Path, field: str) -> Path:
         try:
-            problem = self.upload_problem(audio.probe(path))
+            problem = self.upload_problem(audio.probe(path, count_up_to=self.options.max_audio_seconds))
         except audio.AudioError as e:
             problem = self.private(f"not usable audio: {e}")
         if problem:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -25,8 +26,13 @@ def names(voices: Path) -> list[str]:
     return sorted(p.stem for p in voices.glob("*.json") if ID_PATTERN.fullmatch(p.stem)) if voices.is_dir() else []
 
 
+# names Windows keeps for devices, with any extension: a voices folder may be shared with it
+DEVICE_NAMES = re.compile(r"(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?", re.IGNORECASE)
+
+
 def valid_name(name: str) -> bool:
-    return len(name) <= VOICE_NAME_CHARS and bool(ID_PATTERN.fullmatch(name))
+    return (len(name) <= VOICE_NAME_CHARS and bool(ID_PATTERN.fullmatch(name)) and not name.endswith(".")
+            and not DEVICE_NAMES.fullmatch(name))
 
 
 def record(voices: Path, name: str) -> dict:
@@ -58,7 +64,8 @@ async def add_voice(http: HttpRequest, name: str = Form(...), text: str = Form(.
     voices, engine_cls, service = serving.voices, serving.engine_cls, serving.service
     if not valid_name(name):
         raise ApiError(400, f"{name[:80]!r} is not a usable voice name (at most {VOICE_NAME_CHARS} letters, "
-                            "digits, '.', '-', '_')", "name")
+                            "digits, '.', '-', '_', not a device name such as CON or NUL, not ending in '.')",
+                       "name")
     if not text.strip():
         raise ApiError(400, "missing: the transcript of the clip", "text")
     serving.text_limit(text, "text")
