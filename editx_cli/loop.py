@@ -88,7 +88,7 @@ def run(
     The engine loads only if some task needs it. `transcriber`: a Whisper already open (a
     server's, kept for its life); else one is made when the options ask for it. A task that
     fails on its input (unreadable, untranscribable, refused by the engine, undeliverable)
-    has `info["refused"]`, so a server can tell its client's fault from its own.
+    has `refused` set, so a server can tell its client's fault from its own.
     `on_audio(task id, samples, rate)`: each output as its parts become final, in order, before
     it is levelled and encoded (a long task's as its chunks are joined, each as soon as the
     engine has made it when no check can still reject it): a streamed response.
@@ -259,7 +259,7 @@ class _Flow:
                 continue
             if isinstance(result, BaseException):
                 if isinstance(result, ValueError):  # the engine's word on this input
-                    (w.whole.work if w.whole else w).outcome.info["refused"] = True
+                    (w.whole.work if w.whole else w).outcome.refused = True
                 self.end(w, "failed", _one_line(result))
                 continue
             w.absorb(result)
@@ -513,7 +513,7 @@ class _Work:
         except Exception as e:  # one task's failure must not stop the others
             log.debug("task %s failed", t.id, exc_info=True)
             if isinstance(e, ValueError):  # not deliverable as asked (too short or silent to level...)
-                o.info["refused"] = True
+                o.refused = True
             return _one_line(e)
         finally:
             self.close()
@@ -546,7 +546,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: Run
             o.info["transcribed_by"] = transcriber.backend
     except Exception as e:
         o.error = _one_line(e)
-        o.info["refused"] = True  # the input could not be read or heard
+        o.refused = True  # the input could not be read or heard
         return _Work(p, o, None, 0, str(p.source), text, "")
     o.input_seconds = round(len(x) / sr, 3)
     return _Work(p, o, x, sr, str(p.source), text, digest, input_loudness=level)

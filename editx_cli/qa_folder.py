@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from editx_cli import audio
+from editx_cli import audio, files
 from editx_cli.qa import Check, Checker
 from editx_cli.report import is_report
 from editx_cli.resume import STATE_DIR, read_state
@@ -98,17 +98,15 @@ def write(rows: list[dict[str, Any]], folder: Path, thresholds: str, skipped: li
     """qa.json and qa.csv in `folder`; the scores into folder/report.json's rows when it is ours."""
     import pandas as pd
 
-    from editx_cli.report import _atomic_text
-
     scored = [r for r in rows if "qa" in r]
     summary = {"checked_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "thresholds": thresholds,
                "checked": len(scored), "passed": sum(r["qa"]["passed"] for r in scored),
                "errors": sum("error" in r for r in rows), "not_checked": skipped}
     path = folder / "qa.json"
-    _atomic_text(path, json.dumps({"qa": summary, "outputs": rows}, indent=2, ensure_ascii=False) + "\n")
+    files.replace(path, json.dumps({"qa": summary, "outputs": rows}, indent=2, ensure_ascii=False) + "\n")
     flat = [{"id": r["id"], "output": r["output"], **r.get("qa", {}), "error": r.get("error", ""),
              "note": r.get("note", "")} for r in rows]
-    _atomic_text(path.with_suffix(".csv"), pd.DataFrame(flat).to_csv(index=False))
+    files.replace(path.with_suffix(".csv"), pd.DataFrame(flat).to_csv(index=False))
     return path
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from editx_cli import files
 
 
 @dataclass
@@ -39,6 +40,8 @@ class Outcome:
     loudness_before: float | None = None  # LUFS, the engine's output before any gain
     loudness_after: float | None = None  # LUFS, as written
     true_peak: float | None = None  # dBTP, as written
+    refused: bool = False  # failed on its input (unreadable, untranscribable, refused by the engine): the
+    # client's fault, not the server's
 
     def looked_up(self, hit: bool) -> None:
         """Count one feature-cache lookup."""
@@ -117,7 +120,7 @@ def write(report: dict[str, Any], json_path: Path) -> Path:
     import pandas as pd
 
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_text(json_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    files.replace(json_path, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     fields = [f.name for f in dataclasses.fields(Outcome) if f.name not in ("stages", "info")]
     found = {k for t in report["tasks"] for k in t["stages"]}
     stages = [*STAGES, *sorted(found - set(STAGES))]
@@ -129,7 +132,7 @@ def write(report: dict[str, Any], json_path: Path) -> Path:
         rows.append(row)
     columns = [*fields, *(f"{k}_s" for k in stages), "info"]
     csv_path = json_path.with_suffix(".csv")
-    _atomic_text(csv_path, pd.DataFrame(rows, columns=columns).to_csv(index=False))
+    files.replace(csv_path, pd.DataFrame(rows, columns=columns).to_csv(index=False))
     return json_path
 
 
@@ -153,16 +156,6 @@ def is_report(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and isinstance(data.get("run"), dict) and isinstance(data.get("tasks"), list)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        part.write_text(text, encoding="utf-8")
-        os.replace(part, path)
-    except BaseException:
-        part.unlink(missing_ok=True)  # a full disk leaves no half report behind
-        raise
 
 
 def summary(report: dict[str, Any]) -> str:

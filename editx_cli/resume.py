@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from editx_cli import audio
+from editx_cli import audio, files
 from editx_cli.errors import InvalidInput, Problem
 from editx_cli.manifest import order
 from editx_cli.report import Outcome
@@ -164,7 +164,5 @@ def commit(tmp: str, output: Path, fingerprint: str, task_id: str, manifest: str
         record["checks"] = checks
     path = state_path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
-    part = path.with_name(path.name + f".{os.getpid()}.part")
-    part.write_text(json.dumps(record))
-    os.replace(part, path)
+    files.replace(path, json.dumps(record))
     os.replace(tmp, output)

@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from editx_cli import files
 from editx_cli.errors import InvalidInput, Problem
 
 PAGE = "review.html"
@@ -64,13 +65,7 @@ def build(report: dict[str, Any], report_path: Path) -> Path:
         rows.append(_row(t, src, folder, slow_from))
     qa = any(_qa(t) for t in tasks)
     html_text = _page(report["run"], rows, qa)
-    part = page.with_name(f".{page.name}.{os.getpid()}.part")
-    try:
-        part.write_text(html_text, encoding="utf-8")
-        os.replace(part, page)
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
+    files.replace(page, html_text)
     return page
 
 
@@ -173,9 +168,7 @@ def _write_png(levels: np.ndarray, path: Path) -> None:
 
     image = Image.frombytes("P", (levels.shape[1], levels.shape[0]), np.ascontiguousarray(levels).tobytes())
     image.putpalette(_PALETTE.ravel().tolist())
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    image.save(part, format="PNG", optimize=True)
-    os.replace(part, path)
+    files.replace(path, lambda part: image.save(part, format="PNG", optimize=True))
 
 
 def _page(run: dict, rows: list[dict], qa: bool) -> str:

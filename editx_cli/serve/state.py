@@ -159,7 +159,7 @@ class Serving:
                 raise ApiError(500, self.private(f"the engine failed: {one_line(e)}"), kind="server_error") from None
             done = served.result
             if done.status != "done":
-                if done.info.get("refused"):  # the input's fault: silent, too short, not transcribable...
+                if done.refused:  # the input's fault: silent, too short, not transcribable...
                     raise ApiError(422, self.private(f"the engine cannot use this input: {done.error}"), field)
                 raise ApiError(500, self.private(f"the engine failed: {done.error}"), kind="server_error")
             data, rate, level = job.output.read_bytes(), done.sample_rate, done.loudness_after

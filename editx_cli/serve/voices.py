@@ -13,7 +13,7 @@ from pathlib import Path
 from fastapi import APIRouter, File, Form, UploadFile
 from fastapi import Request as HttpRequest
 
-from editx_cli import audio
+from editx_cli import audio, files
 from editx_cli.manifest import ID_PATTERN
 from editx_cli.serve.errors import ApiError, one_line
 from editx_cli.serve.options import VOICE_NAME_CHARS, VOICE_RATE
@@ -50,9 +50,7 @@ def record(voices: Path, name: str) -> dict:
 
 
 def write_json(path: Path, data: dict) -> None:
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
-    part.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    os.replace(part, path)
+    files.replace(path, json.dumps(data, ensure_ascii=False))
 
 
 @router.post("/v1/voices", status_code=201)
