@@ -14,6 +14,12 @@ import click
 MAX_SHOWN = 50
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as a log or report line: its type and the first line of its message."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 @dataclass(frozen=True)
 class Problem:
     source: str

@@ -26,7 +26,7 @@ import numpy as np
 
 from editx_cli import audio, deliver, longform, loudness
 from editx_cli.engine import Engine, Request, Result
-from editx_cli.errors import InvalidInput, Problem
+from editx_cli.errors import InvalidInput, Problem, one_line
 from editx_cli.qa import DEFAULT_THRESHOLDS, Check, Checker, Thresholds, rank
 from editx_cli.report import Outcome
 from editx_cli.resume import PlannedTask, commit, manifest_of, restore
@@ -115,7 +115,7 @@ def run(
         except Exception as e:  # a broken install or checkpoint: nothing can run
             log.debug("engine load failed", exc_info=True)
             raise InvalidInput([Problem(f"--engine {engine.name}", None, None,
-                                        f"the engine failed to load: {_one_line(e)}")]) from None
+                                        f"the engine failed to load: {one_line(e)}")]) from None
         load_seconds = time.perf_counter() - t0
         log.info("%s engine ready on %s in %.1f s", engine.name, engine.device, load_seconds)
 
@@ -243,7 +243,7 @@ class _Flow:
                            self.transcriber or (self.checker and self.checker.transcriber))
         except Exception as e:
             log.debug("task %s could not be cut", p.task.id, exc_info=True)
-            self.end(w, "failed", f"cutting the long input: {_one_line(e)}")
+            self.end(w, "failed", f"cutting the long input: {one_line(e)}")
             return
         if whole is not None:
             self.active.remove(w)
@@ -260,7 +260,7 @@ class _Flow:
             if isinstance(result, BaseException):
                 if isinstance(result, ValueError):  # the engine's word on this input
                     (w.whole.work if w.whole else w).outcome.refused = True
-                self.end(w, "failed", _one_line(result))
+                self.end(w, "failed", one_line(result))
                 continue
             w.absorb(result)
             if w.passes == w.planned.task.iterations:
@@ -271,7 +271,7 @@ class _Flow:
             except Exception as e:  # Whisper or the speaker model failed: these tasks, not the run
                 log.debug("quality checks failed", exc_info=True)
                 for w in last:
-                    self.end(w, "failed", f"quality checks: {_one_line(e)}")
+                    self.end(w, "failed", f"quality checks: {one_line(e)}")
                 last = []
         for w in last:
             if w.passes == 0:  # below the thresholds: back in the queue with the next seed
@@ -514,7 +514,7 @@ class _Work:
             log.debug("task %s failed", t.id, exc_info=True)
             if isinstance(e, ValueError):  # not deliverable as asked (too short or silent to level...)
                 o.refused = True
-            return _one_line(e)
+            return one_line(e)
         finally:
             self.close()
 
@@ -545,7 +545,7 @@ def _start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, options: Run
             o.info["transcript"] = text
             o.info["transcribed_by"] = transcriber.backend
     except Exception as e:
-        o.error = _one_line(e)
+        o.error = one_line(e)
         o.refused = True  # the input could not be read or heard
         return _Work(p, o, None, 0, str(p.source), text, "")
     o.input_seconds = round(len(x) / sr, 3)
@@ -774,7 +774,3 @@ def _transcriber(engine: Engine, options: RunOptions):
 
     return Transcriber(options.whisper_model, engine.device, engine.cache, options.allow_download)
 
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

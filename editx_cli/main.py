@@ -281,18 +281,17 @@ def edit(inputs: tuple[str, ...], edit_type: str, edit_info: str, intensity: str
                            "output": "--output", "task": "--engine", "seed": "--seed"})
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus")
-
-
 def _audio_inputs(inputs: tuple[str, ...]) -> list[Path]:
-    """The files named, a folder's audio files (sorted) in its place."""
+    """The files named, a folder's audio files (sorted; the formats editx writes) in its place."""
+    from editx_cli.audio import OUTPUT_FORMATS
+
     paths: list[Path] = []
     for name in inputs:
         p = Path(name)
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in AUDIO_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in OUTPUT_FORMATS)
             if not found:
-                raise UsageError(f"INPUT_AUDIO: {name}: no audio files in this folder ({', '.join(AUDIO_SUFFIXES)})")
+                raise UsageError(f"INPUT_AUDIO: {name}: no audio files in this folder ({', '.join(OUTPUT_FORMATS)})")
             paths += found
         else:
             paths.append(p)

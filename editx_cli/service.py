@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from editx_cli.engine import Engine
+from editx_cli.errors import one_line
 
 log = logging.getLogger("editx")
 
@@ -207,7 +208,7 @@ class Service:
             try:  # outside the lock: callers can still queue, or be refused, while a model loads
                 self._ensure_loaded()
             except Exception as e:  # a broken model folder: every waiting request hears why
-                self.load_error = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                self.load_error = one_line(e)
                 log.error("the engine could not be loaded: %s", self.load_error)
                 with self._lock:
                     failed, self._waiting = list(self._waiting), deque()

@@ -56,7 +56,3 @@ def install(app) -> None:
         log.error("request failed: %s", e, exc_info=True)
         return error(500, "internal error (the server log has the details)", kind="server_error")
 
-
-def one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__

@@ -19,11 +19,11 @@ from urllib.parse import quote
 
 from editx_cli import audio, deliver, loop, settings
 from editx_cli.engine import Engine
-from editx_cli.errors import InvalidInput
+from editx_cli.errors import InvalidInput, one_line
 from editx_cli.manifest import validate
 from editx_cli.resume import PlannedTask
 from editx_cli.schedule import group_size
-from editx_cli.serve.errors import ApiError, one_line
+from editx_cli.serve.errors import ApiError
 from editx_cli.serve.options import (
     MEDIA,
     METADATA_KEYS,

@@ -14,8 +14,9 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi import Request as HttpRequest
 
 from editx_cli import audio, files
+from editx_cli.errors import one_line
 from editx_cli.manifest import ID_PATTERN
-from editx_cli.serve.errors import ApiError, one_line
+from editx_cli.serve.errors import ApiError
 from editx_cli.serve.options import VOICE_NAME_CHARS, VOICE_RATE
 
 log = logging.getLogger("editx")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from editx_cli.engine.stepaudio.rowwise import conv, products
+from editx_cli.engine.stepaudio.rowwise import conv, steady_conv
 
 CFG_RATE = 0.7
 STEPS = 10
@@ -259,14 +259,8 @@ class CausalConv(nn.Module):
         twice as fast as a product of unfolded frames, and the DiT's 320 convolutions a task are
         a third of the flow). On the CPU a product of frames: torch's sums follow the threads."""
         x = x.transpose(1, 2)
-
-        def one(row: torch.Tensor) -> torch.Tensor:
-            row = F.pad(row, (2, 0))
-            if row.device.type == "cpu":
-                return products(row, self.weight, self.bias)
-            return F.conv1d(row, self.weight, self.bias)
-
-        return per_item(lengths, one, x).transpose(1, 2)
+        return per_item(lengths, lambda row: steady_conv(F.pad(row, (2, 0)), self.weight, self.bias),
+                        x).transpose(1, 2)
 
 
 class ConvBranch(nn.Module):

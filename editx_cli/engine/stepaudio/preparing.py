@@ -67,17 +67,17 @@ class Preparation:
                 if not pending:
                     continue
                 arrival, key, request = pending.pop(0)
-                if not pending or pending[0][0] != arrival:
-                    shared_now, shared = shared, {}
-                else:
-                    shared_now = shared
+                last = not pending or pending[0][0] != arrival  # of its arrival
+                shared_now = shared
+                if last:
+                    shared = {}
                 try:
                     item = self._prepare(request, shared_now)
                 except Exception as e:  # this request's own problem: it is answered with it
                     item = e
                 with self._cond:
                     self._ready.append((arrival, key, item))
-                    if not pending or pending[0][0] != arrival:
+                    if last:
                         self._prepared = arrival
                     self._cond.notify_all()
         except BaseException as e:  # the source stopped (Ctrl-C) or failed: the decoder hears it

@@ -24,8 +24,16 @@ def conv(x: torch.Tensor, layer: nn.Conv1d) -> torch.Tensor:
 
 
 def steady(x: torch.Tensor, layer: nn.Conv1d) -> torch.Tensor:
-    """layer(x) whatever the thread count: products of frames on the CPU, torch's own elsewhere."""
-    return conv(x, layer) if x.device.type == "cpu" else layer(x)
+    """layer(x) whatever the thread count."""
+    return steady_conv(x, layer.weight, layer.bias, layer.stride[0], layer.dilation[0], layer.padding[0])
+
+
+def steady_conv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, dilation: int = 1,
+                pad: int = 0) -> torch.Tensor:
+    """conv1d whatever the thread count: products of frames on the CPU, torch's own elsewhere."""
+    if x.device.type == "cpu":
+        return products(x, w, bias, stride, dilation, pad)
+    return F.conv1d(x, w, bias, stride, pad, dilation)
 
 
 def products(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, dilation: int = 1,
