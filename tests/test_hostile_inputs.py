@@ -56,6 +56,15 @@ CASES = [
          suffix=".txt"),
     Case("no-suffix", csv("edit,a,{W}/in.wav,vad,,,"), ": unknown manifest format '(none)': use .csv or .jsonl",
          suffix=""),
+    Case("jsonl-every-bad-line-named", '{"id": "a"\n{bad}\n', ": row 2: not valid JSON (Expecting property name "
+         "enclosed in double quotes, column 2)", suffix=".jsonl"),
+    Case("header-with-spaces", "id, task, input_audio, edit_type\na,edit,{W}/in.wav,vad\n",
+         ", field ' task': unknown field: the header has spaces around 'task' (write the names between the commas "
+         "without them)"),
+    Case("duplicate-id-after-a-bad-row",
+         '{"id": "a", "task": "edit", "input_audio": "{W}/in.wav", "edit_type": "vad", "intensity": 9}\n'
+         '{"id": "a", "task": "edit", "input_audio": "{W}/in.wav", "edit_type": "vad"}\n',
+         ": row 2, field 'id': duplicate id 'a' (also row 1)", suffix=".jsonl"),
     # -- CSV structure
     Case("unterminated-quote", csv('edit,"a,{W}/in.wav,vad,,,'),
          ": not valid CSV (Error tokenizing data. C error: EOF inside string starting at row 1)"),
