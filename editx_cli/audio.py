@@ -39,6 +39,13 @@ CODECS = {
     ".opus": Codec("OGG", "OPUS", OPUS_RATES, (6, 256), "Ogg Opus"),
 }
 OUTPUT_FORMATS = tuple(CODECS)
+# OpenAI's "pcm": samples with no header (a response's, never a file's: a headerless file
+# cannot be read back)
+RAW_PCM = Codec("RAW", "PCM_16", what="raw 16-bit little-endian PCM")
+
+
+def codec_of(suffix: str) -> Codec | None:
+    return RAW_PCM if suffix == ".pcm" else CODECS.get(suffix)
 # The bitrates an MP3 frame can carry, by MPEG version (which the sample rate decides).
 MP3_BITRATES = {
     1: (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),  # 32, 44.1, 48 kHz
@@ -70,7 +77,7 @@ def output_rate(suffix: str, sr: int, requested: int | None = None) -> int:
     codec with a fixed set) the nearest rate above it that the codec has."""
     if requested:
         return requested
-    rates = CODECS[suffix].rates
+    rates = codec_of(suffix).rates
     if not rates or sr in rates:
         return sr
     return next((r for r in rates if r >= sr), rates[-1])
@@ -233,6 +240,17 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return soxr.resample(x, sr_in, sr_out, quality="HQ").astype(np.float32, copy=False)
 
 
+def time_stretch(x: np.ndarray, sr: int, tempo: float) -> np.ndarray:
+    """x played `tempo` times as fast, pitch and formants kept (Rubber Band): round(len(x) / tempo)
+    samples."""
+    from pedalboard import time_stretch as rubberband
+
+    y = rubberband(np.asarray(x, np.float32)[None, :], sr, stretch_factor=tempo, high_quality=True,
+                   preserve_formants=True)[0]
+    n = int(round(len(x) / tempo))
+    return y[:n] if len(y) >= n else np.pad(y, (0, n - len(y)))
+
+
 def check_samples(x: np.ndarray) -> None:
     """Refuse what no engine should hand back, before anything is measured or written."""
     if not np.isfinite(x).all():
@@ -245,12 +263,12 @@ def encode(audio: np.ndarray, sr: int, suffix: str, bitrate: int | None = None) 
     """Audio as the bytes of a `suffix` file; `bitrate` in kbit/s for MP3 (constant) and Opus."""
     import soundfile as sf
 
-    codec = CODECS.get(suffix)
+    codec = codec_of(suffix)
     if codec is None:
         raise AudioError(f"unsupported output format {suffix!r} (use {', '.join(OUTPUT_FORMATS)})")
     if codec.rates and sr not in codec.rates:
         raise AudioError(f"{sr} Hz cannot be written as {suffix} (its rates: {', '.join(map(str, codec.rates))})")
-    options = {}
+    options = {"endian": "LITTLE"} if codec is RAW_PCM else {}
     if bitrate is not None:
         if suffix == ".mp3" and bitrate not in mp3_bitrates(sr):
             raise AudioError(f"{bitrate} kbit/s is not an MP3 bitrate at {sr} Hz "

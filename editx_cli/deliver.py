@@ -27,6 +27,7 @@ class Delivery:
     loudness: float | None = None  # target, LUFS
     peak: float | None = None  # true-peak ceiling, dBTP
     match_input: bool = False  # target: the loudness of the task's input audio
+    speed: float | None = None  # played this many times as fast (OpenAI's `speed`: a server's request)
 
     @property
     def ceiling(self) -> float | None:
@@ -101,12 +102,16 @@ def render(x: np.ndarray, sr: int, suffix: str, d: Delivery,
            input_loudness: float | None = None) -> tuple[bytes, int, dict[str, float]]:
     """The output file's bytes, its sample rate, and its loudness before and after.
 
-    Resampled first, so that the true peak is held at the rate the file is played at.
-    Loudness is measured on every output (BS.1770); gain is applied only when asked for.
+    Stretched to its speed first (at the engine's rate), then resampled, so that the true peak
+    is held at the rate the file is played at. Loudness is measured on every output
+    (BS.1770); gain is applied only when asked for. Each stage once, in one pass.
     """
     audio.check_samples(x)
+    x = np.asarray(x, dtype=np.float32)
+    if d.speed is not None and d.speed != 1.0:
+        x = audio.time_stretch(x, sr, d.speed)
     rate = audio.output_rate(suffix, sr, d.sample_rate)
-    y = audio.resample(np.asarray(x, dtype=np.float32), sr, rate)
+    y = audio.resample(x, sr, rate)
     measures: dict[str, float] = {}
     try:
         measures["loudness_before"] = round(loudness.integrated(y, rate), 2)

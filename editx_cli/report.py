@@ -48,6 +48,18 @@ class Outcome:
         self.cache_hits += hit
         self.cache_misses += not hit
 
+    def add(self, stage: str, seconds: float) -> None:
+        """Time spent in a stage, added to what it took before (another pass, chunk or attempt)."""
+        self.stages[stage] = round(self.stages.get(stage, 0.0) + seconds, 4)
+
+    def delivered(self, rate: int, seconds: float, measures: dict[str, float]) -> None:
+        """What the output became: its length, rate and loudness as delivered."""
+        self.output_seconds, self.sample_rate = round(seconds, 3), rate
+        self.loudness_before, self.loudness_after = measures.get("loudness_before"), measures.get("loudness_after")
+        self.true_peak = measures["true_peak"]
+        if "loudness_target" in measures:
+            self.info["loudness_target"] = measures["loudness_target"]
+
 
 PACKAGES = ("editx", "click", "numpy", "pandas", "soundfile", "soxr", "diskcache", "torch")
 

@@ -39,6 +39,7 @@ class Served:
     result: Any  # what the run gave for this item (a Result, an Outcome)
     load_seconds: float  # the engine load this request waited for (0 when it was loaded already)
     batch: int  # the most requests the engine held at once while it held this one, itself included
+    data: bytes | None = None  # a task's rendered output (the run loop's, as its sink)
 
 
 def engine_stream(engine: Engine, source: Service) -> None:
@@ -52,6 +53,8 @@ class _Item:
     future: Future
     queued: float  # time.monotonic() when it was submitted
     peers: int = 1
+    listener: Callable[[Any, int], None] | None = None  # a task's audio as it is made (a stream)
+    data: bytes | None = None
 
 
 class Service:
@@ -76,9 +79,10 @@ class Service:
         self._thread.start()
 
     # -- callers
-    def submit(self, item: Any) -> Future:
-        """A future of Served; raises Busy when the queue is full."""
-        return self._enqueue(item)
+    def submit(self, item: Any, listener: Callable[[Any, int], None] | None = None) -> Future:
+        """A future of Served; raises Busy when the queue is full. `listener(samples, rate)`: a
+        task's output audio as it is made (called on the run's thread)."""
+        return self._enqueue(item, listener)
 
     def call(self, fn) -> Future:
         """Run fn(engine) on the engine's side, the engine loaded (work that is not a decode,
@@ -97,7 +101,7 @@ class Service:
                     return True
         return False
 
-    def _enqueue(self, work) -> Future:
+    def _enqueue(self, work, listener=None) -> Future:
         future: Future = Future()
         with self._lock:
             # while there is no engine, the requests it will take first once loaded (a batch's
@@ -106,7 +110,7 @@ class Service:
             if len(self._waiting) - room >= self.max_queue:
                 self.stats["refused"] += 1
                 raise Busy(f"{len(self._waiting)} requests are waiting")
-            self._waiting.append(_Item(work, future, time.monotonic()))
+            self._waiting.append(_Item(work, future, time.monotonic(), listener=listener))
             self._last = time.monotonic()
             self._lock.notify_all()
             wake = self._wake
@@ -181,6 +185,18 @@ class Service:
         except Exception as e:
             item.future.set_exception(e)
 
+    def piece(self, future: Future, x, sr: int) -> None:
+        """A task's audio as it is made, to its listener (the run loop's sink: the run's thread)."""
+        item = self._held.get(future)
+        if item is not None and item.listener is not None:
+            item.listener(x, sr)
+
+    def output(self, future: Future, planned, outcome, data: bytes, checks: dict) -> None:
+        """A task's rendered output, kept for its caller until its outcome is delivered."""
+        item = self._held.get(future)
+        if item is not None:
+            item.data = data
+
     def deliver(self, future: Future, result: Any) -> None:
         """An item's result (or the error that stopped it), from any thread."""
         with self._lock:
@@ -192,7 +208,7 @@ class Service:
             future.set_exception(result)
         else:
             load = self._load_seconds if item.queued < self._ready_at else 0.0
-            future.set_result(Served(result, load, item.peers))
+            future.set_result(Served(result, load, item.peers, item.data))
 
     # -- the engine thread
     def _loop(self) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from editx_cli.audio import samples_digest
+from editx_cli.audio import samples_digest, time_stretch
 from editx_cli.engine import Engine, Request, Result
 from editx_cli.longform import speech_spans
 
@@ -116,16 +116,6 @@ class DspEngine(Engine):
         if edit_type == "speed":
             return 1.0 / tempo_factor(edit_info, intensity)
         return None
-
-
-def time_stretch(x: np.ndarray, sr: int, tempo: float) -> np.ndarray:
-    """x played `tempo` times as fast, pitch and formants kept: round(len(x) / tempo) samples."""
-    from pedalboard import time_stretch as rubberband
-
-    y = rubberband(np.asarray(x, np.float32)[None, :], sr, stretch_factor=tempo, high_quality=True,
-                   preserve_formants=True)[0]
-    n = int(round(len(x) / tempo))
-    return y[:n] if len(y) >= n else np.pad(y, (0, n - len(y)))
 
 
 def _join_speech(x: np.ndarray, sr: int, segments: list[tuple[int, int]], max_pause_s: float) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from editx_cli import audio, deliver, loop, settings
+from editx_cli import audio, loop, settings
 from editx_cli.engine import Engine
 from editx_cli.errors import InvalidInput, one_line
 from editx_cli.manifest import validate
@@ -64,7 +64,6 @@ class Serving:
         self.voices = Path(options.voices_dir)
         self.scratch = Path(tempfile.mkdtemp(prefix="editx-serve-"))
         self.whisper = None  # opened by the first request that needs it, kept for the server's life
-        self.streams: dict[str, Any] = {}  # job id -> AudioStream, for requests sent as they are made
         self._numbers = itertools.count(1)  # a request's task id, as the log names it: "request-7"
         # the model variant served (the Step-Audio API's model_variant names one)
         config = options.engine_config or {}
@@ -102,91 +101,62 @@ class Serving:
                   uploads: tuple[Path, ...] = ()) -> Response:
         """One task through the batch loop, beside whatever other requests are running: long
         inputs and texts cut and joined, iterations, a missing transcript heard, the output
-        delivered as `batch` writes it; the response is that output (`stream`: sent as it is
-        made, see streaming.py). `uploads`: the request's saved audio, removed once the task
-        is over (a streamed one's when its last byte has gone)."""
+        rendered as `batch` renders it (OpenAI's `speed` and `pcm` as stages of that one
+        render) and handed back, with no file written; the response is that output (`stream`:
+        sent as it is made, see streaming.py). `uploads`: the request's saved audio, removed
+        once the task is over (a streamed one's when its last byte has gone: a clone's speaker
+        name is the hash of its prompt file as sent)."""
         streaming, t0 = False, time.perf_counter()
         try:
-            # a bad input is refused before any byte is sent; its samples are not kept (the loop
-            # reads it for itself), only its loudness when a second delivery will need it
-            level = await self._input(task, measure=speed != 1.0 and task.delivery.match_input)
+            samples = await self._input(task)  # a bad input is refused before any byte is sent
+            job = dataclasses.replace(task, id=self.request_id(), delivery=dataclasses.replace(
+                task.delivery, speed=speed if speed != 1.0 else None))
+            if fmt == "pcm":
+                job = dataclasses.replace(job, output=job.output.with_suffix(".pcm"))
+            planned = PlannedTask(job, "serve", Path(task.prompt_audio or task.input_audio), False, samples)
             if stream:
-                response = await self._streamed(task, fmt, speed, uploads)
+                response = self._streamed(planned, fmt, speed, uploads)
                 streaming = True
                 return response
-            return await self._whole(task, fmt, http, speed, level, t0)
+            return await self._whole(planned, http, t0)
         finally:
             if not streaming:
                 remove(uploads)
 
-    async def _input(self, task: Task, measure: bool) -> float | None:
-        """The task's audio, decoded (off the event loop: other requests keep flowing) and bounded;
-        its loudness when `measure`."""
+    async def _input(self, task: Task) -> tuple[Any, int]:
+        """The task's audio, decoded once (off the event loop: other requests keep flowing) and bounded."""
         field = "voice" if task.kind == "clone" else "file"
         try:
             x, sr = await asyncio.to_thread(audio.load, task.prompt_audio or task.input_audio, None,
-                                            audio.MAX_INPUT_RATE)  # as the loop reads it
+                                            audio.MAX_INPUT_RATE)  # as the loop reads a file
         except audio.AudioError as e:
             raise ApiError(400, self.private(f"not usable audio: {e}"), field) from None
         if len(x) / sr > self.options.max_audio_seconds:
             raise ApiError(400, f"the audio is {len(x) / sr:.1f} s; at most {self.options.max_audio_seconds:g} s",
                            field)
-        if not measure:
-            return None
-        from editx_cli import loudness
+        return x, sr
 
-        try:
-            return await asyncio.to_thread(loudness.integrated, x, sr)
-        except loudness.LoudnessError:  # too short or silent to measure: the loop refuses it, in its words
-            return None
-
-    async def _whole(self, task: Task, fmt: str, http: HttpRequest, speed: float, level_in: float | None,
-                     t0: float) -> Response:
-        """The response made whole: the output as `batch` writes it, with what the run found in headers."""
-        src = task.prompt_audio or task.input_audio
+    async def _whole(self, planned: PlannedTask, http: HttpRequest, t0: float) -> Response:
+        """The response made whole: the output as `batch` renders it, with what the run found in headers."""
+        task = planned.task
         field = "voice" if task.kind == "clone" else "file"
-        folder = Path(tempfile.mkdtemp(dir=self.scratch))
-        stretch = speed != 1.0  # OpenAI's speed: applied to the output, then delivered again
+        future = self.queued(self.service.submit, planned)
         try:
-            job = dataclasses.replace(task, id=self.request_id(),
-                                      output=folder / ("out.wav" if fmt == "pcm" or stretch else f"out.{fmt}"))
-            future = self.queued(self.service.submit, PlannedTask(job, "serve", Path(src), False))
-            try:
-                served = await self.settled(future, http)
-            except ApiError:
-                raise
-            except Exception as e:  # the engine's run failed (out of memory...)
-                raise ApiError(500, self.private(f"the engine failed: {one_line(e)}"), kind="server_error") from None
-            done = served.result
-            if done.status != "done":
-                if done.refused:  # the input's fault: silent, too short, not transcribable...
-                    raise ApiError(422, self.private(f"the engine cannot use this input: {done.error}"), field)
-                raise ApiError(500, self.private(f"the engine failed: {done.error}"), kind="server_error")
-            data, rate, level = job.output.read_bytes(), done.sample_rate, done.loudness_after
-            if stretch:
-                from editx_cli.engine.dsp import time_stretch  # Rubber Band, as the dsp speed edit
-
-                y, r = audio.decode(data)
-                y = await asyncio.to_thread(time_stretch, y, r, speed)
-                try:
-                    data, rate, measures = await asyncio.to_thread(
-                        deliver.render, y, r, ".wav" if fmt == "pcm" else f".{fmt}", task.delivery, level_in)
-                except ValueError as e:  # too short or silent to normalise
-                    raise ApiError(422, one_line(e), "loudness" if task.delivery.loudness is not None else None
-                                   ) from None
-                level = measures.get("loudness_after")
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        if fmt == "pcm":
-            import io
-
-            import soundfile as sf
-
-            data = sf.read(io.BytesIO(data), dtype="int16")[0].astype("<i2").tobytes()
+            served = await self.settled(future, http)
+        except ApiError:
+            raise
+        except Exception as e:  # the engine's run failed (out of memory...)
+            raise ApiError(500, self.private(f"the engine failed: {one_line(e)}"), kind="server_error") from None
+        done = served.result
+        if done.status != "done":
+            if done.refused:  # the input's fault: silent, too short, not transcribable, too quiet to level...
+                raise ApiError(422, self.private(f"the engine cannot use this input: {done.error}"), field)
+            raise ApiError(500, self.private(f"the engine failed: {done.error}"), kind="server_error")
         headers = {"X-Editx-Load-Seconds": f"{served.load_seconds:.3f}", "X-Editx-Batch": str(served.batch),
-                   "X-Editx-Seconds": f"{time.perf_counter() - t0:.3f}", "X-Editx-Sample-Rate": str(rate)}
-        if level is not None:
-            headers["X-Editx-Loudness"] = f"{level:.2f}"
+                   "X-Editx-Seconds": f"{time.perf_counter() - t0:.3f}",
+                   "X-Editx-Sample-Rate": str(done.sample_rate)}
+        if done.loudness_after is not None:
+            headers["X-Editx-Loudness"] = f"{done.loudness_after:.2f}"
         if isinstance(done.info.get("chunks"), list):  # a long input or text, cut and joined as `batch` does
             headers["X-Editx-Chunks"] = str(len(done.info["chunks"]))
         scores = done.info.get("qa")
@@ -203,9 +173,10 @@ class Serving:
             headers["X-Editx-Transcript"] = quote(done.info.get("transcript", ""))
         from fastapi.responses import Response
 
-        return Response(data, media_type=MEDIA[fmt], headers=headers)
+        fmt = task.output.suffix.lstrip(".")
+        return Response(served.data, media_type=MEDIA[fmt], headers=headers)
 
-    async def _streamed(self, task: Task, fmt: str, speed: float, uploads: tuple[Path, ...]) -> Response:
+    def _streamed(self, planned: PlannedTask, fmt: str, speed: float, uploads: tuple[Path, ...]) -> Response:
         """The response of a streamed request: its audio parts as the loop hands them over."""
         from fastapi.responses import StreamingResponse
 
@@ -213,23 +184,14 @@ class Serving:
 
         if fmt not in STREAM_FORMATS:
             raise ApiError(400, f"a stream is sent as {' or '.join(STREAM_FORMATS)}, not {fmt}", "response_format")
-        d = task.delivery
+        d = planned.task.delivery
         for field, given in (("speed", speed != 1.0), ("loudness", d.loudness is not None),
                              ("peak", d.peak is not None), ("match_input", d.match_input)):
             if given:
                 raise ApiError(400, f"{field} needs the whole output before any of it is sent; not with stream",
                                field)
-        folder = Path(tempfile.mkdtemp(dir=self.scratch))
-        job = dataclasses.replace(task, id=self.request_id(), output=folder / "out.wav")
         parts = AudioStream(d.sample_rate, wav=fmt == "wav")
-        self.streams[job.id] = parts
-        try:
-            source = Path(task.prompt_audio or task.input_audio)
-            future = self.queued(self.service.submit, PlannedTask(job, "serve", source, False))
-        except ApiError:
-            self.streams.pop(job.id, None)
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        future = self.queued(lambda work: self.service.submit(work, listener=parts.put), planned)
         future.add_done_callback(lambda _: parts.close())  # settled (or dropped): the stream ends
 
         async def body():
@@ -245,23 +207,17 @@ class Serving:
             finally:
                 if not finished:  # failed, or the client went away: its queued work goes too
                     self.service.withdraw(future)
-                self.streams.pop(job.id, None)
-                remove((folder / "out.wav", *uploads))
+                remove(uploads)
 
         headers = {"X-Editx-Stream": "true", **({"X-Editx-Sample-Rate": str(d.sample_rate)} if d.sample_rate else {})}
         return StreamingResponse(body(), media_type=MEDIA[fmt], headers=headers)
 
     def run_tasks(self, engine: Engine, source: Service) -> None:
         """The engine thread's run: the requests as tasks of the batch loop, each joining the
-        work under way as it arrives, until the service says no more will come; a streamed
-        request's audio goes to its stream as the loop hands it over."""
-        loop.run([], engine, self.run_options, on_audio=self.on_audio, source=source,
+        work under way as it arrives, until the service says no more will come; their outputs
+        go back through the service (the loop's sink for them), never through a file."""
+        loop.run([], engine, self.run_options, source=source,
                  transcriber=self.transcriber(engine) if self.options.whisper_model else None)
-
-    def on_audio(self, task_id: str, x, sr: int) -> None:
-        parts = self.streams.get(task_id)
-        if parts is not None:
-            parts.put(x, sr)
 
     def transcriber(self, engine: Engine):
         """One Whisper model for the server's life, on the engine's device (engine thread only)."""
