@@ -47,8 +47,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from editx_cli.engine.stepaudio.decoder import SYNC_EVERY, SYNC_LABEL, Decoder, NativeRunner  # noqa: E402
+from editx_cli.engine.stepaudio.decoder import SYNC_EVERY, SYNC_LABEL, Decoder  # noqa: E402
 from editx_cli.engine.stepaudio.generate import EOS, Job, Sampling  # noqa: E402
+from editx_cli.engine.stepaudio.runners import NativeRunner  # noqa: E402
 from editx_cli.engine.stepaudio.step1 import StaticCache, Step1Config, Step1ForCausalLM, alibi_slopes  # noqa: E402
 
 SHAPES = {

@@ -22,7 +22,8 @@ from typing import Any
 from editx_cli import deliver, settings, tags
 from editx_cli.audio import OUTPUT_FORMATS, AudioError, missing_codec, probe
 from editx_cli.errors import InvalidInput, Problem
-from editx_cli.tasks import EDIT_INFOS, INTENSITY_RANGE, MAX_ITERATIONS, TASK_KINDS, Task
+from editx_cli.settings import INTENSITY, ITERATIONS
+from editx_cli.tasks import EDIT_INFOS, TASK_KINDS, Task
 
 log = logging.getLogger("editx")
 
@@ -286,12 +287,12 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
         runs = ", ".join(sorted(engine.task_kinds))
         err("task", f"the {engine.name} engine cannot run {kind} tasks (it runs: {runs})")
 
-    intensity = _number(raw, "intensity", 1.0, float, err)
-    if intensity is not None and not INTENSITY_RANGE[0] <= intensity <= INTENSITY_RANGE[1]:
-        err("intensity", f"{intensity:g} is outside {INTENSITY_RANGE[0]}–{INTENSITY_RANGE[1]}")
-    iterations = _number(raw, "iterations", 1, int, err)
-    if iterations is not None and not 1 <= iterations <= MAX_ITERATIONS:
-        err("iterations", f"{iterations} is outside 1–{MAX_ITERATIONS}")
+    intensity = _number(raw, "intensity", INTENSITY.default, float, err)
+    if intensity is not None and not INTENSITY.range[0] <= intensity <= INTENSITY.range[1]:
+        err("intensity", f"{intensity:g} is outside {INTENSITY.range[0]}–{INTENSITY.range[1]}")
+    iterations = _number(raw, "iterations", ITERATIONS.default, int, err)
+    if iterations is not None and not ITERATIONS.range[0] <= iterations <= ITERATIONS.range[1]:
+        err("iterations", f"{iterations} is outside {ITERATIONS.range[0]}–{ITERATIONS.range[1]}")
     seed = _number(raw, "seed", default_seed, int, err)
     if seed is not None and not 0 <= seed < 2**32:
         err("seed", f"{seed} is outside 0–{2**32 - 1}")
@@ -342,7 +343,7 @@ def _validate_row(n: int, raw: dict, base_dir: Path, out_dir: Path, engine: type
             if edit_type != "paralinguistic" and fields["text"].strip():
                 err("text", f"does not apply to {a} {edit_type} edit")
             guided = intensity is not None and intensity != 1.0 and edit_type not in engine.needs_transcript
-            if (engine.wants_transcript(edit_type, intensity if intensity is not None else 1.0)
+            if (engine.wants_transcript(edit_type, intensity if intensity is not None else INTENSITY.default)
                     and not fields["audio_text"].strip() and not transcribe):
                 source, remedy = transcript_hint
                 why = (f"intensity {intensity:g} on {a} {edit_type} edit needs the transcript of {source} "

@@ -18,6 +18,12 @@ class Setting:
     default: Any = None  # None: unset
     required: bool = False
     flag: str = ""  # the command line's option, where it is not --name-with-dashes
+    range: tuple[float, float] | None = None  # the values it may take, both ends included
+
+    @property
+    def described(self) -> str:
+        """Its help, with its range."""
+        return f"{self.help} ({self.range[0]} to {self.range[1]})." if self.range else self.help
 
     @property
     def option(self) -> str:
@@ -28,11 +34,13 @@ class Setting:
         return "EDITX_" + self.name.upper()
 
 
+INTENSITY = Setting("intensity", float, "Strength of the edit", 1.0, range=(0.1, 3.0))
+ITERATIONS = Setting("iterations", int, "Apply the edit this many times in a row", 1, range=(1, 10))
 EDIT = (
     Setting("edit_type", str, "emotion, style, speed, paralinguistic, denoise or vad.", required=True, flag="--type"),
     Setting("edit_info", str, "e.g. happy, whisper, faster, remove.", "", flag="--info"),
-    Setting("intensity", float, "Strength of the edit, 0.1 to 3.0.", 1.0),
-    Setting("iterations", int, "Apply the edit this many times in a row.", 1),
+    INTENSITY,
+    ITERATIONS,
     Setting("audio_text", str, "Transcript of the audio to edit.", ""),
     Setting("text", str, "Paralinguistic edits: the new text with tags such as [laugh] (`editx tags` lists them).",
             ""),

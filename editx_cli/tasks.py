@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from editx_cli.deliver import Delivery
+from editx_cli.settings import INTENSITY
 
 TASK_KINDS = ("clone", "edit")
 
@@ -29,8 +30,6 @@ EDIT_INFOS: dict[str, tuple[str, ...]] = {
 }
 EDIT_TYPES = tuple(EDIT_INFOS)
 
-INTENSITY_RANGE = (0.1, 3.0)
-MAX_ITERATIONS = 10
 
 
 @dataclass
@@ -49,7 +48,7 @@ class Task:
     audio_text: str = ""
     edit_type: str = ""
     edit_info: str = ""
-    intensity: float = 1.0
+    intensity: float = INTENSITY.default
     iterations: int = 1
     seed: int = 0  # settled in validation: the row's, else --seed
     delivery: Delivery = field(default_factory=Delivery)

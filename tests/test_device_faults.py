@@ -14,8 +14,9 @@ import pytest
 import torch
 from conftest import CLIPS
 
-from editx_cli.engine.stepaudio.decoder import Decoder, Figures, NativeRunner
+from editx_cli.engine.stepaudio.decoder import Decoder, Figures
 from editx_cli.engine.stepaudio.generate import EOS, Job, Sampling
+from editx_cli.engine.stepaudio.runners import NativeRunner
 from editx_cli.engine.stepaudio.step1 import Step1ForCausalLM
 from editx_cli.engine.stepaudio.vocoding import VocodeLine
 

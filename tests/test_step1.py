@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from editx_cli.engine.stepaudio import generate
-from editx_cli.engine.stepaudio.decoder import Decoder, NativeRunner, UnpaddedRunner
+from editx_cli.engine.stepaudio.decoder import Decoder
 from editx_cli.engine.stepaudio.generate import EOS, Job, Sampling, guide, probabilities
+from editx_cli.engine.stepaudio.runners import NativeRunner, UnpaddedRunner
 from editx_cli.engine.stepaudio.step1 import StaticCache, Step1ForCausalLM, alibi_slopes
 
 

@@ -29,8 +29,8 @@ class StepAudio(BaseModel):
     input_audio_url: str | None = None
     audio_text: str | None = None
     edit_info: str | None = None
-    intensity: float = 1.0
-    n_edit_iter: int = 1
+    intensity: float = settings.INTENSITY.default
+    n_edit_iter: int = settings.ITERATIONS.default
 
 
 class Speech(Output):
@@ -51,4 +51,4 @@ class Speech(Output):
 # seed, the response's format, the output settings.
 EditForm = create_model(
     "EditForm", __base__=Output, seed=(int, 0), response_format=(str, "wav"),
-    **{s.name: (s.kind, Field(... if s.required else s.default, description=s.help)) for s in settings.EDIT})
+    **{s.name: (s.kind, Field(... if s.required else s.default, description=s.described)) for s in settings.EDIT})

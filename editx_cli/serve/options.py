@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 from editx_cli.deliver import FORMATS
 from editx_cli.engine.stepaudio.layout import VARIANT_DIRS
+from editx_cli.serve_options import ServeOptions
 from editx_cli.tasks import EDIT_TYPES
 
 MODEL_ID = "step-audio-editx"
@@ -29,29 +27,4 @@ DOCS_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src
 
 VOICE_NAME_CHARS = 64
 
-
-@dataclass(frozen=True)
-class ServeOptions:
-    engine: str = "stepaudio"
-    engine_config: dict | None = None
-    cache_dir: str | None = None
-    use_cache: bool = True
-    voices_dir: Path = Path("voices")
-    api_key: str | None = None
-    host: str = "127.0.0.1"  # the bound address: with the loopback names, the Host names answered
-    allowed_hosts: tuple[str, ...] = ()  # more names to answer (a proxy's), "*" for any
-    cors_origins: tuple[str, ...] = ()  # web origins allowed to call the API from their pages
-    body_timeout: float = 30.0  # a request body that sends nothing for this long is dropped (408)
-    body_deadline: float = 300.0  # a request body not complete this long after it began is dropped (408)
-    docs: bool = True  # /docs (Swagger UI, from the installed fastapi-offline package)
-    idle_unload: float = 300.0
-    max_batch: int = 16
-    max_queue: int = 64
-    max_upload_bytes: int = 50 * 2**20
-    max_audio_seconds: float = 300.0
-    max_audio_channels: int = 2  # with max_audio_seconds and 96 kHz, the decoded size an upload may have
-    max_text_chars: int = 5000
-    allow_url_fetch: bool = False  # prompt_audio_url / input_audio_url: fetched (public addresses only)
-    url_fetch_timeout: float = 30.0
-    whisper_model: str | None = None  # transcribe edits sent without audio_text (a resolved checkpoint or name)
-    quality: dict | None = None  # qa, thresholds, max_retries: each response heard and scored (retried below)
+__all__ = ["ServeOptions"]

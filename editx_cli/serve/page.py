@@ -16,11 +16,13 @@ def ui_page(engine_cls: type[Engine]) -> tuple[str, str]:
     from importlib import resources
 
     from editx_cli.deliver import FORMATS
+    from editx_cli.settings import INTENSITY, ITERATIONS
     from editx_cli.tasks import EDIT_INFOS
 
     options = {"formats": list(FORMATS),
                "edit_types": [t for t in EDIT_INFOS if t in engine_cls.edit_types],
-               "edit_infos": {t: list(v) for t, v in EDIT_INFOS.items()}, "clone": "clone" in engine_cls.task_kinds}
+               "edit_infos": {t: list(v) for t, v in EDIT_INFOS.items()}, "clone": "clone" in engine_cls.task_kinds,
+               "intensity": [*INTENSITY.range, INTENSITY.default], "iterations": ITERATIONS.default}
     page = resources.files("editx_cli").joinpath("ui.html").read_text(encoding="utf-8")
     page = page.replace("__EDITX_OPTIONS__", json.dumps(options).replace("</", "<\\/"))
     scripts = re.findall(r"<script>(.*?)</script>", page, re.S)

@@ -21,11 +21,8 @@ import hashlib
 import json
 import logging
 import math
-import os
-import re
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from editx_cli.engine import Engine, Request, Result, collect
-from editx_cli.engine.stepaudio import layout, prompts
+from editx_cli.engine.stepaudio import checks, layout, prompts
+from editx_cli.engine.stepaudio.decode_stats import DecodeStats
 from editx_cli.engine.stepaudio.vocoding import VocodeLine, VocodeStats
 from editx_cli.fingerprint import fingerprint_files
 from editx_cli.speech_text import speech_seconds
@@ -66,9 +64,9 @@ class StepAudioEngine(Engine):
     def __init__(self, config: dict[str, Any], cache: Any) -> None:
         super().__init__(config, cache)
         self._feature_fingerprint: str | None = None
-        self.model_dir = _path(config.get("model_dir"))
-        self.tokenizer_dir = _path(config.get("tokenizer_dir"))
-        self.editx_src = _path(config.get("editx_src"))
+        self.model_dir = checks.folder(config.get("model_dir"))
+        self.tokenizer_dir = checks.folder(config.get("tokenizer_dir"))
+        self.editx_src = checks.folder(config.get("editx_src"))
         self.vocoder_impl = config.get("vocoder") or "native"
         self.vocoder_dtype = config.get("vocoder_dtype") or "float32"
         self.variant = config.get("variant") or "base"
@@ -89,6 +87,7 @@ class StepAudioEngine(Engine):
         # allocator cannot free cached blocks to retry a failed allocation, on any thread
         self.gate = threading.Lock()
         self.decoder = None  # made on the first call, kept with its cache and graphs
+        self.vocode_line: VocodeLine | None = None  # the vocoder thread, started with the first decode run
         self.stats = DecodeStats()
         self.vocode_stats = VocodeStats()
 
@@ -99,74 +98,11 @@ class StepAudioEngine(Engine):
 
     @classmethod
     def check_config(cls, config: dict[str, Any]) -> list[str]:
-        official = (config.get("vocoder") or "native") == "official"
-        out = layout.problems(_path(config.get("model_dir")), _path(config.get("tokenizer_dir")),
-                              _path(config.get("editx_src")), config.get("variant") or "base",
-                              config.get("llm_impl") or "native", needs_src=official)
-        if official and (config.get("vocoder_dtype") or "float32") != "float32":
-            out.append("--vocoder official runs in float32 only (--vocoder-dtype is for editx's own vocoder)")
-        if (config.get("variant") == "awq") and (config.get("llm_impl") or "native") == "native":
-            out.append("--variant awq needs --llm-impl remote (its packed weights load through transformers)")
-        if config.get("deterministic") and (config.get("dtype") or "auto") not in ("auto", "float32"):
-            out.append(f"--deterministic decodes in float32; it cannot be combined with --dtype {config['dtype']}")
-        if config.get("prompt_format") == "chat" and not out:
-            from editx_cli.datafiles import UnsafeFile, load_json
-            from editx_cli.engine.stepaudio.text_tokenizer import chat_template_of
-
-            path = layout.llm_dir(_path(config["model_dir"]), config.get("variant") or "base") / "tokenizer_config.json"
-            try:
-                found = path.exists() and chat_template_of(load_json(path).get("chat_template"))
-            except (UnsafeFile, AttributeError) as e:
-                found, out = False, [*out, str(e)]
-            if not found:
-                out.append(f"{path}: no chat_template, so --prompt-format chat cannot be used (the folder is a "
-                           "release before 2026: use auto or legacy)")
-        if config.get("deterministic") and config.get("variant") in ("bnb", "awq"):
-            out.append(f"--deterministic decodes in float32; the {config['variant']} variant's 4-bit weights "
-                       "cannot be")
-        return out
+        return checks.config_problems(config)
 
     @classmethod
     def check_code(cls, config: dict[str, Any]) -> list[str]:
-        """editx's own vocoder: cosyvoice.yaml's values make a model it can build. The official
-        one: every module cosyvoice.yaml names imports from the source checkout, and any
-        package it needs that is missing is named."""
-        import importlib
-        import sys
-
-        model_dir, src = _path(config.get("model_dir")), _path(config.get("editx_src"))
-        llm_dir = layout.llm_dir(model_dir, config.get("variant") or "base")
-        yaml_path = llm_dir / layout.VOCODER_SUBDIR / "cosyvoice.yaml"
-        if (config.get("vocoder") or "native") == "native":
-            from editx_cli.engine.stepaudio.token2wav import read_config
-            from editx_cli.engine.stepaudio.vocoder import UnsafeConfig
-
-            try:
-                read_config(yaml_path)
-            except UnsafeConfig as e:
-                return [str(e)]
-            return []
-        try:
-            text = yaml_path.read_text(encoding="utf-8", errors="replace")
-        except OSError as e:
-            return [f"{yaml_path}: {e.strerror}"]
-        modules = sorted({m.rsplit(".", 1)[0] for m in re.findall(r"!(?:new|name):(stepvocoder\.[\w.]+)", text)})
-        if str(src) not in sys.path:
-            sys.path.insert(0, str(src))
-        out = []
-        for module in modules:
-            try:
-                importlib.import_module(module)
-            except ModuleNotFoundError as e:
-                missing = (e.name or "?").split(".")[0]
-                if missing == "stepvocoder":
-                    out.append(f"{src}: cannot import {module}")
-                else:
-                    out.append(f"the vocoder code ({module}) needs the {missing!r} package, which is not "
-                               f"installed (pip install {missing})")
-            except Exception as e:  # a broken checkout: name it, do not crash the doctor
-                out.append(f"{src}: importing {module} failed: {type(e).__name__}: {e}")
-        return out
+        return checks.code_problems(config)
 
     # -- identity -------------------------------------------------------------------------
 
@@ -266,7 +202,7 @@ class StepAudioEngine(Engine):
         return Vocoder(folder, self.editx_src, self.device)
 
     def _load_llm(self) -> None:
-        from editx_cli.engine.stepaudio.decoder import NativeRunner, UnpaddedRunner
+        from editx_cli.engine.stepaudio.runners import NativeRunner, UnpaddedRunner
         from editx_cli.engine.stepaudio.text_tokenizer import TextTokenizer
 
         # The reference's ids (transformers 4.53.3), not whatever the installed transformers makes.
@@ -362,8 +298,11 @@ class StepAudioEngine(Engine):
     def _decode_run(self, first: list[tuple[Any, _Prepared]], preparation, deliver) -> list[tuple[Any, _Prepared]]:
         """One run of the decoder: `first`, and what is prepared while it runs and fits its
         cache; returns the prepared requests that did not fit (the next run starts with them)."""
-        # one task a vocoder call under --deterministic: a call's row count picks cuBLAS's kernels
-        line = VocodeLine(self._vocode, 1 if self.deterministic else VOCODE_BATCH, self.device, deliver, self.gate)
+        if self.vocode_line is None:  # one for the engine's life
+            # one task a vocoder call under --deterministic: a call's row count picks cuBLAS's kernels
+            self.vocode_line = VocodeLine(self._vocode, 1 if self.deterministic else VOCODE_BATCH, self.device,
+                                          deliver, self.gate)
+        line = self.vocode_line
         running = {id(p.job): (key, p) for key, p in first}
         held: list[tuple[Any, _Prepared]] = []
 
@@ -380,13 +319,13 @@ class StepAudioEngine(Engine):
         failed: Exception | None = None
         t0 = time.perf_counter()
         try:
-            self._decode([p.job for _, p in first], on_done=lambda job: line.put(*running.pop(id(job))), more=more)
+            self._decode([p.job for _, p in first], on_done=lambda job: line.put(*running.pop(id(job)), deliver),
+                         more=more)
         except Exception as e:  # tasks it had finished are vocoded all the same
             failed = e
         finally:
             decoding = (t0, time.perf_counter())
-            line.finish()
-            self.vocode_stats.add(line.busy, decoding)
+            self.vocode_stats.add(line.drain(), decoding)
         for key, _ in running.values():
             deliver(key, failed or RuntimeError("the decoder did not finish this task"))
         return held
@@ -412,7 +351,7 @@ class StepAudioEngine(Engine):
 
         reference = None
         if request.kind == "clone":
-            speaker = prompts.clone_speaker_name(request.audio_text, _raw_channels(request))
+            speaker = prompts.clone_speaker_name(request.audio_text, prompts.raw_channels(request.path, request.audio))
             ids = self._clone_prompt(speaker, request.audio_text, audio_tokens, request.text)
             budget = _clone_budget(feats["mixed"], request.audio_text, request.text)
         else:
@@ -517,6 +456,9 @@ class StepAudioEngine(Engine):
         log.info("no out-of-memory for %d tasks: going on with %d decoder slots", REGROW_AFTER, self.max_batch)
 
     def close(self) -> None:
+        if self.vocode_line is not None:
+            self.vocode_line.finish()
+            self.vocode_line = None
         if self.decoder is not None:
             self.decoder.close()
             self.decoder = None
@@ -616,71 +558,6 @@ class _Prepared:
     task_id: str = ""
 
 
-class DecodeStats:
-    """Per-run decode figures for the report."""
-
-    def __init__(self) -> None:
-        self.tokens = 0
-        self.seconds = 0.0
-        self.prompt_tokens = 0
-        self.padded_tokens = 0
-        self.steps = 0
-        self.slot_steps = 0
-        self.row_tokens = 0
-        self.syncs = 0
-        self.allocations = 0
-        self.captures = 0
-        self.capture_seconds = 0.0
-        self.capture_failures = 0
-        self.halvings = 0  # out-of-memory slot halvings
-        self.prefill_seconds = 0.0
-        self.attention = ""
-        self.graphs: set[str] = set()
-        self.keys: set[int] = set()
-        self.batch_sizes: Counter[int] = Counter()  # decoder slots -> calls
-
-    def add(self, jobs: list, fig: Any, seconds: float) -> None:
-        self.tokens += sum(len(j.tokens) for j in jobs)
-        self.seconds += seconds
-        self.prompt_tokens += fig.prefill_tokens
-        self.padded_tokens += fig.prefill_padded
-        self.steps += fig.steps
-        self.slot_steps += fig.steps * fig.slots
-        self.row_tokens += fig.row_tokens
-        self.syncs += fig.syncs
-        self.allocations += fig.allocations
-        self.captures += fig.captures
-        self.capture_seconds += fig.capture_seconds
-        self.capture_failures += fig.capture_failures
-        self.prefill_seconds += fig.prefill_seconds
-        self.attention = fig.attention
-        self.graphs.update(fig.graphs)
-        self.keys.update(fig.keys)
-        self.batch_sizes[fig.slots] += 1
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "generated_tokens": self.tokens,
-            "decode_seconds": round(self.seconds, 3),
-            "tokens_per_second": round(self.tokens / self.seconds, 1) if self.seconds else None,
-            "steps": self.steps,
-            # rows holding a live task, over all slot-steps (rows that ended idle until the next sync)
-            "slot_occupancy": round(self.row_tokens / self.slot_steps, 4) if self.slot_steps else None,
-            "padding_waste": round(1 - self.prompt_tokens / self.padded_tokens, 4) if self.padded_tokens else None,
-            "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-            "host_syncs_per_step": round(self.syncs / self.steps, 4) if self.steps else None,
-            "attention": self.attention,
-            "attended_keys": sorted(self.keys),
-            "cache_allocations": self.allocations,
-            "cuda_graphs": sorted(self.graphs, key=lambda g: tuple(map(int, g.split("x")))),
-            "graph_captures": self.captures,
-            "graph_capture_seconds": round(self.capture_seconds, 3),
-            "graph_capture_failures": self.capture_failures,
-            "out_of_memory_halvings": self.halvings,
-            "prefill_beside_decode_seconds": round(self.prefill_seconds, 3),
-        }
-
-
 def sampling_for(prompt_format: str, config: dict[str, Any]):
     """The format's released sampling, with the user's overrides."""
     from editx_cli.engine.stepaudio.generate import PRESETS, REPEAT_WINDOW
@@ -694,10 +571,6 @@ def sampling_for(prompt_format: str, config: dict[str, Any]):
     return dataclasses.replace(PRESETS[prompt_format], **changes)
 
 
-def _path(value: Any) -> Path | None:
-    return Path(value).expanduser().resolve() if value else None
-
-
 def _dtype(name: str, device: str):
     import torch
 
@@ -705,16 +578,6 @@ def _dtype(name: str, device: str):
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16,
             "fp16": torch.float16, "float32": torch.float32, "fp32": torch.float32}[name]
-
-
-def _raw_channels(request: Request) -> np.ndarray:
-    """The prompt file's samples as read, (channels, samples), for the speaker name hash."""
-    import soundfile as sf
-
-    if request.path and os.path.exists(request.path):
-        data, _ = sf.read(request.path, dtype="float32", always_2d=True)
-        return data.T
-    return np.asarray(request.audio, np.float32)[None]
 
 
 def _edit_budget(mixed: list[int]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -170,3 +171,13 @@ def chat_clone_text(prompt_text: str, prompt_tokens: str, target_text: str) -> t
 
 def chat_edit_text(prefix: str, audio_tokens: str) -> tuple[str, str]:
     return EDIT_SYSTEM_PROMPT, prefix + "\n" + audio_tokens.strip() + "\n"
+
+
+def raw_channels(path: str, audio: np.ndarray) -> np.ndarray:
+    """The prompt file's samples as read, (channels, samples), for the speaker name hash."""
+    import soundfile as sf
+
+    if path and os.path.exists(path):
+        data, _ = sf.read(path, dtype="float32", always_2d=True)
+        return data.T
+    return np.asarray(audio, np.float32)[None]

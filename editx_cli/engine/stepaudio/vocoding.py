@@ -1,6 +1,7 @@
 """Vocoding beside decoding: finished tasks are vocoded on a thread of their own while the
 decoder goes on with the rest, so neither waits for the other (on CUDA on a stream of its
 own). The thread takes whatever has finished, up to a group's worth, in one vocoder call.
+An engine keeps one line for its life: started with its first decode run, closed with it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ class VocodeLine:
     def __init__(self, vocode: Callable[[list], list], group: int, device: str,
                  on_result: Callable[[Any, Any], None], gate: Any = None) -> None:
         """`gate`: held around each call (the engine's device gate: no call while the decoder
-        captures a CUDA graph)."""
+        captures a CUDA graph). `on_result(key, result)`: where results go unless `put` names
+        another place."""
         self._vocode, self._group, self._device, self._on_result = vocode, group, device, on_result
         self._gate = gate if gate is not None else contextlib.nullcontext()
         self._queue: queue.Queue = queue.Queue()
@@ -29,12 +31,18 @@ class VocodeLine:
         self._thread = threading.Thread(target=self._run, name="editx-vocode", daemon=True)
         self._thread.start()
 
-    def put(self, key: Any, item: Any) -> None:
+    def put(self, key: Any, item: Any, on_result: Callable[[Any, Any], None] | None = None) -> None:
         """A finished task to vocode; its result goes to on_result(key, result)."""
-        self._queue.put((key, item))
+        self._queue.put((key, item, on_result or self._on_result))
+
+    def drain(self) -> list[tuple[float, float, int]]:
+        """Wait for everything handed over to be vocoded; the calls made since the last drain."""
+        self._queue.join()
+        busy, self.busy = self.busy, []
+        return busy
 
     def finish(self) -> None:
-        """Wait for everything handed over to be vocoded."""
+        """Vocode everything handed over, then end the thread."""
         self._queue.put(_END)
         self._thread.join()
 
@@ -48,6 +56,7 @@ class VocodeLine:
         while not ended:
             first = self._queue.get()
             if first is _END:
+                self._queue.task_done()
                 return
             group = [first]
             while len(group) < self._group:
@@ -56,6 +65,7 @@ class VocodeLine:
                 except queue.Empty:
                     break
                 if more is _END:
+                    self._queue.task_done()
                     ended = True
                     break
                 group.append(more)
@@ -66,17 +76,19 @@ class VocodeLine:
                         import torch
 
                         with torch.cuda.stream(stream):
-                            outs = self._vocode([item for _, item in group])
+                            outs = self._vocode([item for _, item, _ in group])
                     else:
-                        outs = self._vocode([item for _, item in group])
+                        outs = self._vocode([item for _, item, _ in group])
             except Exception as e:  # the call failed: each of its tasks hears why
                 outs = [e] * len(group)
             self.busy.append((t0, time.perf_counter(), len(group)))
-            for (key, _), out in zip(group, outs, strict=True):
+            for (key, _, on_result), out in zip(group, outs, strict=True):
                 try:
-                    self._on_result(key, out)
+                    on_result(key, out)
                 except Exception:  # a listener's failure is not the task's
                     log.warning("a result listener failed", exc_info=True)
+                finally:
+                    self._queue.task_done()
 
 
 class VocodeStats:
