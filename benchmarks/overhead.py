@@ -45,8 +45,8 @@ def direct(rows: list[dict], out: Path, name: str) -> float:
     eng.load()
     for r in rows:
         x, sr = audio.load(r["input_audio"])
-        res = eng.run(engine.Request(kind="edit", audio=x, sr=sr, edit_type=r["edit_type"],
-                                     edit_info=r["edit_info"], intensity=r["intensity"]))
+        (res,) = engine.collect(eng.stream, [engine.Request(kind="edit", audio=x, sr=sr, edit_type=r["edit_type"],
+                                                            edit_info=r["edit_info"], intensity=r["intensity"])])
         sf.write(out / f"{r['id']}.wav", res.audio, res.sr, subtype="PCM_16")
     return time.perf_counter() - t0
 

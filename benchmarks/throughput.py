@@ -52,9 +52,9 @@ def sequential(eng, tasks) -> float:
     t0 = time.perf_counter()
     for t in tasks:
         x, sr = audio.load(t.input_audio)
-        eng.run(engine.Request(kind="edit", audio=x, sr=sr, audio_text=t.audio_text, edit_type=t.edit_type,
-                               edit_info=t.edit_info, intensity=t.intensity, seed=t.seed,
-                               audio_digest=audio.samples_digest(x, sr), path=str(t.input_audio)))
+        engine.collect(eng.stream, [engine.Request(
+            kind="edit", audio=x, sr=sr, audio_text=t.audio_text, edit_type=t.edit_type, edit_info=t.edit_info,
+            intensity=t.intensity, seed=t.seed, audio_digest=audio.samples_digest(x, sr), path=str(t.input_audio))])
     return time.perf_counter() - t0
 
 

@@ -87,8 +87,9 @@ def run(
 
     The engine loads only if some task needs it. `transcriber`: a Whisper already open (a
     server's, kept for its life); else one is made when the options ask for it. A task that
-    fails on its input (unreadable, untranscribable, refused by the engine, undeliverable)
-    has `refused` set, so a server can tell its client's fault from its own.
+    fails on its input has `refused` set to what refused it ("input": not usable audio;
+    "engine": untranscribable, or refused by the engine; "output": undeliverable as asked), so
+    a server can tell its client's fault from its own.
     `sink`: where the planned tasks' outputs go (default: written into place with their resume
     records, `sinks.Files`).
     `source`: tasks that arrive while the run runs, each joining the work under way; the run
@@ -261,7 +262,7 @@ class _Flow:
                 continue
             if isinstance(result, BaseException):
                 if isinstance(result, ValueError):  # the engine's word on this input
-                    (w.whole.work if w.whole else w).outcome.refused = True
+                    (w.whole.work if w.whole else w).outcome.refused = "engine"
                 self.end(w, "failed", one_line(result))
                 continue
             w.absorb(result)
@@ -330,8 +331,6 @@ class _Flow:
             self.origin.deliver(key, o)
 
     def seconds_of(self, p: PlannedTask) -> float:
-        if p.samples is not None:
-            return len(p.samples[0]) / p.samples[1]
         if p.source not in self.lengths:
             self.lengths[p.source] = duration_of(p.source) or 0.0
         return self.lengths[p.source]

@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from editx_cli import files
 
@@ -40,8 +40,9 @@ class Outcome:
     loudness_before: float | None = None  # LUFS, the engine's output before any gain
     loudness_after: float | None = None  # LUFS, as written
     true_peak: float | None = None  # dBTP, as written
-    refused: bool = False  # failed on its input (unreadable, untranscribable, refused by the engine): the
-    # client's fault, not the server's
+    # A failure that is the input's fault, not the engine's: what refused it. "input": not usable
+    # audio; "engine": untranscribable or refused by the engine; "output": not deliverable as asked
+    refused: Literal["", "input", "engine", "output"] = ""
 
     def looked_up(self, hit: bool) -> None:
         """Count one feature-cache lookup."""

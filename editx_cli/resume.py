@@ -16,7 +16,6 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from editx_cli import audio, files
 from editx_cli.errors import InvalidInput, Problem
@@ -33,7 +32,6 @@ class PlannedTask:
     fingerprint: str
     source: Path  # the audio to read: prompt/input audio, or the upstream task's output
     skip: bool  # already done by an earlier run with the same fingerprint
-    samples: tuple[Any, int] | None = None  # the source's audio and rate, when its caller decoded it already
 
 
 def plan(tasks: list[Task], engine_fingerprint: str, overwrite: bool = False,

@@ -172,7 +172,7 @@ class Work:
         except Exception as e:  # one task's failure must not stop the others
             log.debug("task %s failed", t.id, exc_info=True)
             if isinstance(e, ValueError):  # not deliverable as asked (too short or silent to level...)
-                o.refused = True
+                o.refused = "output"
             return one_line(e)
         finally:
             self.close()
@@ -182,14 +182,14 @@ class Work:
 
 
 def start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, window: float | None) -> Work:
-    """Read a task's input (its samples, when its caller decoded them already), and transcribe it
-    when asked to (an input longer than `window` seconds is cut first, and its chunks heard);
-    on failure, a work item with no audio and the error in its outcome."""
+    """Read a task's input, and transcribe it when asked to (an input longer than `window`
+    seconds is cut first, and its chunks heard); on failure, a work item with no audio and the
+    error in its outcome."""
     t = p.task
     text = t.prompt_text if t.kind == "clone" else t.audio_text
     try:
         t0 = time.perf_counter()
-        x, sr = p.samples or audio.load(p.source, max_rate=audio.MAX_INPUT_RATE)
+        x, sr = audio.load(p.source, max_rate=audio.MAX_INPUT_RATE)
         digest = audio.samples_digest(x, sr)
         o.stages["read"] = round(time.perf_counter() - t0, 4)
         try:
@@ -204,9 +204,11 @@ def start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, window: float
             o.looked_up(hit)
             o.info["transcript"] = text
             o.info["transcribed_by"] = transcriber.backend
-    except Exception as e:
-        o.error = one_line(e)
-        o.refused = True  # the input could not be read or heard
+    except audio.AudioError as e:  # not audio, or not usable audio: its words are the whole story
+        o.error, o.refused = str(e).strip().splitlines()[0], "input"
+        return Work(p, o, None, 0, str(p.source), text, "")
+    except Exception as e:  # audio that cannot be used as asked (too quiet to match, not transcribable)
+        o.error, o.refused = one_line(e), "engine"
         return Work(p, o, None, 0, str(p.source), text, "")
     o.input_seconds = round(len(x) / sr, 3)
     return Work(p, o, x, sr, str(p.source), text, digest, input_loudness=level)

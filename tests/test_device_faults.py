@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import CLIPS
 
+from editx_cli.engine import collect
 from editx_cli.engine.stepaudio.decoder import Decoder, Figures
 from editx_cli.engine.stepaudio.generate import EOS, Job, Sampling
 from editx_cli.engine.stepaudio.runners import NativeRunner
@@ -159,7 +160,7 @@ def _requests(n: int):
 def test_a_failed_vocoder_group_is_retried_one_task_at_a_time(tiny):
     engine = _engine(tiny, batch_size=4)
     try:
-        plain = engine.run_batch(_requests(4))
+        plain = collect(engine.stream, _requests(4))
         assert all(not isinstance(r, Exception) for r in plain)
         vocoder, calls = engine.vocoder, []
 
@@ -176,7 +177,7 @@ def test_a_failed_vocoder_group_is_retried_one_task_at_a_time(tiny):
                 return vocoder(jobs)
 
         engine.vocoder = RunsOutOfMemoryOnGroups()
-        again = engine.run_batch(_requests(4))
+        again = collect(engine.stream, _requests(4))
     finally:
         engine.close()
     assert any(n > 1 for n in calls) and calls.count(1) >= 4, calls
@@ -204,7 +205,7 @@ def test_slots_halved_by_an_out_of_memory_grow_back_after_a_clean_stretch(tiny, 
     try:
         slots = []
         for _ in range(3):
-            results = engine.run_batch(_requests(2))
+            results = collect(engine.stream, _requests(2))
             assert all(not isinstance(r, Exception) for r in results)
             slots.append((engine.max_batch, engine.decoder.slots))
     finally:

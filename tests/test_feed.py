@@ -51,8 +51,9 @@ def test_results_come_back_by_key_and_later_requests_join():
 
 
 class _Broken(DspEngine):
-    def run_batch(self, requests, on_result=None):
-        raise SystemError("the device fell over")
+    def stream(self, take, deliver):
+        while take(True) is not None:  # takes work, then dies with it
+            raise SystemError("the device fell over")
 
 
 def test_an_engine_that_dies_answers_everything_it_held():

@@ -256,10 +256,14 @@ def test_each_output_setting_is_declared_once(tmp_path):
             for model in ("Speech", "EditForm"):
                 assert schema[model]["properties"][s.name]["description"] == s.help, (model, s.name)
     helps = " ".join(CliRunner().invoke(cli, ["edit", "--help"], terminal_width=500).output.split())
-    for s in settings.EDIT:  # an edit's settings: `editx edit`'s options, the edits form
-        assert s.option in helps and " ".join(s.help.split()) in helps and s.name in FIELDS
-        assert schema["EditForm"]["properties"][s.name]["description"] == s.help
+    for s in settings.EDIT:  # an edit's settings: `editx edit`'s options, the edits form, with their ranges
+        assert s.option in helps and " ".join(s.described.split()) in helps and s.name in FIELDS
+        assert schema["EditForm"]["properties"][s.name]["description"] == s.described
     assert schema["EditForm"]["required"] == ["edit_type"]
+    for s, name in ((settings.INTENSITY, "intensity"), (settings.ITERATIONS, "n_edit_iter")):  # and the fork's
+        assert schema["EditForm"]["properties"][s.name]["default"] == s.default
+        assert schema["StepAudio"]["properties"][name]["default"] == s.default
+    assert "(0.1 to 3.0)" in helps
 
 
 def test_a_bad_input_is_refused_before_a_stream_starts(model):

@@ -56,7 +56,7 @@ class Engine:
     edit_types: ClassVar[frozenset[str]]
     # Edit types that need a transcript of the input audio.
     needs_transcript: ClassVar[frozenset[str]] = frozenset()
-    # Whether run_batch decodes several requests at once (worth handing a worker a group).
+    # Whether stream decodes several requests at once (worth handing a worker a group).
     batches: ClassVar[bool] = False
     # Requests held at once, per unit of batch size: above 1 when the engine keeps a queue of
     # its own (continuous batching refills its rows from it as tasks end).
@@ -95,35 +95,26 @@ class Engine:
         raise NotImplementedError
 
     def run(self, request: Request) -> Result:
+        """One request's result: what an engine that runs a request at a time implements (the
+        default stream calls it); callers go through `stream` (or `collect`)."""
         raise NotImplementedError
 
-    def run_batch(self, requests: list[Request],
-                  on_result: Callable[[int, Result | Exception], None] | None = None) -> list[Result | Exception]:
-        """One result (or the error that stopped it) per request, in order; `on_result(index,
-        result)` as each is ready, before the call returns (from any thread). Engines that decode
-        several requests at once override this; the default runs them in turn."""
-        results: list[Result | Exception] = []
-        for i, r in enumerate(requests):
-            try:
-                results.append(self.run(r))
-            except Exception as e:  # one request's failure is that request's alone
-                results.append(e)
-            if on_result is not None:
-                on_result(i, results[-1])
-        return results
-
     def stream(self, take: Callable[[bool], list | None], deliver: Callable[[Any, Result | Exception], None]) -> None:
-        """Run requests as they are handed over, until `take` says no more will come.
+        """The engine's one entry point: run requests as they are handed over, until `take`
+        says no more will come.
 
         `take(wait)`: the (key, Request) pairs that arrived since it was last asked ([] when
         none has, blocking until one does when `wait`), or None once no more will come.
         `deliver(key, result or error)`: once per request, as each is ready, from any thread.
         Engines that admit requests into work already running override this; the default
-        runs what has arrived, call by call."""
+        runs each request in turn, a failure that request's alone."""
         while (arrived := take(True)) is not None:
-            if arrived:
-                for (key, _), result in zip(arrived, self.run_batch([r for _, r in arrived]), strict=True):
-                    deliver(key, result)
+            for key, request in arrived:
+                try:
+                    result = self.run(request)
+                except Exception as e:
+                    result = e
+                deliver(key, result)
 
     def seam_pause(self, edit_type: str, edit_info: str, intensity: float, seconds: float) -> float:
         """The pause the output keeps where the input was cut in a pause this long."""
@@ -154,8 +145,8 @@ class Engine:
 
 def collect(stream: Callable, requests: list[Request],
             on_result: Callable[[int, Result | Exception], None] | None = None) -> list[Result | Exception]:
-    """run_batch through an engine's stream: the requests handed over at once, the results in
-    their order (`on_result(index, result)` as each is ready)."""
+    """A list of requests through an engine's stream: handed over at once, the results (or the
+    errors that stopped them) in their order (`on_result(index, result)` as each is ready)."""
     results: list[Result | Exception | None] = [None] * len(requests)
     given = False
 

@@ -77,16 +77,19 @@ class Serving:
         self.cache.close()
         shutil.rmtree(self.scratch, ignore_errors=True)
 
-    async def settled(self, future, http: HttpRequest):
-        """The engine's answer; once the client has gone, work still queued for it is dropped (a
-        decode already under way finishes) and a 499 is raised that nobody reads."""
-        waiter = asyncio.wrap_future(future)
+    async def settled(self, future, http: HttpRequest, work=None):
+        """The engine's answer (or `future`'s, an asyncio one, for `work`); once the client has
+        gone, work still queued for it is dropped (a decode already under way finishes) and a
+        499 is raised that nobody reads."""
+        work = work or future
+        waiter = future if asyncio.isfuture(future) else asyncio.wrap_future(future)
         while True:
             done, _ = await asyncio.wait({waiter}, timeout=0.2)
             if done:
                 return waiter.result()
             if await http.is_disconnected():
-                self.service.withdraw(future)
+                self.service.withdraw(work)
+                waiter.cancel()
                 raise ApiError(499, "the client closed the request", kind="client_closed")
 
     def queued(self, enqueue, work):
@@ -99,59 +102,55 @@ class Serving:
 
     async def run(self, task: Task, fmt: str, http: HttpRequest, speed: float = 1.0, stream: bool = False,
                   uploads: tuple[Path, ...] = ()) -> Response:
-        """One task through the batch loop, beside whatever other requests are running: long
-        inputs and texts cut and joined, iterations, a missing transcript heard, the output
-        rendered as `batch` renders it (OpenAI's `speed` and `pcm` as stages of that one
-        render) and handed back, with no file written; the response is that output (`stream`:
-        sent as it is made, see streaming.py). `uploads`: the request's saved audio, removed
-        once the task is over (a streamed one's when its last byte has gone: a clone's speaker
-        name is the hash of its prompt file as sent)."""
-        streaming, t0 = False, time.perf_counter()
+        """One task through the batch loop, beside whatever other requests are running: its input
+        read once (there, on the loop's thread), long inputs and texts cut and joined,
+        iterations, a missing transcript heard, the output rendered as `batch` renders it
+        (OpenAI's `speed` and `pcm` as stages of that one render) and handed back, with no file
+        written; the response is that output (`stream`: sent as it is made, see streaming.py).
+        `uploads`: the request's saved audio, removed once the task is over (a streamed one's
+        when its last byte has gone: a clone's speaker name is the hash of its prompt file)."""
+        streaming = False
         try:
-            samples = await self._input(task)  # a bad input is refused before any byte is sent
             job = dataclasses.replace(task, id=self.request_id(), delivery=dataclasses.replace(
                 task.delivery, speed=speed if speed != 1.0 else None))
             if fmt == "pcm":
                 job = dataclasses.replace(job, output=job.output.with_suffix(".pcm"))
-            planned = PlannedTask(job, "serve", Path(task.prompt_audio or task.input_audio), False, samples)
+            planned = PlannedTask(job, "serve", Path(task.prompt_audio or task.input_audio), False)
             if stream:
-                response = self._streamed(planned, fmt, speed, uploads)
+                response = await self._streamed(planned, fmt, speed, uploads, http)
                 streaming = True
                 return response
-            return await self._whole(planned, http, t0)
+            return await self._whole(planned, http)
         finally:
             if not streaming:
                 remove(uploads)
 
-    async def _input(self, task: Task) -> tuple[Any, int]:
-        """The task's audio, decoded once (off the event loop: other requests keep flowing) and bounded."""
+    def _failure(self, task: Task, error: BaseException | None, done: Any = None) -> ApiError:
+        """Why a task has no output, as the client hears it: its input's fault (400: not audio;
+        422: audio the engine cannot use, or an output that cannot be delivered as asked), or
+        the server's (500)."""
         field = "voice" if task.kind == "clone" else "file"
-        try:
-            x, sr = await asyncio.to_thread(audio.load, task.prompt_audio or task.input_audio, None,
-                                            audio.MAX_INPUT_RATE)  # as the loop reads a file
-        except audio.AudioError as e:
-            raise ApiError(400, self.private(f"not usable audio: {e}"), field) from None
-        if len(x) / sr > self.options.max_audio_seconds:
-            raise ApiError(400, f"the audio is {len(x) / sr:.1f} s; at most {self.options.max_audio_seconds:g} s",
-                           field)
-        return x, sr
+        if error is not None:  # the engine's run failed (out of memory...)
+            return ApiError(500, self.private(f"the engine failed: {one_line(error)}"), kind="server_error")
+        if done.refused == "input":
+            return ApiError(400, self.private(f"not usable audio: {done.error}"), field)
+        if done.refused:  # silent, too short, not transcribable, too quiet to level...
+            return ApiError(422, self.private(f"the engine cannot use this input: {done.error}"), field)
+        return ApiError(500, self.private(f"the engine failed: {done.error}"), kind="server_error")
 
-    async def _whole(self, planned: PlannedTask, http: HttpRequest, t0: float) -> Response:
+    async def _whole(self, planned: PlannedTask, http: HttpRequest) -> Response:
         """The response made whole: the output as `batch` renders it, with what the run found in headers."""
-        task = planned.task
-        field = "voice" if task.kind == "clone" else "file"
+        task, t0 = planned.task, time.perf_counter()
         future = self.queued(self.service.submit, planned)
         try:
             served = await self.settled(future, http)
         except ApiError:
             raise
-        except Exception as e:  # the engine's run failed (out of memory...)
-            raise ApiError(500, self.private(f"the engine failed: {one_line(e)}"), kind="server_error") from None
+        except Exception as e:
+            raise self._failure(task, e) from None
         done = served.result
         if done.status != "done":
-            if done.refused:  # the input's fault: silent, too short, not transcribable, too quiet to level...
-                raise ApiError(422, self.private(f"the engine cannot use this input: {done.error}"), field)
-            raise ApiError(500, self.private(f"the engine failed: {done.error}"), kind="server_error")
+            raise self._failure(task, None, done)
         headers = {"X-Editx-Load-Seconds": f"{served.load_seconds:.3f}", "X-Editx-Batch": str(served.batch),
                    "X-Editx-Seconds": f"{time.perf_counter() - t0:.3f}",
                    "X-Editx-Sample-Rate": str(done.sample_rate)}
@@ -176,8 +175,11 @@ class Serving:
         fmt = task.output.suffix.lstrip(".")
         return Response(served.data, media_type=MEDIA[fmt], headers=headers)
 
-    def _streamed(self, planned: PlannedTask, fmt: str, speed: float, uploads: tuple[Path, ...]) -> Response:
-        """The response of a streamed request: its audio parts as the loop hands them over."""
+    async def _streamed(self, planned: PlannedTask, fmt: str, speed: float, uploads: tuple[Path, ...],
+                        http: HttpRequest) -> Response:
+        """The response of a streamed request: its audio parts as the loop hands them over. The
+        status is sent with the first part, so an input that cannot be used is still refused
+        with its own status."""
         from fastapi.responses import StreamingResponse
 
         from editx_cli.serve.streaming import AudioStream
@@ -193,11 +195,25 @@ class Serving:
         parts = AudioStream(d.sample_rate, wav=fmt == "wav")
         future = self.queued(lambda work: self.service.submit(work, listener=parts.put), planned)
         future.add_done_callback(lambda _: parts.close())  # settled (or dropped): the stream ends
+        chunks = parts.chunks()
+        try:
+            first = await self.settled(asyncio.ensure_future(anext(chunks, None)), http, future)
+        except ApiError:
+            raise
+        except Exception as e:
+            raise self._failure(planned.task, e) from None
+        if first is None:  # ended before any audio: the task failed
+            try:
+                done = (await asyncio.wrap_future(future)).result
+            except Exception as e:
+                raise self._failure(planned.task, e) from None
+            raise self._failure(planned.task, None, done)
 
         async def body():
             finished = False
             try:
-                async for chunk in parts.chunks():
+                yield first
+                async for chunk in chunks:
                     yield chunk
                 done = (await asyncio.wrap_future(future)).result
                 if done.status != "done":  # the status line has gone: all a stream can do is stop short

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from editx_cli.engine import Engine, Request, Result, collect
+from editx_cli.engine import Engine, Request, Result
 from editx_cli.engine.stepaudio import checks, layout, prompts
 from editx_cli.engine.stepaudio.decode_stats import DecodeStats
 from editx_cli.engine.stepaudio.vocoding import VocodeLine, VocodeStats
@@ -262,17 +262,6 @@ class StepAudioEngine(Engine):
             "mel": prompt_mel(x, sr, self.vocoder.mel_conf),
             "embedding": self.speaker_embedding(x, sr),
         }
-
-    def run(self, request: Request) -> Result:
-        (result,) = self.run_batch([request])
-        if isinstance(result, Exception):
-            raise result
-        return result
-
-    def run_batch(self, requests: list[Request],
-                  on_result: Callable[[int, Result | Exception], None] | None = None) -> list[Result | Exception]:
-        """Every request decoded together: `stream` over this list."""
-        return collect(self.stream, requests, on_result)
 
     def stream(self, take: Callable[[bool], list | None], deliver: Callable[[Any, Result | Exception], None]) -> None:
         """Requests decoded as they come: each is prepared as it arrives, on the preparation
