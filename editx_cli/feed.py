@@ -25,7 +25,9 @@ class Stopped(Exception):
 
 
 class Feed:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, events: queue.Queue | None = None) -> None:
+        """`events`: the queue results come back on (a runner's inbox, where new work is
+        announced too: its thread then waits in one place); a queue of its own by default."""
         self._engine = engine
         self._inbox: list[tuple[Any, Request]] = []
         self._lock = threading.Condition()
@@ -33,7 +35,7 @@ class Feed:
         self._aborted = False
         self._dead: BaseException | None = None  # what stopped the engine's thread, if it stopped
         self._owed: set = set()  # keys handed over whose results have not come back
-        self._events: queue.Queue = queue.Queue()  # (key, result) pairs, and ARRIVED
+        self._events: queue.Queue = queue.Queue() if events is None else events  # (key, result) pairs, and ARRIVED
         self._thread = threading.Thread(target=self._run, name="editx-engine", daemon=True)
         self._thread.start()
 

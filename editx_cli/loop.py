@@ -14,9 +14,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import queue
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,15 +64,15 @@ class Source(Sink, Protocol):
     """Tasks handed to a run while it runs (a server's requests), and where their outputs and
     outcomes go (the source is their sink)."""
 
+    events: queue.Queue  # where the run waits: the source puts feed.ARRIVED there as a task arrives,
+    # and the engine's results come back there too
+
     def take(self, wait: bool, limit: int) -> list[tuple[Any, PlannedTask]] | None:
         """Up to `limit` (key, task) pairs that arrived ([] when none has; blocking until one does
         when `wait`); None once no more will come."""
 
     def deliver(self, key: Any, outcome: Outcome) -> None:
         """A task's outcome, settled."""
-
-    def listen(self, wake: Callable[[], None]) -> None:
-        """Call `wake()` whenever a task arrives (the run is waiting on its engine meanwhile)."""
 
 
 def run(
@@ -177,9 +177,7 @@ class _Flow:
     def run(self) -> None:
         from editx_cli.feed import Feed
 
-        feed = Feed(self.engine)
-        if self.source is not None:
-            self.source.listen(feed.wake)
+        feed = Feed(self.engine, self.source.events if self.source is not None else None)
         ended = False
         try:
             while self.step(feed):

@@ -1,20 +1,24 @@
 """One engine for a long-running process: loaded on the first request that needs it, released
-after a while without requests, and fed by one thread that runs requests as they come.
+after a while without requests, and fed by one thread (the runner) that runs requests as
+they come.
 
-Callers (the HTTP server) hand in work items and wait for their results. The engine thread
-loads the engine and runs it (`run(engine, source)`: the server's is the batch loop, with
-this service as its source; by default the engine's own stream on engine Requests) until it
-has been idle for `idle_unload` seconds; a request that arrives while others are decoding
-joins them at the decoder's next sync, so eight clients at once decode together, and none
-waits for another's batch to end. The queue is bounded: past `max_queue` waiting requests,
-`submit` refuses at once (the server answers 503 with Retry-After) rather than letting
-latency grow without bound.
+Callers (the HTTP server) hand in work items and await futures of their results. The runner
+waits in one place, its inbox (`events`): each submission puts a token there, and while a
+run is on, the engine's results come back there too. It loads the engine and runs it
+(`run(engine, source)`: the server's is the batch loop, with this service as its source; by
+default the engine's own stream on engine Requests) until it has been idle for
+`idle_unload` seconds; a request that arrives while others are decoding joins them at the
+decoder's next sync, so eight clients at once decode together, and none waits for another's
+batch to end. The queue is bounded: past `max_queue` waiting requests, `submit` refuses at
+once (the server answers 503 with Retry-After) rather than letting latency grow without
+bound.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import queue
 import sys
 import threading
 import time
@@ -26,6 +30,7 @@ from typing import Any
 
 from editx_cli.engine import Engine
 from editx_cli.errors import one_line
+from editx_cli.feed import ARRIVED
 
 log = logging.getLogger("editx")
 
@@ -66,16 +71,16 @@ class Service:
         self.engine: Engine | None = None
         self._waiting: deque[_Item] = deque()
         self._held: dict[Future, _Item] = {}  # taken by the run, not yet delivered
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
+        self.events: queue.Queue = queue.Queue()  # the runner's inbox: ARRIVED tokens, and a run's results
         self._closed = False
         self._last = time.monotonic()
         self._ready_at = 0.0  # when the engine last finished loading
         self._load_seconds = 0.0
-        self._wake: Callable[[], None] | None = None
         self.load_error: str | None = None  # why the last load failed; None once one succeeds
         self.stats = {"requests": 0, "largest_batch": 0, "loads": 0, "unloads": 0,
                       "load_seconds": None, "refused": 0, "dropped": 0}
-        self._thread = threading.Thread(target=self._loop, name="editx-service", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="editx-runner", daemon=True)
         self._thread.start()
 
     # -- callers
@@ -112,10 +117,7 @@ class Service:
                 raise Busy(f"{len(self._waiting)} requests are waiting")
             self._waiting.append(_Item(work, future, time.monotonic(), listener=listener))
             self._last = time.monotonic()
-            self._lock.notify_all()
-            wake = self._wake
-        if wake is not None:  # a run waiting on its engine looks at the queue now
-            wake()
+        self.events.put(ARRIVED)  # the runner looks at the queue now, whatever it was waiting for
         return future
 
     @property
@@ -134,35 +136,40 @@ class Service:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._lock.notify_all()
+        self.events.put(ARRIVED)
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
             self._unload()
 
     # -- the run's side: the service is its source of work
-    def listen(self, wake: Callable[[], None]) -> None:
-        """`wake()` is called whenever work is submitted (the run is waiting on its engine)."""
-        with self._lock:
-            self._wake = wake
-
     def take(self, wait: bool, limit: int | None = None) -> list[tuple[Future, Any]] | None:
         """Up to `limit` waiting items as (future, work) pairs, at most `max_batch` held at once;
         calls waiting are run here, first. With `wait`, blocks until an item comes; None once
         the service closes or after `idle_unload` seconds without any (the engine is released)."""
         while True:
+            call = None
             with self._lock:
-                while wait and not self._waiting and not self._closed:
-                    timeout = self._last + self.idle_unload - time.monotonic()
-                    if timeout <= 0 and not self._held:
-                        return None
-                    self._lock.wait(max(timeout, 0.05))
                 if self._closed:
                     return None
                 if self._waiting and callable(self._waiting[0].work):
                     call = self._waiting.popleft()
-                else:
+                elif self._waiting or not wait:
                     return self._hand_over(limit)
-            self._call(call)
+                else:
+                    timeout = self._last + self.idle_unload - time.monotonic()
+                    if timeout <= 0 and not self._held:
+                        return None
+            if call is not None:
+                self._call(call)
+                continue
+            try:  # the inbox: a token says work arrived (nothing else comes while a run waits for work)
+                event = self.events.get(timeout=max(timeout, 0.05))
+            except queue.Empty:
+                continue
+            if event is not ARRIVED:  # a result after all: back for the run's own wait, which reads it
+                self.events.put(event)
+                with self._lock:
+                    return self._hand_over(limit)
 
     def _hand_over(self, limit: int | None) -> list[tuple[Future, Any]]:
         room = self.max_batch - len(self._held)
@@ -214,13 +221,15 @@ class Service:
     def _loop(self) -> None:
         while True:
             with self._lock:
-                while not self._waiting and not self._closed:
-                    self._lock.wait()
+                idle = not self._waiting and not self._closed
                 if self._closed:
                     for item in self._waiting:
                         item.future.set_exception(RuntimeError("the server is shutting down"))
                     self._waiting.clear()
                     return
+            if idle:  # nothing to do: wait in the inbox for the next submission
+                self.events.get()
+                continue
             try:  # outside the lock: callers can still queue, or be refused, while a model loads
                 self._ensure_loaded()
             except Exception as e:  # a broken model folder: every waiting request hears why
@@ -241,7 +250,6 @@ class Service:
                     if not item.future.done():
                         item.future.set_exception(e)
             with self._lock:
-                self._wake = None
                 idle = not self._waiting and not self._closed
             if idle:  # the run ended as nothing came for idle_unload seconds
                 self._unload()
