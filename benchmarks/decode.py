@@ -63,8 +63,8 @@ SHAPES = {
 AUDIO = (65536, 70656)
 
 
-def build(shape: str, device: str, dtype: torch.dtype) -> Step1ForCausalLM:
-    cfg = Step1Config(**SHAPES[shape])
+def build(shape: str, device: str, dtype: torch.dtype, layers: int | None = None) -> Step1ForCausalLM:
+    cfg = Step1Config(**{**SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})})
     with torch.device("meta"):
         model = Step1ForCausalLM(cfg)
     model = model.to_empty(device=device)
@@ -277,6 +277,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=96, help="tokens a row of the fixed workload")
     ap.add_argument("--prefill", type=int, default=None, metavar="W", help="measure one W-id prefill and stop")
     ap.add_argument("--compare", choices=("whole",), default=None, help="also attend over the whole cache")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="override the shape's layer count (two runs give the ops a layer and the fixed ops a step)")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--jsonl", action="store_true", help="one JSON line as each row is measured (meta first)")
@@ -286,8 +288,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if cuda else torch.float32)
     if not cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
-    model = build(args.shape, args.device, dtype)
-    meta = {"shape": args.shape, "device": args.device, "dtype": str(dtype).replace("torch.", ""),
+    model = build(args.shape, args.device, dtype, args.layers)
+    meta = {"shape": args.shape, "layers": model.config.num_hidden_layers, "device": args.device, "dtype": str(dtype).replace("torch.", ""),
             "workload": args.workload, "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if cuda else None, "threads": torch.get_num_threads()}
     if args.prefill:
