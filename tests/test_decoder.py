@@ -10,8 +10,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from editx_cli.engine.stepaudio.decoder import SYNC_EVERY, SYNC_LABEL, Decoder
-from editx_cli.engine.stepaudio.runners import NativeRunner
 from editx_cli.engine.stepaudio.generate import EOS, Job, Sampling, guide, probabilities, sample
+from editx_cli.engine.stepaudio.runners import NativeRunner
 from editx_cli.engine.stepaudio.step1 import Step1ForCausalLM
 
 
