@@ -17,6 +17,7 @@ way): long inputs cut, QA, delivery as batch does it. Uploads go to a private te
 picks; a client never names a path.
 
     app.py      the app factory         state.py   the serving objects, request -> task -> response
+    uploads.py  uploads saved and checked          responses.py   what a response's headers say
     routes.py   speech, edits, models, the page, health
     stepaudio_api.py   the Step-Audio API's requests     fetch.py   audio by URL, public addresses only
     streaming.py       a response sent as it is made     voices.py  the voice store and its routes

@@ -58,7 +58,7 @@ async def edits(http: HttpRequest, file: Annotated[UploadFile, File()], form: An
         raise ApiError(400, f"unknown format {fmt!r} (one of: {', '.join(RESPONSE_FORMATS)})", "response_format")
     for value, field in ((form.audio_text, "audio_text"), (form.text, "text")):
         serving.text_limit(value, field)
-    path = await serving.save_upload(file, "file")
+    path = await serving.uploads.save_upload(file, "file")
     try:
         row = {"task": "edit", "input_audio": str(path),
                **form.model_dump(include={s.name for s in settings.EDIT})}

@@ -17,22 +17,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from editx_cli import audio, loop, settings
+from editx_cli import loop, settings
 from editx_cli.engine import Engine
 from editx_cli.errors import InvalidInput, one_line
 from editx_cli.manifest import validate
 from editx_cli.resume import PlannedTask
 from editx_cli.schedule import group_size
+from editx_cli.serve import responses
 from editx_cli.serve.errors import ApiError
 from editx_cli.serve.options import (
     MEDIA,
     METADATA_KEYS,
     PCM_RATE,
-    RATES,
     STREAM_FORMATS,
-    UPLOAD_SUFFIXES,
     ServeOptions,
 )
+from editx_cli.serve.uploads import Uploads
 from editx_cli.service import Busy, Service
 from editx_cli.tasks import Task
 
@@ -40,7 +40,6 @@ log = logging.getLogger("editx")
 
 if TYPE_CHECKING:
     from fastapi import Request as HttpRequest
-    from fastapi import UploadFile
     from fastapi.responses import Response
 
 
@@ -63,6 +62,7 @@ class Serving:
                                max_queue=options.max_queue, idle_unload=options.idle_unload, run=self.run_tasks)
         self.voices = Path(options.voices_dir)
         self.scratch = Path(tempfile.mkdtemp(prefix="editx-serve-"))
+        self.uploads = Uploads(self.scratch, options, self.private)
         self.whisper = None  # opened by the first request that needs it, kept for the server's life
         self._numbers = itertools.count(1)  # a request's task id, as the log names it: "request-7"
         # the model variant served (the Step-Audio API's model_variant names one)
@@ -151,25 +151,7 @@ class Serving:
         done = served.result
         if done.status != "done":
             raise self._failure(task, None, done)
-        headers = {"X-Editx-Load-Seconds": f"{served.load_seconds:.3f}", "X-Editx-Batch": str(served.batch),
-                   "X-Editx-Seconds": f"{time.perf_counter() - t0:.3f}",
-                   "X-Editx-Sample-Rate": str(done.sample_rate)}
-        if done.loudness_after is not None:
-            headers["X-Editx-Loudness"] = f"{done.loudness_after:.2f}"
-        if isinstance(done.info.get("chunks"), list):  # a long input or text, cut and joined as `batch` does
-            headers["X-Editx-Chunks"] = str(len(done.info["chunks"]))
-        scores = done.info.get("qa")
-        if isinstance(scores, dict):  # --qa: what the checks found (the kept attempt's, under --retry-below)
-            headers["X-Editx-QA-Passed"] = str(bool(scores.get("passed"))).lower()
-            for key in ("wer", "cer", "similarity", "duration_ratio"):
-                if scores.get(key) is not None:
-                    headers[f"X-Editx-QA-{key.replace('_', '-').title()}"] = str(scores[key])
-            if scores.get("problems"):
-                headers["X-Editx-QA-Problems"] = quote(scores["problems"])
-            headers["X-Editx-QA-Attempts"] = str(len(done.info.get("qa_attempts") or [scores]))
-        if done.info.get("transcribed_by"):  # what the server heard, as the edit used it
-            # headers are Latin-1: percent-encoded UTF-8
-            headers["X-Editx-Transcript"] = quote(done.info.get("transcript", ""))
+        headers = responses.headers(done, served.load_seconds, served.batch, time.perf_counter() - t0)
         from fastapi.responses import Response
 
         fmt = task.output.suffix.lstrip(".")
@@ -258,82 +240,6 @@ class Serving:
             p = e.problems[0]
             message = "; ".join(f"{q.field}: {q.message}" if q.field else q.message for q in e.problems)
             raise ApiError(400, self.private(message), p.field) from None
-
-    async def save_upload(self, upload: UploadFile, field: str) -> Path:
-        """An uploaded file in a private folder of its own, its size bounded while it streams and
-        its header checked before a sample is decoded."""
-        suffix = Path(upload.filename or "").suffix.lower()
-        path = self.new_upload(suffix)
-        size = 0
-        with open(path, "wb") as f:
-            while block := await upload.read(1 << 20):
-                size += len(block)
-                if size > self.options.max_upload_bytes:
-                    shutil.rmtree(path.parent, ignore_errors=True)
-                    raise ApiError(413, f"the upload is over {self.options.max_upload_bytes} bytes", field)
-                f.write(block)
-        return self.checked_upload(path, field)
-
-    async def save_inline(self, text: str, field: str) -> Path:
-        """Audio sent as base64 (a data: URL's prefix allowed), kept as an upload is."""
-        import base64
-        import binascii
-
-        text = text.split(",", 1)[1] if text.startswith("data:") else text
-        if len(text) * 3 // 4 > self.options.max_upload_bytes + 2:
-            raise ApiError(413, f"the audio is over {self.options.max_upload_bytes} bytes", field)
-        try:
-            data = base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(400, "not base64", field) from None
-        return self.saved(data, field)
-
-    async def save_fetched(self, url: str, field: str) -> Path:
-        """Audio from a URL, when the server was started with --allow-url-fetch."""
-        from editx_cli.serve.fetch import FetchError, fetch
-
-        if not self.options.allow_url_fetch:
-            raise ApiError(400, "this server does not fetch URLs (start it with --allow-url-fetch); "
-                                "send the audio inline or as a file", field)
-        try:
-            data = await asyncio.to_thread(fetch, url, self.options.max_upload_bytes, self.options.url_fetch_timeout)
-        except FetchError as e:
-            raise ApiError(400, str(e), field) from None
-        return self.saved(data, field)
-
-    def saved(self, data: bytes, field: str) -> Path:
-        if len(data) > self.options.max_upload_bytes:
-            raise ApiError(413, f"the audio is over {self.options.max_upload_bytes} bytes", field)
-        path = self.new_upload("")
-        path.write_bytes(data)
-        return self.checked_upload(path, field)
-
-    def new_upload(self, suffix: str) -> Path:
-        """A name the server picks for an upload, alone in a private folder (removed with it)."""
-        folder = Path(tempfile.mkdtemp(dir=self.scratch))
-        return folder / ("upload" + (suffix if suffix in UPLOAD_SUFFIXES else ""))
-
-    def checked_upload(self, path: Path, field: str) -> Path:
-        try:
-            problem = self.upload_problem(audio.probe(path, count_up_to=self.options.max_audio_seconds))
-        except audio.AudioError as e:
-            problem = self.private(f"not usable audio: {e}")
-        if problem:
-            shutil.rmtree(path.parent, ignore_errors=True)
-            raise ApiError(400, problem, field)
-        return path
-
-    def upload_problem(self, info: audio.AudioInfo) -> str | None:
-        """What is wrong with an upload's header, before a sample of it is decoded."""
-        if not RATES[0] <= info.samplerate <= RATES[1]:
-            return f"a sample rate of {info.samplerate} Hz; from {RATES[0]} to {RATES[1]} Hz are taken"
-        if info.seconds > self.options.max_audio_seconds:
-            return f"the audio is {info.seconds:.1f} s; at most {self.options.max_audio_seconds:g} s"
-        most = int(self.options.max_audio_seconds * 96000 * self.options.max_audio_channels)
-        if info.frames * info.channels > most:
-            return (f"the audio decodes to {info.frames * info.channels} samples ({info.channels} channels at "
-                    f"{info.samplerate} Hz); at most {most}")
-        return None
 
     def request_row(self, row: dict[str, Any], body: Any, fmt: str) -> dict[str, Any]:
         """A speech request's task row: the task's fields, its seed and how it is delivered."""

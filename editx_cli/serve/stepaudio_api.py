@@ -76,9 +76,9 @@ async def _audio(serving, step: StepAudio, name: str, saved: list[Path]) -> Path
     upload is; None when neither was sent."""
     inline, url = getattr(step, f"{name}_base64"), getattr(step, f"{name}_url")
     if inline:
-        path = await serving.save_inline(inline, f"step_audio.{name}_base64")
+        path = await serving.uploads.save_inline(inline, f"step_audio.{name}_base64")
     elif url:
-        path = await serving.save_fetched(url, f"step_audio.{name}_url")
+        path = await serving.uploads.save_fetched(url, f"step_audio.{name}_url")
     else:
         return None
     saved.append(path)
@@ -104,7 +104,7 @@ async def speech_upload(http: HttpRequest, payload: str = Form(...),
     try:
         for name, upload in (("prompt_audio", prompt_audio_file), ("input_audio", input_audio_file)):
             if upload is not None:
-                files[name] = await serving.save_upload(upload, f"{name}_file")
+                files[name] = await serving.uploads.save_upload(upload, f"{name}_file")
     except BaseException:
         remove(files.values())
         raise

@@ -70,7 +70,7 @@ async def add_voice(http: HttpRequest, name: str = Form(...), text: str = Form(.
     serving.text_limit(text, "text")
     if (voices / f"{name}.json").exists() and not replace:
         raise ApiError(409, f"voice {name!r} exists (send replace=true to replace it)", "name")
-    path = await serving.save_upload(file, "file")
+    path = await serving.uploads.save_upload(file, "file")
     try:
         x, sr = await asyncio.to_thread(audio.load, path)
     except audio.AudioError as e:
