@@ -5,7 +5,6 @@ transcript), and the routes that add, list and delete them."""
 import asyncio
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -80,8 +79,7 @@ async def add_voice(http: HttpRequest, name: str = Form(...), text: str = Form(.
     if sr > VOICE_RATE:  # a voice is a prompt: more than 48 kHz only takes disk space
         x, sr = await asyncio.to_thread(audio.resample, x, sr, VOICE_RATE), VOICE_RATE
     voices.mkdir(parents=True, exist_ok=True)
-    tmp = audio.write_atomic(voices / f"{name}.wav", audio.encode(x, sr, ".wav"))
-    os.replace(tmp, voices / f"{name}.wav")
+    files.replace(voices / f"{name}.wav", audio.encode(x, sr, ".wav"))
     write_json(voices / f"{name}.json", {"text": text.strip(), "seconds": round(len(x) / sr, 3)})
     cached = False
     if hasattr(engine_cls, "prompt_features"):
