@@ -210,7 +210,8 @@ def _run_parallel(planned: list[PlannedTask], config: RunConfig, cache) -> tuple
     for p in planned:
         o = by_id.get(p.task.id) or outcome_of(p.task)
         if p.skip:
-            o.status, o.output_seconds = "skipped", duration_of(p.task.output)
+            o.settle("skipped")
+            o.output_seconds = duration_of(p.task.output)
             restore(o, p.task.output)
         outcomes.append(o)
     devices = sorted({w.device for w in workers if w.device})

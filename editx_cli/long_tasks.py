@@ -29,7 +29,7 @@ class Long:
             c.whole = self
         # each finished chunk's outcome, what it said and what it should have said (for the report)
         self.done: dict[int, tuple[Outcome, str, str]] = {}
-        self.work.outcome.stages["split"] = round(split_seconds, 4)
+        self.work.outcome.add("split", split_seconds)
         # The join, made in order as chunks come in (each chunk's audio as soon as it is final)
         self.made: dict[int, tuple[np.ndarray, int]] = {}
         self.kept: set[int] = set()
@@ -88,14 +88,11 @@ class Long:
         """The chunks joined in order, with the task's report of them, delivered as one output."""
         w, o = self.work, self.work.outcome
         y, spans, sr = np.concatenate(self.joined), self.joiner.spans, self.joiner.sr
-        o.stages["join"] = round(self.join_seconds, 4)
+        o.add("join", self.join_seconds)
         rows, scores, texts = [], [], []
         for i, c in enumerate(self.chunks):
             co, transcript, expected = self.done[i]
-            for stage, seconds in co.stages.items():
-                o.add(stage, seconds)
-            o.cache_hits += co.cache_hits
-            o.cache_misses += co.cache_misses
+            o.absorb(co.stages, co.cache_hits, co.cache_misses)
             row = {"index": i + 1, "text": c.say if w.planned.task.kind == "clone" else transcript,
                    "seed": co.seed, "output_start": longform.seconds(spans[i][0], sr),
                    "output_end": longform.seconds(spans[i][1], sr),

@@ -101,7 +101,7 @@ def run(
     for p in planned:
         if p.skip:
             o = outcomes[p.task.id]
-            o.status = "skipped"
+            o.settle("skipped")
             o.output_seconds = duration_of(p.task.output)
             restore(o, p.task.output)
     load_seconds = 0.0
@@ -260,7 +260,7 @@ class _Flow:
                 continue
             if isinstance(result, BaseException):
                 if isinstance(result, ValueError):  # the engine's word on this input
-                    (w.whole.work if w.whole else w).outcome.refused = "engine"
+                    (w.whole.work if w.whole else w).outcome.refuse("engine")
                 self.end(w, "failed", one_line(result))
                 continue
             w.absorb(result)
@@ -291,7 +291,7 @@ class _Flow:
         whole = w.whole
         if whole is None:
             w.close()
-            w.outcome.status, w.outcome.error = state, error
+            w.outcome.settle(state, error)
             self.sched.complete([w.outcome])
             return
         if state == "done":  # a chunk is ready: the task is done when all are
@@ -307,7 +307,7 @@ class _Flow:
                     self.active.remove(other)
                     other.close()
         whole.work.close()
-        whole.work.outcome.status, whole.work.outcome.error = state, error
+        whole.work.outcome.settle(state, error)
         self.sched.complete([whole.work.outcome])
 
     def drop(self) -> None:

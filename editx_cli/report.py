@@ -53,6 +53,23 @@ class Outcome:
         """Time spent in a stage, added to what it took before (another pass, chunk or attempt)."""
         self.stages[stage] = round(self.stages.get(stage, 0.0) + seconds, 4)
 
+    def absorb(self, stages: dict[str, float], hits: int, misses: int, info: dict | None = None) -> None:
+        """An engine pass's (or a chunk's) times, cache lookups and facts, added to the task's."""
+        for stage, seconds in stages.items():
+            self.add(stage, seconds)
+        self.cache_hits += hits
+        self.cache_misses += misses
+        self.info.update(info or {})
+
+    def refuse(self, by: Literal["input", "engine", "output"], error: str = "") -> None:
+        """The task failed on its input: `by` says what refused it (see `refused`)."""
+        self.refused = by
+        self.error = error or self.error
+
+    def settle(self, status: str, error: str = "") -> None:
+        """The task's end: done, failed, cancelled, or skipped (done by an earlier run)."""
+        self.status, self.error = status, error
+
     def delivered(self, rate: int, seconds: float, measures: dict[str, float]) -> None:
         """What the output became: its length, rate and loudness as delivered."""
         self.output_seconds, self.sample_rate = round(seconds, 3), rate

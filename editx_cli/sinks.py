@@ -42,7 +42,7 @@ class Files:
         audio.remove_stale_parts(t.output)
         tmp = audio.write_atomic(t.output, data)
         try:
-            outcome.stages["write"] = round(time.perf_counter() - t0, 4)
+            outcome.add("write", time.perf_counter() - t0)
             commit(tmp, t.output, planned.fingerprint, t.id, manifest_of(t), outcome,
                    {**checks, "reference": os.path.abspath(planned.source)})
         finally:

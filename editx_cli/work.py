@@ -141,13 +141,8 @@ class Work:
             self.outcome.info["qa_attempts"] = self.attempts
 
     def absorb(self, result: Result) -> None:
-        o = self.outcome
-        for stage, seconds in result.stages.items():
-            o.add(stage, seconds)
-        o.info.update(result.info)
+        self.outcome.absorb(result.stages, result.cache_hits, result.cache_misses, result.info)
         self.pass_info = dict(result.info)
-        o.cache_hits += result.cache_hits
-        o.cache_misses += result.cache_misses
         self.audio, self.sr, self.path = result.audio, result.sr, ""
         self.passes += 1
         if self.passes < self.planned.task.iterations:
@@ -163,7 +158,7 @@ class Work:
             if self.audio.size == 0:
                 raise RuntimeError("the engine produced no audio")
             data, rate, measures, seconds = self.render()
-            o.stages["deliver"] = round(seconds, 4)  # stretch, resample, loudness, encode
+            o.add("deliver", seconds)  # stretch, resample, loudness, encode
             o.delivered(rate, len(self.audio) / self.sr / (t.delivery.speed or 1.0), measures)
             self.sink.output(self.key, self.planned, o, data,
                              {"text": self.expected, "kind": self.kind,
@@ -172,7 +167,7 @@ class Work:
         except Exception as e:  # one task's failure must not stop the others
             log.debug("task %s failed", t.id, exc_info=True)
             if isinstance(e, ValueError):  # not deliverable as asked (too short or silent to level...)
-                o.refused = "output"
+                o.refuse("output")
             return one_line(e)
         finally:
             self.close()
@@ -191,7 +186,7 @@ def start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, window: float
         t0 = time.perf_counter()
         x, sr = audio.load(p.source, max_rate=audio.MAX_INPUT_RATE)
         digest = audio.samples_digest(x, sr)
-        o.stages["read"] = round(time.perf_counter() - t0, 4)
+        o.add("read", time.perf_counter() - t0)
         try:
             level = loudness.integrated(x, sr) if t.delivery.match_input else None
         except loudness.LoudnessError as e:
@@ -200,15 +195,15 @@ def start(p: PlannedTask, o: Outcome, engine: Engine, transcriber, window: float
         if transcriber and t.kind == "edit" and not text.strip() and not long and \
                 engine.wants_transcript(t.edit_type, t.intensity):  # a long input: each chunk, later
             text, hit, seconds = transcriber(x, sr, digest)
-            o.stages["transcribe"] = round(seconds, 4)
+            o.add("transcribe", seconds)
             o.looked_up(hit)
             o.info["transcript"] = text
             o.info["transcribed_by"] = transcriber.backend
     except audio.AudioError as e:  # not audio, or not usable audio: its words are the whole story
-        o.error, o.refused = str(e).strip().splitlines()[0], "input"
+        o.refuse("input", str(e).strip().splitlines()[0])
         return Work(p, o, None, 0, str(p.source), text, "")
     except Exception as e:  # audio that cannot be used as asked (too quiet to match, not transcribable)
-        o.error, o.refused = one_line(e), "engine"
+        o.refuse("engine", one_line(e))
         return Work(p, o, None, 0, str(p.source), text, "")
     o.input_seconds = round(len(x) / sr, 3)
     return Work(p, o, x, sr, str(p.source), text, digest, input_loudness=level)
