@@ -219,29 +219,41 @@ def measure(model, slots: int, args, device: str, bandwidth: float, whole: bool)
     }
     row["x_floor"] = row["ms_per_step"] / row["floor_ms_per_step"]
     if not device.startswith("cuda"):
-        row["ops_per_step"], row["syncs_per_step"] = profile_counts(model, slots, args, device, whole, decoder)
+        row["ops_per_step"], row["work_ops_per_step"], row["syncs_per_step"] = profile_counts(
+            model, slots, args, device, whole, decoder)
     return row
 
 
-def profile_counts(model, slots: int, args, device: str, whole: bool, decoder) -> tuple[float, float]:
-    """Torch ops and host syncs per decode step (CPU profiler): the difference between runs of
-    the same tasks capped at 48 and at 16 tokens, over the difference in steps (so the prompts'
-    prefill cancels out; a profile of a whole run would hold millions of events)."""
+# Ops that only describe a tensor (a view, a shape, an empty allocation, a no-op resolve): no
+# arithmetic and no copy, so no kernel on a GPU. The rest are "work ops".
+METADATA_OPS = {f"aten::{name}" for name in (
+    "as_strided", "view", "reshape", "_reshape_alias", "_unsafe_view", "transpose", "t", "permute", "expand",
+    "slice", "select", "narrow", "split", "split_with_sizes", "chunk", "unsqueeze", "squeeze", "resolve_conj",
+    "resolve_neg", "empty", "empty_strided", "empty_like", "result_type", "detach", "alias", "to", "lift_fresh",
+    "unbind", "contiguous")}
+
+
+def profile_counts(model, slots: int, args, device: str, whole: bool, decoder) -> tuple[float, float, float]:
+    """Torch ops, work ops (those that compute or copy: kernels on a GPU) and host syncs per
+    decode step (CPU profiler): the difference between runs of the same tasks capped at 48 and
+    at 16 tokens, over the difference in steps (so the prompts' prefill cancels out; a profile
+    of a whole run would hold millions of events)."""
     from torch.profiler import ProfilerActivity, profile
 
-    def counts(cap: int) -> tuple[int, int, int]:
+    def counts(cap: int) -> tuple[int, int, int, int]:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             _, _, fig, _ = run_once(model, slots, args, device, whole, decoder, cap=cap)
-        ops = syncs = 0
+        ops = work = syncs = 0
         for e in prof.key_averages():
             if e.key.startswith("aten::"):
                 ops += e.count
+                work += e.count * (e.key not in METADATA_OPS)
             if e.key in ("aten::_local_scalar_dense", SYNC_LABEL):
                 syncs += e.count
-        return ops, syncs, fig.steps
+        return ops, work, syncs, fig.steps
 
-    (o1, s1, n1), (o2, s2, n2) = counts(2 * SYNC_EVERY), counts(6 * SYNC_EVERY)
-    return (o2 - o1) / (n2 - n1), (s2 - s1) / (n2 - n1)
+    (o1, w1, s1, n1), (o2, w2, s2, n2) = counts(2 * SYNC_EVERY), counts(6 * SYNC_EVERY)
+    return (o2 - o1) / (n2 - n1), (w2 - w1) / (n2 - n1), (s2 - s1) / (n2 - n1)
 
 
 def prefill_memory(model, width: int, device: str) -> dict:
@@ -289,8 +301,8 @@ def main() -> None:
     if not cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
     model = build(args.shape, args.device, dtype, args.layers)
-    meta = {"shape": args.shape, "layers": model.config.num_hidden_layers, "device": args.device, "dtype": str(dtype).replace("torch.", ""),
-            "workload": args.workload, "torch": torch.__version__,
+    meta = {"shape": args.shape, "layers": model.config.num_hidden_layers, "device": args.device,
+            "dtype": str(dtype).replace("torch.", ""), "workload": args.workload, "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if cuda else None, "threads": torch.get_num_threads()}
     if args.prefill:
         out = {"meta": meta, "prefill": prefill_memory(model, args.prefill, args.device)}
@@ -322,7 +334,7 @@ def main() -> None:
 
 def _header() -> str:
     return ("batch | slots | ms/step | task tok/s | occupancy | running | x floor | keys | graphs | captures (s) | "
-            "peak MiB | whole ms/step | speed-up | ops/step | syncs/step")
+            "peak MiB | whole ms/step | speed-up | ops/step | work ops/step | syncs/step")
 
 
 def _line(r: dict) -> str:
@@ -334,7 +346,7 @@ def _line(r: dict) -> str:
             f"{f('occupancy', '9.2f')} | {f('running_share', '7.2f')} | {f('x_floor', '7.2f')} | {keys} | "
             f"{len(r['graphs'])} | {r['captures']} ({r['capture_s']:.2f}) | {r['peak_memory_bytes'] / 2**20:8.0f} | "
             f"{f('whole_ms_per_step', '13.2f')} | {f('speedup', '7.2f')}x | {f('ops_per_step', '8.0f')} | "
-            f"{f('syncs_per_step', '10.3f')}")
+            f"{f('work_ops_per_step', '13.0f')} | {f('syncs_per_step', '10.3f')}")
 
 
 if __name__ == "__main__":

@@ -76,6 +76,31 @@ def test_static_cache_prefill_and_decode_equal_a_full_pass(native):
             assert torch.allclose(step[2], full[0, i], atol=1e-4), i
 
 
+def test_the_fused_decode_step_equals_the_plain_one_for_rows_of_different_lengths(tiny):
+    """q/k/v and gate/up as one product each, the residual adds inside the output products, the
+    cache indices made once a step: float32 logits within 1e-5 of the plain step's, at prefill
+    and at every decode step, for rows whose lengths differ; and the weights held once."""
+    plain, fused = (Step1ForCausalLM.from_folder(tiny / "Step-Audio-EditX", "cpu", torch.float32) for _ in range(2))
+    fused.fuse()
+    assert fused.fused and not plain.fused
+    attn = fused.model.layers[0].self_attn
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.qkv.untyped_storage().data_ptr()
+    rows = [prompt(31, 4), prompt(12, 5), prompt(47, 6)]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    caches = [StaticCache(plain.config, 3, 96, "cpu", torch.float32) for _ in range(2)]
+    with torch.inference_mode():
+        first = [m.prefill(ids, [len(r) - 1 for r in rows], torch.tensor([0, 1, 2]), c)
+                 for m, c in zip((plain, fused), caches, strict=True)]
+        assert torch.allclose(first[0], first[1], atol=1e-5)
+        pos = torch.tensor([len(r) for r in rows])
+        for step in range(20):
+            tokens = torch.tensor([65600 + step, 66000 + step, 67000 + step])
+            a, b = (m.decode(tokens, pos, c, 96) for m, c in zip((plain, fused), caches, strict=True))
+            assert (a - b).abs().max() <= 1e-5, step
+            pos = pos + 1
+
+
 def test_a_row_decodes_the_same_alone_or_among_others(native, remote):
     short, long = prompt(25, 2), prompt(60, 3)
     alone = decode(native, [Job(short, seed=7, budget=30)])[0].tokens

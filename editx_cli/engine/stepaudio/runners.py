@@ -22,6 +22,7 @@ class NativeRunner:
         self.vocab = model.config.vocab_size
         self.window = min(window, model.config.max_seq_len - 1)  # one position more is the scratch row
         self.chunk = PREFILL_CHUNK
+        model.fuse()  # one product for q/k/v and one for gate/up a decode step
         self.can_capture = True
         self.cache = None
 

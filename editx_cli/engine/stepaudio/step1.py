@@ -107,8 +107,16 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.eps_tensor: torch.Tensor | None = None  # eps and 1/dim as tensors on the device, made once
+        self.inverse_dim: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # the same arithmetic in fewer ops: no casts, no scalars to wrap
+            if self.eps_tensor is None or self.eps_tensor.device != x.device:
+                self.eps_tensor = torch.tensor(self.eps, device=x.device)
+                self.inverse_dim = torch.tensor(1.0 / x.shape[-1], device=x.device)
+            var = torch.mul(x, x).sum(-1, keepdim=True).mul_(self.inverse_dim).add_(self.eps_tensor)
+            return torch.mul(x, torch.rsqrt_(var)).mul_(self.weight)
         # As the reference: variance in float32, its rsqrt rounded to x's dtype, then multiplied
         # in x's dtype (in bf16, rounding the product instead differs by 1 ulp on ~30 % of values).
         var = x.float().pow(2).mean(-1, keepdim=True)
@@ -124,6 +132,16 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, kv, bias=False)
         self.v_proj = nn.Linear(h, kv, bias=False)
         self.o_proj = nn.Linear(h, h, bias=False)
+        self.sizes = (h, kv, kv)
+        self.qkv: torch.Tensor | None = None  # q, k and v's weights as one matrix (transposed), once fused
+        self.o_t: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        """q, k and v's weights as one matrix, so that a decode step makes one product of them;
+        the three projections become views of it (no second copy of the weights). Held
+        transposed, as a product reads them."""
+        self.qkv = _fused(self.q_proj, self.k_proj, self.v_proj).t()
+        self.o_t = self.o_proj.weight.t()
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor, past: tuple | None) -> tuple[torch.Tensor, tuple]:
         b, s, _ = x.shape
@@ -184,9 +202,27 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up: torch.Tensor | None = None  # gate and up's weights as one matrix (transposed), once fused
+        self.down_t: torch.Tensor | None = None
+
+    def fuse(self) -> None:
+        self.gate_up = _fused(self.gate_proj, self.up_proj).t()
+        self.down_t = self.down_proj.weight.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _fused(*linears: nn.Linear) -> torch.Tensor:
+    """The linears' weights stacked into one matrix, each linear's weight becoming a view of its
+    rows: one product computes them all, and the weights are held once."""
+    merged = torch.cat([lin.weight.detach() for lin in linears])
+    start = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight = nn.Parameter(merged[start:start + rows], requires_grad=False)
+        start += rows
+    return merged
 
 
 class Block(nn.Module):
@@ -206,6 +242,23 @@ class Block(nn.Module):
                        slots: torch.Tensor | None, pos: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn.forward_static(self.input_layernorm(x), bias, cache_k, cache_v, slots, pos)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def step(self, x: torch.Tensor, bias: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+             where: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """One decode step of a fused block: x (rows, hidden), row r in cache slot r; `where`
+        indexes each row's new position for every group, `bias` is folded (rows, groups, rep,
+        keys). Four products (q/k/v, o with the residual, gate/up, down with the residual), the
+        cache written in place, one attention call: no fold or unfold copies."""
+        a, rows = self.self_attn, x.shape[0]
+        q, k, v = torch.mm(self.input_layernorm(x), a.qkv).split(a.sizes, 1)
+        cache_k.index_put_(where, k.view(rows, a.groups, a.head_dim))
+        cache_v.index_put_(where, v.view(rows, a.groups, a.head_dim))
+        keys = bias.shape[-1]
+        out = F.scaled_dot_product_attention(q.view(rows, a.groups, -1, a.head_dim), cache_k[:rows, :, :keys],
+                                             cache_v[:rows, :, :keys], attn_mask=bias)
+        x = torch.addmm(x, out.view(rows, -1), a.o_t)
+        gate, up = torch.mm(self.post_attention_layernorm(x), self.mlp.gate_up).chunk(2, 1)
+        return torch.addmm(x, F.silu(gate).mul_(up), self.mlp.down_t)
 
 
 class StaticCache:
@@ -292,11 +345,33 @@ class Step1ForCausalLM(nn.Module):
                     out[r] = h[r, end - start]
         return self.lm_head(out).float()
 
+    def fuse(self) -> None:
+        """Each block's q/k/v and gate/up weights as one matrix a block (views keep the names the
+        checkpoint loads by); a 4-bit model's quantized layers are left as they are."""
+        for layer in self.model.layers:
+            for part, merged in ((layer.self_attn, "qkv"), (layer.mlp, "gate_up")):
+                if getattr(part, merged) is None and all(type(m) is nn.Linear for m in part.children()):
+                    part.fuse()
+
+    @property
+    def fused(self) -> bool:
+        first = self.model.layers[0]
+        return first.self_attn.qkv is not None and first.mlp.gate_up is not None
+
     def decode(self, tokens: torch.Tensor, pos: torch.Tensor, cache: StaticCache, keys: int) -> torch.Tensor:
         """One step for slots 0..rows-1: token `tokens[r]` at position `pos[r]`, attending over
         cache positions 0..keys-1 (every live row's `pos` below `keys`); logits (rows, vocab).
-        Fixed shapes for given rows and keys, so it can be captured as a CUDA graph."""
+        Fixed shapes for given rows and keys, so it can be captured as a CUDA graph. What every
+        layer shares (the bias, the cache indices) is made once a step."""
         bias = self.folded_bias(pos[:, None], keys, cache.k.dtype)
+        if self.fused:
+            rows = torch.arange(len(tokens), device=tokens.device)[:, None]
+            groups = torch.arange(self.config.num_attention_groups, device=tokens.device)[None, :]
+            where = (rows, groups, pos[:, None])
+            x = self.model.embed_tokens(tokens)
+            for i, layer in enumerate(self.model.layers):
+                x = layer.step(x, bias, cache.k[i], cache.v[i], where)
+            return self.lm_head(self.model.norm(x)).float()
         x = self.model.embed_tokens(tokens[:, None])
         for i, layer in enumerate(self.model.layers):
             x = layer.forward_static(x, bias, cache.k[i], cache.v[i], None, pos[:, None])
