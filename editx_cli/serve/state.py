@@ -23,7 +23,6 @@ from editx_cli.errors import InvalidInput, one_line
 from editx_cli.manifest import validate
 from editx_cli.resume import PlannedTask
 from editx_cli.schedule import group_size
-from editx_cli.serve import responses
 from editx_cli.serve.errors import ApiError
 from editx_cli.serve.options import (
     MEDIA,
@@ -32,6 +31,7 @@ from editx_cli.serve.options import (
     STREAM_FORMATS,
     ServeOptions,
 )
+from editx_cli.serve.responses import headers as response_headers
 from editx_cli.serve.uploads import Uploads
 from editx_cli.service import Busy, Service
 from editx_cli.tasks import Task
@@ -151,7 +151,7 @@ class Serving:
         done = served.result
         if done.status != "done":
             raise self._failure(task, None, done)
-        headers = responses.headers(done, served.load_seconds, served.batch, time.perf_counter() - t0)
+        headers = response_headers(done, served.load_seconds, served.batch, time.perf_counter() - t0)
         from fastapi.responses import Response
 
         fmt = task.output.suffix.lstrip(".")
