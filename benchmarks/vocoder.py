@@ -9,6 +9,12 @@ of the waveform, over the same tasks).
 
     python benchmarks/vocoder.py [--batch-sizes 1,8] [--seconds 2] [--prompt-seconds 2] [--device cuda]
 
+`--json` prints instead one row a batch size and attention mode with the torch ops a call
+(the CPU profiler): `ops_per_call` counts the ops the vocoder's Python calls (those inside
+an op are not counted again), `work_ops_per_call` the innermost ops that compute or copy
+(kernels, on a GPU). `items` is the CPU's attention (an item's result to the bit its own),
+`masked` the GPU's (one call a block for all items), counted here on the CPU.
+
 `--tasks N` measures instead what a run does: N tasks vocoded in the engine's groups
 (`--group`, the engine's VOCODE_BATCH), warm (one group first, untimed), in each of
 `--dtypes`, one JSON line a dtype (`--shape tiny`: the tiny checkpoints' vocoder, for a
@@ -148,6 +154,56 @@ def engine_rows(args) -> None:
             torch.cuda.empty_cache()
 
 
+# Ops that only describe a tensor: no arithmetic, no copy, so no kernel on a GPU
+METADATA_OPS = {f"aten::{name}" for name in (
+    "as_strided", "view", "reshape", "_reshape_alias", "_unsafe_view", "transpose", "t", "permute", "expand",
+    "slice", "select", "narrow", "split", "split_with_sizes", "chunk", "unsqueeze", "squeeze", "resolve_conj",
+    "resolve_neg", "empty", "empty_strided", "empty_like", "result_type", "detach", "alias", "to", "lift_fresh",
+    "unbind", "contiguous", "numpy_T", "flatten", "view_as", "expand_as", "unfold", "detach_")}
+
+
+def op_counts(fn) -> tuple[int, int]:
+    """(ops the Python code called, innermost ops that compute or copy) during fn()."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    calls = work = 0
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    has_child = {id(e.cpu_parent) for e in events if e.cpu_parent is not None}
+    for e in events:
+        parent = e.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        calls += parent is None
+        work += id(e) not in has_child and e.name not in METADATA_OPS
+    return calls, work
+
+
+def ops_rows(args) -> None:
+    """One JSON row a batch size and attention mode: ops a call, released shape, random weights."""
+    import json
+
+    from editx_cli.engine.stepaudio.flow import ITEMS, MASKED
+
+    torch.manual_seed(0)
+    flow, hift = Flow(FlowShape()), HiFT(HiftShape())
+    randomise(flow, 1, scale=0.5)
+    randomise(hift, 2, scale=0.5)
+    native = Token2Wav(flow, hift, MEL_CONF, args.device)
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    work = jobs(max(sizes), args.seconds, args.prompt_seconds)
+    native([work[0]])  # first-call costs (the flow's conditions, tables) are not a call's
+    for mode in (ITEMS, MASKED):
+        flow.attention = mode
+        for b in sizes:
+            calls, kernels = op_counts(lambda b=b: native(work[:b]))
+            print(json.dumps({"row": {"batch": b, "attention": mode, "ops_per_call": calls,
+                                      "work_ops_per_call": kernels, "task_seconds": args.seconds,
+                                      "device": args.device}}), flush=True)
+    flow.attention = None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch-sizes", default="1,8")
@@ -155,6 +211,7 @@ def main() -> None:
     ap.add_argument("--prompt-seconds", type=float, default=2.0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-official", action="store_true")
+    ap.add_argument("--json", action="store_true", help="ops a call, a row a batch size and attention mode")
     ap.add_argument("--tasks", type=int, default=None, help="the run's view: this many tasks in groups")
     ap.add_argument("--group", type=int, default=VOCODE_BATCH, help="tasks a vocoder call (with --tasks)")
     ap.add_argument("--dtypes", default="bfloat16,float32", help="with --tasks")
@@ -164,6 +221,9 @@ def main() -> None:
         if args.device.startswith("cuda"):  # parity is stated for fp32 without TF32
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
         engine_rows(args)
+        return
+    if args.json:
+        ops_rows(args)
         return
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     torch.manual_seed(0)

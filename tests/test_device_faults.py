@@ -222,7 +222,7 @@ def test_the_flow_schedule_and_snake_are_float32_in_every_dtype():
     shape = FlowShape(dit_width=32, dit_depth=1, dit_heads=2, dit_head_dim=16)
     flow = FlowMatching(shape).to(torch.bfloat16)
     seen = []
-    flow.estimator.t_embedder.register_forward_hook(lambda m, args, out: seen.append(args[0].item()))
+    flow.estimator.t_embedder.register_forward_hook(lambda m, args, out: seen.extend(args[0].tolist()))
     x = torch.randn(1, shape.mel, 10, dtype=torch.bfloat16)
     with torch.inference_mode():
         flow(x, [10], torch.randn(1, shape.mel, 10, dtype=torch.bfloat16),
