@@ -173,6 +173,30 @@ def test_an_item_alone_and_among_seven_others_is_the_same(mode):
     assert rows.mask is not None and rows.mask.sum() == 8  # the short row keeps its 3 keys
 
 
+def test_a_task_vocoded_alone_and_among_five_others_is_the_same(tiny):
+    """Flow and HiFT each run once for all tasks of a call (HiFT's padding zeroed again after
+    every convolution, its phase and reflections kept to each task's own end): a task's audio
+    is the same, to the sample, alone and among others of other lengths."""
+    from editx_cli.engine.stepaudio.token2wav import Token2Wav, VocodeJob
+
+    vocoder = Token2Wav.from_folder(tiny / "Step-Audio-EditX" / "CosyVoice-300M-25Hz")
+    g = np.random.default_rng(1)
+
+    def job(groups: int, prompt_groups: int, seed: int) -> VocodeJob:
+        ids = np.column_stack([g.integers(0, 1024, (groups + prompt_groups, 2)),
+                               g.integers(1024, 5120, (groups + prompt_groups, 3))]).ravel()
+        ids = [int(i) for i in ids]
+        return VocodeJob(ids[:5 * groups], ids[5 * groups:], g.standard_normal((6 * prompt_groups, 80)).astype(
+            np.float32) * 2 - 5, g.standard_normal(192).astype(np.float32), seed)
+
+    jobs = [job(3 + 4 * i, 2 + i % 3, i) for i in range(6)]
+    together = vocoder(jobs)
+    for i, one in enumerate(jobs):
+        (alone,) = vocoder([one])
+        assert len(alone) == len(together[i]) == 480 * 2 * 3 * (3 + 4 * i)
+        assert np.array_equal(alone, together[i]), i
+
+
 def test_the_thread_count_changes_nothing(tiny):
     """Workers run with fewer threads than one process: a convolution's or an FFT's sums would
     follow the thread count; the vocoder's do not."""

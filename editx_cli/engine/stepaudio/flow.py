@@ -309,6 +309,7 @@ class CausalConv(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(width, width, 3))
         self.bias = nn.Parameter(torch.zeros(width))
+        self.flat: tuple | None = None  # (key, the weight as (C, 3C)), made once for the weight as it is
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """On the CPU one product of the unfolded frames, whose rows are summed alike whatever the
@@ -316,8 +317,11 @@ class CausalConv(nn.Module):
         (the DiT's 320 convolutions a task are a third of the flow)."""
         if x.device.type != "cpu":
             return F.conv1d(F.pad(x.transpose(1, 2), (2, 0)), self.weight, self.bias).transpose(1, 2)
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self.flat is None or self.flat[0] != key:
+            self.flat = (key, self.weight.flatten(1))
         frames = F.pad(x, (0, 0, 2, 0)).unfold(1, 3, 1)  # (B, T, C, 3)
-        return F.linear(frames.reshape(*x.shape[:2], -1), self.weight.flatten(1), self.bias)
+        return F.linear(frames.reshape(*x.shape[:2], -1), self.flat[1], self.bias)
 
 
 class ConvBranch(nn.Module):

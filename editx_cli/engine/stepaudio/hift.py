@@ -13,6 +13,13 @@ load `hift.pt` as it is (weight-normalised layers are folded at load: either key
 
 The source's noise is an input (drawn by the caller from the task's generator), so a
 waveform is a function of its mel and its seed.
+
+Batched: items are right-padded, and after every convolution the frames past an item's end
+are zeroed again (`Lengths`), so that the next convolution sees there the zeros it would
+see past the end of the item alone; the source's phase stops at an item's end, its
+spectrum reflects at the item's own end, and each item's inverse STFT is normalised by its
+own frames. Every product is one of rows (rowwise.py): an item's waveform is the same, to
+the bit, alone and among others.
 """
 
 from __future__ import annotations
@@ -62,9 +69,12 @@ class Snake(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # in float32 whatever the model's dtype: in fp16 the 1e-9 that keeps 1/alpha finite is lost
-        alpha = self.alpha[None, :, None].float()
-        y = x.float()
-        return (y + 1.0 / (alpha + 1e-9) * torch.pow(torch.sin(y * alpha), 2)).to(x.dtype)
+        y = x if x.dtype == torch.float32 else x.float()
+        alpha = self.alpha.view(1, -1, 1)
+        alpha = alpha if alpha.dtype == torch.float32 else alpha.float()
+        wave = torch.sin(y * alpha)
+        out = torch.addcmul(y, (alpha + 1e-9).reciprocal(), wave * wave)
+        return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
 class ResBlock(nn.Module):
@@ -77,10 +87,18 @@ class ResBlock(nn.Module):
         self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
         self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """x zero past each item's end (`live`, (B, 1, T) of ones and zeros), and so the result."""
         for c1, c2, a1, a2 in zip(self.convs1, self.convs2, self.activations1, self.activations2, strict=True):
-            x = x + steady(a2(steady(a1(x), c1)), c2)  # per task: only the thread count is at stake
+            x = torch.addcmul(x, live, steady(a2(steady(a1(x), c1) * live), c2))
         return x
+
+
+def one_output(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """A Linear of one output, (..., K) -> (...): a sum along each row. A product with one
+    column is a matrix-vector product, whose rows are summed otherwise as their count
+    changes (an item alone and in a batch)."""
+    return (x * weight[0]).sum(-1) + bias[0]
 
 
 class F0Predictor(nn.Module):
@@ -92,11 +110,11 @@ class F0Predictor(nn.Module):
         self.condnet = nn.Sequential(*layers)  # named as the checkpoint names it; run layer by layer
         self.classifier = nn.Linear(channels, 1)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
         x = mel
         for layer in self.condnet:
-            x = steady(x, layer) if isinstance(layer, nn.Conv1d) else layer(x)
-        return torch.abs(self.classifier(x.transpose(1, 2)).squeeze(-1))
+            x = steady(x, layer) * live if isinstance(layer, nn.Conv1d) else layer(x)
+        return torch.abs(one_output(x.transpose(1, 2), self.classifier.weight, self.classifier.bias))
 
 
 class Source(nn.Module):
@@ -138,34 +156,38 @@ class HiFT(nn.Module):
         """The source noise one item takes: (samples, sines)."""
         return frames * self.shape.samples_per_frame, self.shape.harmonics + 1
 
-    def source(self, f0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """f0 (B, T) in Hz, noise (B, 480T, 9) ~ N(0, 1) -> source (B, 1, 480T)."""
+    def source(self, f0: torch.Tensor, noise: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+        """f0 (B, T) in Hz, noise (B, 480T, 9) ~ N(0, 1) -> source (B, 1, 480T). The phase stops at
+        each item's end (`live` (B, T, 1)), so the interpolation's last half frame, which alone
+        would repeat the last frame's phase, meets that same value."""
         s, up = self.shape, self.shape.samples_per_frame
         f0_up = F.interpolate(f0[:, None], scale_factor=float(up), mode="nearest").transpose(1, 2)  # (B, L, 1)
         harmonic = f0_up * torch.arange(1, s.harmonics + 2, device=f0.device, dtype=f0.dtype)  # (B, L, 9)
         step = (harmonic / s.sample_rate) % 1  # cycles a sample, constant over a frame
         per_frame = F.interpolate(step.transpose(1, 2), scale_factor=1 / up, mode="linear").transpose(1, 2)
-        phase = torch.cumsum(per_frame, dim=1) * 2 * np.pi
+        phase = torch.cumsum(per_frame * live, dim=1) * 2 * np.pi
         phase = F.interpolate(phase.transpose(1, 2) * up, scale_factor=float(up), mode="linear").transpose(1, 2)
         sines = torch.sin(phase) * s.sine_amp
         voiced = (f0_up > s.voiced_threshold).to(sines.dtype)
         amplitude = voiced * s.noise_std + (1 - voiced) * s.sine_amp / 3
         waves = sines * voiced + amplitude * noise
         linear = self.m_source.l_linear
-        return torch.tanh(F.linear(waves, linear.weight.float(), linear.bias.float())).transpose(1, 2)
+        return torch.tanh(one_output(waves, linear.weight.float(), linear.bias.float()))[:, None, :]
 
-    def source_spectrum(self, source: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    def source_spectrum(self, source: torch.Tensor, window: torch.Tensor, reflected: torch.Tensor) -> torch.Tensor:
         """The source's centred STFT, [real; imaginary] (B, n_fft + 2, frames), as a product with
         the DFT's basis: an FFT's result follows the thread count, a matrix product's rows do not
-        (the n_fft is 16: the product costs nothing)."""
+        (the n_fft is 16: the product costs nothing). `reflected` (B, samples + n_fft) indexes
+        each item's samples reflected at both of its ends (Lengths.reflected)."""
         n = self.shape.n_fft
-        frames = F.pad(source[:, None], (n // 2, n // 2), mode="reflect")[:, 0].unfold(1, n, self.shape.hop)
+        frames = torch.gather(source, 1, reflected).unfold(1, n, self.shape.hop)
         k = torch.arange(n // 2 + 1, dtype=torch.float64)[:, None] * torch.arange(n, dtype=torch.float64)[None]
         angle = 2 * np.pi * k / n
         basis = torch.cat([torch.cos(angle), -torch.sin(angle)]).to(source.device, torch.float32)  # (n + 2, n)
         return ((frames * window) @ basis.T).transpose(1, 2)
 
-    def inverse_spectrum(self, real: torch.Tensor, imag: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    def inverse_spectrum(self, real: torch.Tensor, imag: torch.Tensor, window: torch.Tensor,
+                         live: torch.Tensor) -> torch.Tensor:
         """The centred inverse STFT of (B, n_fft/2 + 1, frames) as torch.istft makes it (inverse real
         DFT of each frame, windowed, overlap-added, divided by the overlapped squared window,
         the centring cut), with the DFT as a matrix product and the overlap-add in a fixed
@@ -177,9 +199,10 @@ class HiFT(nn.Module):
         weight[0] = weight[-1] = 1.0  # DC and Nyquist once (their imaginary parts are dropped, as irfft does)
         cos_basis = (weight * torch.cos(angle) / n).to(real.device, torch.float32)
         sin_basis = (-weight * torch.sin(angle) / n).to(real.device, torch.float32)
-        frames = (real.transpose(1, 2) @ cos_basis + imag.transpose(1, 2) @ sin_basis) * window  # (B, T, n)
+        live = live.transpose(1, 2)  # (B, T, 1): an item's frames; the others add zeros, and no window
+        frames = (real.transpose(1, 2) @ cos_basis + imag.transpose(1, 2) @ sin_basis) * window * live  # (B, T, n)
         signal = self._overlap_add(frames, hop)
-        envelope = self._overlap_add((window * window).expand(1, frames.shape[1], n), hop)
+        envelope = self._overlap_add(window * window * live, hop)
         length = hop * (frames.shape[1] - 1)
         return (signal / envelope)[:, n // 2: n // 2 + length]
 
@@ -192,25 +215,56 @@ class HiFT(nn.Module):
             out[:, j * hop: j * hop + hop * t] += frames[:, :, j * hop:(j + 1) * hop].reshape(b, -1)
         return out
 
-    def forward(self, mel: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """mel (B, 80, T), source noise (B, 480T, 9) -> waveform (B, 480T)."""
+    def forward(self, mel: torch.Tensor, noise: torch.Tensor, frames: list[int] | None = None) -> torch.Tensor:
+        """mel (B, 80, T), source noise (B, 480T, 9), each item's mel frames (all T if None)
+        -> waveform (B, 480T): an item's first 480 x frames samples are its own."""
         s, dtype = self.shape, mel.dtype  # the source and both STFTs in float32, whatever the layers' dtype
-        source = self.source(self.f0_predictor(mel).float(), noise.float()).squeeze(1)
+        at = Lengths(frames or [mel.shape[2]] * mel.shape[0], mel.shape[2], s, mel.device)
+        source = self.source(self.f0_predictor(mel, at.live(1, dtype)).float(), noise.float(),
+                             at.live(1, torch.float32).transpose(1, 2)).squeeze(1)
         window = self.window.float()
-        spec = self.source_spectrum(source, window).to(dtype)
-        x = steady(mel, self.conv_pre)
-        kinds = len(s.resblock_kernels)
-        for i, up in enumerate(self.ups):
+        spectrum_live = at.live(s.samples_per_frame // s.hop, torch.float32, 1)
+        spec = (self.source_spectrum(source, window, at.reflected(s.n_fft)) * spectrum_live).to(dtype)
+        x = steady(mel, self.conv_pre) * at.live(1, dtype)
+        kinds, scale = len(s.resblock_kernels), 1
+        for i, (up, rate) in enumerate(zip(self.ups, s.upsample_rates, strict=True)):
+            scale *= rate
             x = transposed_conv(F.leaky_relu(x, s.lrelu_slope), up)
+            extra = 0
             if i == len(self.ups) - 1:
-                x = F.pad(x, (1, 0), mode="reflect")
-            x = x + self.source_resblocks[i](conv(spec, self.source_downs[i]))
-            x = sum(self.resblocks[i * kinds + j](x) for j in range(kinds)) / kinds
+                x, extra = F.pad(x, (1, 0), mode="reflect"), 1
+            live = at.live(scale, dtype, extra)
+            x = x * live + self.source_resblocks[i](conv(spec, self.source_downs[i]) * live, live)
+            x = sum(self.resblocks[i * kinds + j](x, live) for j in range(kinds)) / kinds
         x = steady(F.leaky_relu(x), self.conv_post).float()
         half = s.n_fft // 2 + 1
         magnitude, phase = torch.clamp(torch.exp(x[:, :half]), max=1e2), torch.sin(x[:, half:])
-        wave = self.inverse_spectrum(magnitude * torch.cos(phase), magnitude * torch.sin(phase), window)
+        wave = self.inverse_spectrum(magnitude * torch.cos(phase), magnitude * torch.sin(phase), window,
+                                     spectrum_live)
         return torch.clamp(wave, -s.audio_limit, s.audio_limit)
+
+
+class Lengths:
+    """Each item's frames at every resolution of a padded batch."""
+
+    def __init__(self, frames: list[int], longest: int, shape: HiftShape, device: torch.device) -> None:
+        self.frames, self.longest, self.device = frames, longest, device
+        self.samples_per_frame = shape.samples_per_frame
+        self.count = torch.tensor(frames, device=device)[:, None, None]
+
+    def live(self, scale: int, dtype: torch.dtype, extra: int = 0) -> torch.Tensor:
+        """(B, 1, scale x T + extra): one at each item's scale x frames + extra, zero after."""
+        at = torch.arange(scale * self.longest + extra, device=self.device)
+        return (at < self.count * scale + extra).to(dtype)
+
+    def reflected(self, n_fft: int) -> torch.Tensor:
+        """(B, samples + n_fft) indices of each item's samples (480 a frame), reflected n_fft / 2
+        at both of its ends, as a centred STFT pads one signal; past the item, index 0."""
+        samples = self.longest * self.samples_per_frame
+        j = torch.arange(samples + n_fft, device=self.device)[None, :] - n_fft // 2
+        own = (self.count[:, :, 0] * self.samples_per_frame)  # (B, 1)
+        index = torch.where(j < 0, -j, torch.where(j >= own, 2 * (own - 1) - j, j))
+        return torch.where((index >= 0) & (index < own), index, 0)
 
 
 def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

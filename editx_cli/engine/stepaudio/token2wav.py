@@ -7,12 +7,12 @@ the official constructor's default) shape editx's Flow and HiFT, and every tenso
 `flow.pt` and `hift.pt` (weights-only loads) must fit them: a mismatch is one line naming
 the file, the tensor and both shapes.
 
-Vocoding takes many tasks at once: their flows run as one batch (see flow.py), their
-HiFTs one by one (HiFT's receptive field and end reflections would see a neighbour's
-padding). Each task's randomness comes from a generator seeded by the task's seed, drawn
-in this order: the flow's noise (1, 80, 2 x (prompt + generated token frames)), then the
-HiFT source's initial phases (1, 9) and its noise (sine-major, see hift.source_noise); a
-rerun is identical, whatever else the run vocodes.
+Vocoding takes many tasks at once: their flows run as one batch, and their HiFTs as
+another (flow.py and hift.py say how an item stays what it would be alone). Each task's
+randomness comes from a generator seeded by the task's seed, drawn in this order: the
+flow's noise (1, 80, 2 x (prompt + generated token frames)), then the HiFT source's initial
+phases (1, 9) and its noise (sine-major, see hift.source_noise); a rerun is identical,
+whatever else the run vocodes.
 """
 
 from __future__ import annotations
@@ -200,6 +200,7 @@ class Token2Wav:
         """Each job's 24 kHz float32 waveform, 480 samples per generated mel frame."""
         import torch
         import torch.nn.functional as F
+        from torch.nn.utils.rnn import pad_sequence
 
         from editx_cli.engine.stepaudio.hift import source_noise
 
@@ -220,11 +221,12 @@ class Token2Wav:
             mels.append(mel.to(self.device, self.dtype))
             speakers.append(speaker)
         with torch.inference_mode():
-            out = self.flow(prompts, tokens, mels, torch.cat(speakers).to(self.device, self.dtype),
-                            [n.to(self.device, self.dtype) for n in noises])
-            waves = []
-            for mel, g in zip(out, generators, strict=True):
-                noise = source_noise(g, *self.hift.source_noise_shape(mel.shape[1]))
-                wave = self.hift(mel[None], noise.to(self.device, self.dtype))
-                waves.append(wave.float().cpu().numpy().reshape(-1))
-        return waves
+            mels = self.flow(prompts, tokens, mels, torch.cat(speakers).to(self.device, self.dtype),
+                             [n.to(self.device, self.dtype) for n in noises])
+            frames = [mel.shape[1] for mel in mels]
+            source = [source_noise(g, *self.hift.source_noise_shape(n))[0] for g, n in zip(generators, frames,
+                                                                                              strict=True)]
+            waves = self.hift(pad_sequence([mel.T for mel in mels], batch_first=True).transpose(1, 2),
+                              pad_sequence(source, batch_first=True).to(self.device, self.dtype), frames)
+            waves = waves.float().cpu().numpy()
+        return [waves[i, :n * self.hift.shape.samples_per_frame] for i, n in enumerate(frames)]
