@@ -108,6 +108,11 @@ def model_options() -> list:
                           "depend on what it is batched with (slower)."),
         click.option("--cuda-graphs/--no-cuda-graphs", envvar="EDITX_CUDA_GRAPHS", default=True, show_default=True,
                      help="Capture the decode step as CUDA graphs (CUDA only; native LLM)."),
+        click.option("--compile/--no-compile", "compile_step", envvar="EDITX_COMPILE", default=False,
+                     show_default=True,
+                     help="Compile the decode step with torch.compile (native LLM; CUDA graphs, if on, capture "
+                          "the compiled step). The compiler's cache is kept in the cache folder, so a later run "
+                          "starts warm; the report's decode.compile_seconds says what compiling took."),
         click.option("--prompt-format", envvar="EDITX_PROMPT_FORMAT", default="auto", show_default=True,
                      type=click.Choice(["auto", "legacy", "chat"]),
                      help="chat: the 2026 release's prompts, from the model folder's chat_template; legacy: the "
@@ -151,8 +156,8 @@ def delivery_of(common: dict) -> dict:
 WHISPER_HELP = ("A CTranslate2 Whisper folder (one with model.bin: faster-whisper), a Whisper checkpoint file, "
                 "or a model name already in Whisper's cache (openai-whisper).")
 MODEL_KEYS = ("model_dir", "tokenizer_dir", "editx_src", "vocoder", "vocoder_dtype", "variant", "dtype", "llm_impl",
-              "deterministic", "cuda_graphs", "dump_prompts", "prompt_format", "temperature", "top_k", "top_p",
-              "repetition_mask")
+              "deterministic", "cuda_graphs", "compile_step", "dump_prompts", "prompt_format", "temperature", "top_k",
+              "top_p", "repetition_mask")
 
 
 def quality_of(common: dict) -> dict:

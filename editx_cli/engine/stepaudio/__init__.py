@@ -154,7 +154,10 @@ class StepAudioEngine(Engine):
                 "prompt_format": getattr(self, "prompt_format", None),
                 "sampling": dataclasses.asdict(self.sampling) if hasattr(self, "sampling") else None,
                 "audio_tokenizer_loaded": bool(self.audio_tokenizer and self.audio_tokenizer.loaded),
-                "decode": self.stats.summary(), "vocode": self.vocode_stats.summary()}
+                "decode": {**self.stats.summary(), "compiled": bool(self.config.get("compile_step")),
+                           "compile_seconds": round(getattr(getattr(self, "runner", None), "compile_seconds", 0.0),
+                                                    3)},
+                "vocode": self.vocode_stats.summary()}
 
     # -- loading --------------------------------------------------------------------------
 
@@ -201,6 +204,15 @@ class StepAudioEngine(Engine):
 
         return Vocoder(folder, self.editx_src, self.device)
 
+    def _compile_folder(self) -> Path | None:
+        """Where the compiled decode step is kept (--compile): beside the feature cache, or in
+        the default cache folder when the run has none."""
+        if not self.config.get("compile_step"):
+            return None
+        from editx_cli.cache import default_dir
+
+        return Path(getattr(self.cache, "directory", None) or default_dir()) / "compiled"
+
     def _load_llm(self) -> None:
         from editx_cli.engine.stepaudio.runners import NativeRunner, UnpaddedRunner
         from editx_cli.engine.stepaudio.text_tokenizer import TextTokenizer
@@ -217,7 +229,7 @@ class StepAudioEngine(Engine):
 
             model = Step1ForCausalLM.from_folder(self.llm_dir, self.device, self.dtype, nf4=self.variant == "bnb")
             self.llm = model
-            self.runner = NativeRunner(model, MAX_LENGTH)
+            self.runner = NativeRunner(model, MAX_LENGTH, self._compile_folder())
         else:
             from transformers import AutoModelForCausalLM
             from transformers.utils import logging as hf_logging

@@ -3,6 +3,9 @@ length at once, padding masked), or a model that ignores padding masks, a row at
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,7 +18,8 @@ class NativeRunner:
 
     attention = "sdpa over live-key buckets"
 
-    def __init__(self, model: Any, window: int) -> None:
+    def __init__(self, model: Any, window: int, compile_into: Path | None = None) -> None:
+        """compile_into: compile the decode step with torch.compile, its cache in that folder."""
         from editx_cli.engine.stepaudio.step1 import PREFILL_CHUNK
 
         self.model = model
@@ -25,6 +29,10 @@ class NativeRunner:
         model.fuse()  # one product for q/k/v and one for gate/up a decode step
         self.can_capture = True
         self.cache = None
+        self.compiling = compile_into is not None
+        self.step = compiled(model.decode, compile_into) if compile_into is not None else model.decode
+        self.compiled: set[tuple] = set()  # the shapes compiled so far
+        self.compile_seconds = 0.0
 
     def allocate(self, slots: int, length: int, device: str) -> None:
         from editx_cli.engine.stepaudio.step1 import StaticCache
@@ -47,7 +55,14 @@ class NativeRunner:
         return ended, self.model.lm_head(h[ended, at]).float()
 
     def decode(self, tokens: torch.Tensor, pos: torch.Tensor, keys: int) -> torch.Tensor:
-        return self.model.decode(tokens, pos, self.cache, keys)
+        shape = (tuple(tokens.shape), keys)
+        if not self.compiling or shape in self.compiled:
+            return self.step(tokens, pos, self.cache, keys)
+        start = time.perf_counter()  # a shape's first call compiles it (or reads it from the cache)
+        logits = self.step(tokens, pos, self.cache, keys)
+        self.compile_seconds += time.perf_counter() - start
+        self.compiled.add(shape)
+        return logits
 
     def move(self, src: int, dst: int) -> None:
         self.cache.move(src, dst)
@@ -100,6 +115,18 @@ class UnpaddedRunner:
 
     def close(self) -> None:
         self.seqs = []
+
+
+def compiled(step: Any, folder: Path) -> Any:
+    """step compiled by torch.compile, a function of fixed shapes (one graph a row count and key
+    bucket, as the decoder's CUDA graphs are), its compiled code cached in `folder`, so a
+    later process reads it instead of compiling again."""
+    folder.mkdir(parents=True, exist_ok=True)
+    # read by the compiler whenever it looks for its cache (torch sets them itself, to a temporary
+    # folder, on first use: so they are set here, not defaulted)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder / "inductor")
+    os.environ["TRITON_CACHE_DIR"] = str(folder / "triton")
+    return torch.compile(step, dynamic=False)
 
 
 def to_device(t: torch.Tensor, device: str) -> torch.Tensor:
