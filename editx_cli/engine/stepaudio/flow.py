@@ -405,21 +405,23 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList(DiTBlock(s.dit_width, s.dit_heads, s.dit_head_dim, s.dit_mlp_ratio)
                                     for _ in range(s.dit_depth))
         self.final_layer = FinalLayer(s.dit_width, s.mel)
-        self.made: tuple | None = None  # (key, conditions): see conditions
+        self.made: tuple | None = None  # (key, (conditions, step lengths)): see conditions
 
-    def conditions(self, times: torch.Tensor) -> list[tuple[list, tuple]]:
-        """Every block's modulations (and the final layer's) at each of the times (S,). They are
-        the same for every item and every call: made once for the weights as they are (a
-        parameter changed in place or moved is a new key), a time a product, as a product of
-        one row is summed the same whatever the thread count, and one of a few rows is not."""
-        key = (tuple(times.tolist()), times.device, torch.is_inference_mode_enabled(),
+    def conditions(self, steps: int, device: torch.device) -> tuple[list[tuple[list, tuple]], list[torch.Tensor]]:
+        """Every block's modulations (and the final layer's) at each time of the schedule, and the
+        steps' lengths. They are the same for every item and every call: made once for the
+        weights as they are (a parameter changed in place or moved is a new key), a time a
+        product, as a product of one row is summed the same whatever the thread count, and one
+        of a few rows is not."""
+        key = (steps, device, torch.is_inference_mode_enabled(),
                tuple((p.data_ptr(), p._version) for p in self.parameters()))
         if self.made is None or self.made[0] != key:
+            times, dts = schedule(steps, device)
             made = []
-            for step in range(len(times)):
+            for step in range(steps):
                 c = self.t_embedder(times[step:step + 1])
                 made.append(([block.modulations(c)[0] for block in self.blocks], self.final_layer.modulations(c)[0]))
-            self.made = (key, made)
+            self.made = (key, (made, dts))
         return self.made[1]
 
     def inputs(self, mu: torch.Tensor, speaker: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -474,9 +476,9 @@ class FlowMatching(nn.Module):
             return torch.stack([a, torch.zeros_like(a)], 1).flatten(0, 1)
 
         fixed = self.estimator.inputs(pairs(mu).transpose(1, 2), pairs(speaker), pairs(cond).transpose(1, 2))
-        times, dts = schedule(steps, mu.device)
+        conditions, dts = self.estimator.conditions(steps, mu.device)
         x = noise.transpose(1, 2)
-        for condition, dt in zip(self.estimator.conditions(times), dts, strict=True):
+        for condition, dt in zip(conditions, dts, strict=True):
             v = self.estimator(x.repeat_interleave(2, dim=0), fixed, condition, rows)
             guided, free = v.view(-1, 2, *v.shape[1:]).unbind(1)
             # (1 + cfg) guided - cfg free

@@ -248,7 +248,7 @@ class Lengths:
     """Each item's frames at every resolution of a padded batch."""
 
     def __init__(self, frames: list[int], longest: int, shape: HiftShape, device: torch.device) -> None:
-        self.frames, self.longest, self.device = frames, longest, device
+        self.longest, self.device = longest, device
         self.samples_per_frame = shape.samples_per_frame
         self.count = torch.tensor(frames, device=device)[:, None, None]
 

@@ -48,21 +48,19 @@ def products(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, stride
     b, t = frames.shape[0], frames.shape[2]
     # one product of (B x T') rows: a batch of products (what a 3-D operand that is not one
     # block of rows becomes) is summed otherwise as its count changes
-    frames, w = rows(frames.transpose(1, 2).reshape(b * t, w.shape[1] * k), w.reshape(w.shape[0], -1))
-    return F.linear(frames, w, bias).view(b, t, -1).transpose(1, 2)
+    frames = whole_rows(frames.transpose(1, 2).reshape(b * t, w.shape[1] * k))
+    return F.linear(frames, whole_rows(w.reshape(w.shape[0], -1)), bias).view(b, t, -1).transpose(1, 2)
 
 
 ROW_FLOATS = 16  # 64 bytes
 
 
-def rows(frames: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """frames (M, K) and w (N, K) with K padded with zeros to whole 64-byte rows: the BLAS
-    reads a row by its address's alignment, so with rows of another width an item's rows
-    would be summed otherwise at another place in the batch than alone (seen with K = 18)."""
-    extra = -frames.shape[1] % ROW_FLOATS
-    if extra:
-        frames, w = F.pad(frames, (0, extra)), F.pad(w, (0, extra))
-    return frames, w
+def whole_rows(m: torch.Tensor) -> torch.Tensor:
+    """m (M, K) with K padded with zeros to whole 64-byte rows: the BLAS reads a row by its
+    address's alignment, so with rows of another width an item's rows would be summed otherwise
+    at another place in the batch than alone (seen with K = 18). Pad both operands alike."""
+    extra = -m.shape[1] % ROW_FLOATS
+    return F.pad(m, (0, extra)) if extra else m
 
 
 def transposed_conv(x: torch.Tensor, layer: nn.ConvTranspose1d) -> torch.Tensor:
@@ -72,16 +70,14 @@ def transposed_conv(x: torch.Tensor, layer: nn.ConvTranspose1d) -> torch.Tensor:
     k, length = w.shape[2], x.shape[2]
     taps = -(-k // u)
     padded = F.pad(x, (taps - 1, taps - 1))
-    frames = padded.unfold(2, taps, 1).transpose(1, 2).reshape(-1, x.shape[1] * taps)  # (B x Q, C*taps)
-    extra = -frames.shape[1] % ROW_FLOATS  # whole 64-byte rows: see rows()
-    frames = F.pad(frames, (0, extra)) if extra else frames
+    frames = whole_rows(padded.unfold(2, taps, 1).transpose(1, 2).reshape(-1, x.shape[1] * taps))  # (B x Q, C*taps)
     phases = []
     for r in range(u):
         kernel = torch.zeros(w.shape[0], w.shape[1], taps, dtype=w.dtype, device=w.device)
         kernel[:, :, : len(range(r, k, u))] = w[:, :, r::u]
         kernel = kernel.flip(2).permute(1, 0, 2).reshape(w.shape[1], -1)  # (C_out, C_in*taps): frame order
-        kernel = F.pad(kernel, (0, extra)) if extra else kernel
-        phases.append((frames @ kernel.T).view(x.shape[0], -1, w.shape[1]))  # (B, Q, C_out): phase r at q = (n+p) // u
+        # (B, Q, C_out): phase r at q = (n + p) // u
+        phases.append((frames @ whole_rows(kernel).T).view(x.shape[0], -1, w.shape[1]))
     out = torch.stack(phases, dim=2).reshape(x.shape[0], -1, w.shape[1]).transpose(1, 2)  # n + p = q*u + r
     size = (length - 1) * u - 2 * p + k
     return out[:, :, p:p + size] + layer.bias[None, :, None]
