@@ -55,8 +55,10 @@ class NativeRunner:
         return ended, self.model.lm_head(h[ended, at]).float()
 
     def decode(self, tokens: torch.Tensor, pos: torch.Tensor, keys: int) -> torch.Tensor:
+        if not self.compiling:
+            return self.step(tokens, pos, self.cache, keys)
         shape = (tuple(tokens.shape), keys)
-        if not self.compiling or shape in self.compiled:
+        if shape in self.compiled:
             return self.step(tokens, pos, self.cache, keys)
         start = time.perf_counter()  # a shape's first call compiles it (or reads it from the cache)
         logits = self.step(tokens, pos, self.cache, keys)
