@@ -24,8 +24,10 @@ second over the whole run (a guided task's two rows make one token), occupancy,
 the graphs and attention that ran (from the decoder), captures and their time
 apart, peak memory, and the memory floor: the bytes a step must read (weights,
 plus the live keys and values) over the device's copy bandwidth measured in the
-same run. On the CPU also torch ops and host syncs a step (torch.profiler):
-proxies for a GPU's launch and sync costs that a small model's wall time hides.
+same run. On the CPU also torch ops (every op recorded), calls (the ops the
+step's Python makes), work ops and host syncs a step (torch.profiler): proxies
+for a GPU's launch and sync costs that a small model's wall time hides; on a GPU
+the kernels a step launches (`kernels_per_step`).
 `--compare whole` runs the same work with every step attending over the whole
 cache (the --deterministic path, and what every step did before buckets) and
 prints the ratio.
@@ -218,9 +220,14 @@ def measure(model, slots: int, args, device: str, bandwidth: float, whole: bool)
         "floor_ms_per_step": 1000 * floor,
     }
     row["x_floor"] = row["ms_per_step"] / row["floor_ms_per_step"]
-    if not device.startswith("cuda"):
-        row["ops_per_step"], row["work_ops_per_step"], row["syncs_per_step"] = profile_counts(
-            model, slots, args, device, whole, decoder)
+    if device.startswith("cuda"):  # every slot, at the longest keys this run used
+        try:  # a profiler that cannot trace this device costs the column, not the row
+            row["kernels_per_step"] = kernels_per_step(decoder, (decoder.slots, fig.keys[-1], False))
+        except Exception as e:
+            row["kernels_per_step_error"] = f"{type(e).__name__}: {e}"[:200]
+    else:
+        row["ops_per_step"], row["calls_per_step"], row["work_ops_per_step"], row["syncs_per_step"] = \
+            profile_counts(model, slots, args, device, whole, decoder)
     return row
 
 
@@ -233,27 +240,54 @@ METADATA_OPS = {f"aten::{name}" for name in (
     "unbind", "contiguous")}
 
 
-def profile_counts(model, slots: int, args, device: str, whole: bool, decoder) -> tuple[float, float, float]:
-    """Torch ops, work ops (those that compute or copy: kernels on a GPU) and host syncs per
-    decode step (CPU profiler): the difference between runs of the same tasks capped at 48 and
-    at 16 tokens, over the difference in steps (so the prompts' prefill cancels out; a profile
-    of a whole run would hold millions of events)."""
+def profile_counts(model, slots: int, args, device: str, whole: bool, decoder) -> tuple[float, float, float, float]:
+    """Torch ops (every op the profiler records, those called inside others too), calls (the
+    ops the step's Python calls), work ops (those that compute or copy: kernels on a GPU) and
+    host syncs per decode step (CPU profiler): the difference between runs of the same tasks
+    capped at 48 and at 16 tokens, over the difference in steps (so the prompts' prefill
+    cancels out; a profile of a whole run would hold millions of events)."""
     from torch.profiler import ProfilerActivity, profile
 
-    def counts(cap: int) -> tuple[int, int, int, int]:
+    def counts(cap: int) -> tuple[int, int, int, int, int]:
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             _, _, fig, _ = run_once(model, slots, args, device, whole, decoder, cap=cap)
-        ops = work = syncs = 0
-        for e in prof.key_averages():
-            if e.key.startswith("aten::"):
-                ops += e.count
-                work += e.count * (e.key not in METADATA_OPS)
-            if e.key in ("aten::_local_scalar_dense", SYNC_LABEL):
-                syncs += e.count
-        return ops, work, syncs, fig.steps
+        ops = calls = work = syncs = 0
+        for e in prof.events():
+            if e.name.startswith("aten::"):
+                ops += 1
+                calls += not _inside_an_op(e)
+                work += e.name not in METADATA_OPS
+            if e.name in ("aten::_local_scalar_dense", SYNC_LABEL):
+                syncs += 1
+        return ops, calls, work, syncs, fig.steps
 
-    (o1, w1, s1, n1), (o2, w2, s2, n2) = counts(2 * SYNC_EVERY), counts(6 * SYNC_EVERY)
-    return (o2 - o1) / (n2 - n1), (w2 - w1) / (n2 - n1), (s2 - s1) / (n2 - n1)
+    first, second = counts(2 * SYNC_EVERY), counts(6 * SYNC_EVERY)
+    steps = second[-1] - first[-1]
+    return tuple((b - a) / steps for a, b in zip(first[:-1], second[:-1], strict=True))
+
+
+def _inside_an_op(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
+
+
+def kernels_per_step(decoder, shape: tuple[int, int, bool]) -> float:
+    """CUDA kernels one decode step of this shape launches, counted eagerly (a CUDA graph
+    replays the same kernels from one launch): the difference between 2 and 10 steps, over 8,
+    so that putting the decoder's state back is not counted."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def kernels(steps: int) -> int:
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CUDA]) as prof:
+            decoder.trial(shape, steps)
+            torch.cuda.synchronize()
+        return sum(e.count for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+    return (kernels(10) - kernels(2)) / 8
 
 
 def prefill_memory(model, width: int, device: str) -> dict:
@@ -334,7 +368,7 @@ def main() -> None:
 
 def _header() -> str:
     return ("batch | slots | ms/step | task tok/s | occupancy | running | x floor | keys | graphs | captures (s) | "
-            "peak MiB | whole ms/step | speed-up | ops/step | work ops/step | syncs/step")
+            "peak MiB | whole ms/step | speed-up | ops/step | calls/step | work ops/step | syncs/step | kernels/step")
 
 
 def _line(r: dict) -> str:
@@ -346,7 +380,8 @@ def _line(r: dict) -> str:
             f"{f('occupancy', '9.2f')} | {f('running_share', '7.2f')} | {f('x_floor', '7.2f')} | {keys} | "
             f"{len(r['graphs'])} | {r['captures']} ({r['capture_s']:.2f}) | {r['peak_memory_bytes'] / 2**20:8.0f} | "
             f"{f('whole_ms_per_step', '13.2f')} | {f('speedup', '7.2f')}x | {f('ops_per_step', '8.0f')} | "
-            f"{f('work_ops_per_step', '13.0f')} | {f('syncs_per_step', '10.3f')}")
+            f"{f('calls_per_step', '10.0f')} | {f('work_ops_per_step', '13.0f')} | {f('syncs_per_step', '10.3f')} | "
+            f"{f('kernels_per_step', '12.0f')}")
 
 
 if __name__ == "__main__":

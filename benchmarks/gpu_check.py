@@ -129,6 +129,8 @@ def decode_rows(got: dict) -> list[Row]:
     if goal and r["batch"] == 1:
         verdict += f"; {r['x_floor']:.2f}x floor (goal <= 1.6)"
     ops = f"; {r['ops_per_step']:.0f} ops, {r['syncs_per_step']:.3f} syncs a step" if "ops_per_step" in r else ""
+    if "kernels_per_step" in r:
+        ops += f"; {r['kernels_per_step']:.0f} kernels a step"
     return [(f"decode b{r['batch']}", f"{r['task_tokens_per_s']:.0f} task tok/s, {r['ms_per_step']:.2f} ms/step",
              f"{r['slots']} slot{'' if r['slots'] == 1 else 's'}; floor {r['floor_ms_per_step']:.2f} ms "
              f"({r['x_floor']:.2f}x); occupancy {r['occupancy']:.2f}; {r['tasks']} tasks; "

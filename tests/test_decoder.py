@@ -213,7 +213,7 @@ class _Rehearsing(Decoder):
 
     def _graph(self, shape, fig):
         if shape not in self.graphs:
-            self._warm(shape)
+            self.trial(shape)
             self.graphs[shape] = None
         return None
 

@@ -48,7 +48,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -116,6 +116,23 @@ class _Row:
         return self.job.reference if self.reference else self.job.prompt
 
 
+class _State(NamedTuple):
+    """Each row's decoding state, on the device (the decoder's, or views of its first rows)."""
+
+    logits: torch.Tensor  # (rows, vocab) float32: the logits the next token is drawn from
+    tokens: torch.Tensor  # (rows, length) the tokens drawn so far
+    uniforms: torch.Tensor  # (rows, length) each step's draw
+    history: torch.Tensor  # (rows, window) the last ids of the row's sequence
+    step: torch.Tensor  # tokens drawn
+    budget: torch.Tensor  # tokens allowed
+    pos: torch.Tensor  # where the next token goes in the cache
+    seen: torch.Tensor  # ids the row's sequence holds
+    done: torch.Tensor  # ended (or idle)
+    partner: torch.Tensor  # the row holding this row's reference logits (itself when unguided)
+    owner: torch.Tensor  # the row whose token this row takes (itself but for a reference row)
+    weight: torch.Tensor  # guidance weight
+
+
 class Decoder:
     """Decodes queues of jobs through `slots` rows kept full, over one static cache and one
     set of CUDA graphs kept from run to run (an engine makes one decoder)."""
@@ -137,37 +154,46 @@ class Decoder:
         self.graphs: dict[tuple[int, int, bool], Any] = {}  # (rows, keys, guided) -> its graph
         self.uncapturable: set[tuple[int, int, bool]] = set()  # shapes whose capture failed: run eagerly
         self.pool = None
+        self.views: dict[int, _State] = {}  # width -> the state's first rows (`_rows`)
 
     # -- the step (captured as a CUDA graph per rows x keys x guided) ------------------------
 
     def _step(self, w: int, keys: int, guided: bool) -> None:
         """`guided`: some row among the first w is guided (else the guidance arithmetic over
         every row's vocabulary is skipped: the host knows, as it admits the rows)."""
-        live = ~self.done[:w]
-        at = self.step[:w].clamp(max=self.length - 1)[:, None]
-        uniform = self.uniforms[:w].gather(1, at)[:, 0]
-        token = sample(self.logits[:w], self.partner[:w] if guided else None, self.weight[:w],
-                       self.history[:w], self.seen[:w], uniform, self.sampling)
+        r = self._rows(w)
+        live = ~r.done
+        at = r.step.clamp(max=self.length - 1)[:, None]
+        uniform = r.uniforms.gather(1, at)[:, 0]
+        token = sample(r.logits, r.partner if guided else None, r.weight, r.history, r.seen, uniform, self.sampling)
         if guided:
-            token = token.index_select(0, self.owner[:w])  # a reference row takes its task's token
-        self.tokens[:w].scatter_(1, at, torch.where(live, token, self.tokens[:w].gather(1, at)[:, 0])[:, None])
-        self.history[:w] = torch.cat([self.history[:w, 1:], token[:, None]], dim=1)
-        self.seen[:w] += 1
-        self.step[:w] += live
-        self.done[:w] |= live & ((token == EOS) | (self.step[:w] >= self.budget[:w]))
-        self.logits[:w] = self.runner.decode(token, self.pos[:w], keys)
-        self.pos[:w] = (self.pos[:w] + live).clamp(max=self.length)  # an ended row stays where it was
+            token = token.index_select(0, r.owner)  # a reference row takes its task's token
+        r.tokens.scatter_(1, at, torch.where(live, token, r.tokens.gather(1, at)[:, 0])[:, None])
+        r.history.copy_(torch.cat([r.history[:, 1:], token[:, None]], dim=1))
+        r.seen.add_(1)
+        r.step.add_(live)
+        r.done.logical_or_(live & ((token == EOS) | (r.step >= r.budget)))
+        r.logits.copy_(self.runner.decode(token, r.pos, keys))
+        r.pos.add_(live).clamp_(max=self.length)  # an ended row stays where it was
 
-    def _state(self) -> tuple[torch.Tensor, ...]:
-        return (self.logits, self.tokens, self.uniforms, self.history, self.step, self.budget, self.pos,
-                self.seen, self.done, self.partner, self.owner, self.weight)
+    def _rows(self, w: int) -> _State:
+        """The state's first w rows, as views made once a width (a slice is two ops, and a step
+        would take a dozen)."""
+        if w not in self.views:
+            self.views[w] = _State(*(t[:w] for t in self._state()))
+        return self.views[w]
 
-    def _warm(self, shape: tuple[int, int, bool]) -> None:
-        """Two steps of this shape (allocations, library handles) with the decoder's state put back
-        after: rows that are decoding go on as if nothing ran. The keys the steps wrote are
-        written again, identically, by the real steps before any query reads them."""
+    def _state(self) -> _State:
+        return _State(self.logits, self.tokens, self.uniforms, self.history, self.step, self.budget, self.pos,
+                      self.seen, self.done, self.partner, self.owner, self.weight)
+
+    def trial(self, shape: tuple[int, int, bool], steps: int = 2) -> None:
+        """Steps of this shape (to warm allocations and library handles, or to profile one) with
+        the decoder's state put back after: rows that are decoding go on as if nothing ran. The
+        keys the steps wrote are written again, identically, by the real steps before any query
+        reads them."""
         saved = [t.clone() for t in self._state()]
-        for _ in range(2):
+        for _ in range(steps):
             self._step(*shape)
         for t, old in zip(self._state(), saved, strict=True):
             t.copy_(old)
@@ -201,7 +227,7 @@ class Decoder:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._warm(shape)
+            self.trial(shape)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread_local: the run loop's thread keeps using the device while this thread
@@ -340,7 +366,7 @@ class Decoder:
             length = min(max(-(-positions // LENGTH_STEP) * LENGTH_STEP, self.length), self.runner.window)
         if self.length >= length and self.slots >= slots:
             return
-        self.graphs, self.pool, self.uncapturable = {}, None, set()
+        self.graphs, self.pool, self.uncapturable, self.views = {}, None, set(), {}
         self.slots, self.length = slots, length
         dev, window = self.device, max(1, self.sampling.repetition_window)
         self.runner.allocate(slots, length + 1, dev)  # position `length`: where idle rows write
@@ -359,7 +385,7 @@ class Decoder:
 
     def close(self) -> None:
         """Free the cache, the state and the graphs (the engine is being released)."""
-        self.graphs, self.pool, self.length = {}, None, 0
+        self.graphs, self.pool, self.length, self.views = {}, None, 0, {}
         for name in ("logits", "tokens", "uniforms", "history", "step", "budget", "pos", "seen", "done",
                      "partner", "owner", "weight"):
             self.__dict__.pop(name, None)

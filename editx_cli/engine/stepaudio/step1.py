@@ -111,6 +111,8 @@ class RMSNorm(nn.Module):
         self.inverse_dim: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:  # one fused kernel (the reference's eight); bf16 rounds once, not at each product
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         if x.dtype == torch.float32:  # the same arithmetic in fewer ops: no casts, no scalars to wrap
             if self.eps_tensor is None or self.eps_tensor.device != x.device:
                 self.eps_tensor = torch.tensor(self.eps, device=x.device)
@@ -204,6 +206,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
         self.gate_up: torch.Tensor | None = None  # gate and up's weights as one matrix (transposed), once fused
         self.down_t: torch.Tensor | None = None
+        self.sizes = (cfg.intermediate_size, cfg.intermediate_size)
 
     def fuse(self) -> None:
         self.gate_up = _fused(self.gate_proj, self.up_proj).t()
@@ -243,22 +246,40 @@ class Block(nn.Module):
         x = x + self.self_attn.forward_static(self.input_layernorm(x), bias, cache_k, cache_v, slots, pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def step(self, x: torch.Tensor, bias: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
-             where: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def step(self, x: torch.Tensor, bias: torch.Tensor, cache: LayerCache, where: torch.Tensor) -> torch.Tensor:
         """One decode step of a fused block: x (rows, hidden), row r in cache slot r; `where`
-        indexes each row's new position for every group, `bias` is folded (rows, groups, rep,
-        keys). Four products (q/k/v, o with the residual, gate/up, down with the residual), the
-        cache written in place, one attention call: no fold or unfold copies."""
-        a, rows = self.self_attn, x.shape[0]
-        q, k, v = torch.mm(self.input_layernorm(x), a.qkv).split(a.sizes, 1)
-        cache_k.index_put_(where, k.view(rows, a.groups, a.head_dim))
-        cache_v.index_put_(where, v.view(rows, a.groups, a.head_dim))
-        keys = bias.shape[-1]
-        out = F.scaled_dot_product_attention(q.view(rows, a.groups, -1, a.head_dim), cache_k[:rows, :, :keys],
-                                             cache_v[:rows, :, :keys], attn_mask=bias)
+        (rows, groups) each row's new position for every group in the cache's flat views, `bias`
+        folded (rows, groups, rep, keys). Four products (q/k/v, o with the residual, gate/up,
+        down with the residual), the cache written in place, one attention call: no fold or
+        unfold copies."""
+        a, rows, keys = self.self_attn, x.shape[0], bias.shape[-1]
+        q, k, v = torch.mm(self.input_layernorm(x), a.qkv).split_with_sizes(a.sizes, 1)
+        cache.flat_k.index_put_((where,), k.view(rows, a.groups, a.head_dim))
+        cache.flat_v.index_put_((where,), v.view(rows, a.groups, a.head_dim))
+        out = F.scaled_dot_product_attention(q.view(rows, a.groups, -1, a.head_dim), cache.live_k(rows, keys),
+                                             cache.live_v(rows, keys), attn_mask=bias)
         x = torch.addmm(x, out.view(rows, -1), a.o_t)
-        gate, up = torch.mm(self.post_attention_layernorm(x), self.mlp.gate_up).chunk(2, 1)
+        gate, up = torch.mm(self.post_attention_layernorm(x), self.mlp.gate_up).split_with_sizes(self.mlp.sizes, 1)
         return torch.addmm(x, F.silu(gate).mul_(up), self.mlp.down_t)
+
+
+@dataclass(frozen=True)
+class LayerCache:
+    """One layer's keys and values (slots, groups, length, head_dim), and the same storage as
+    rows of head_dim (`flat_*`) for the step's writes: views made once, so that a step spends
+    no ops taking them."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    flat_k: torch.Tensor
+    flat_v: torch.Tensor
+
+    def live_k(self, rows: int, keys: int) -> torch.Tensor:
+        # one view op: the first `rows` slots and `keys` positions, the strides the cache's own
+        return self.k.as_strided((rows, self.k.shape[1], keys, self.k.shape[3]), self.k.stride())
+
+    def live_v(self, rows: int, keys: int) -> torch.Tensor:
+        return self.v.as_strided((rows, self.v.shape[1], keys, self.v.shape[3]), self.v.stride())
 
 
 class StaticCache:
@@ -271,6 +292,10 @@ class StaticCache:
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.slots, self.length = slots, length
+        self.layers = [LayerCache(k, v, k.view(-1, cfg.head_dim), v.view(-1, cfg.head_dim))
+                       for k, v in zip(self.k, self.v, strict=True)]
+        # where slot r's group g starts in the flat views; a step adds each row's position
+        self.starts = torch.arange(slots * cfg.num_attention_groups, device=device).view(slots, -1) * length
 
     def move(self, src: int, dst: int) -> None:
         """Slot `src`'s sequence becomes slot `dst`'s (compacting the batch at the tail)."""
@@ -365,12 +390,10 @@ class Step1ForCausalLM(nn.Module):
         layer shares (the bias, the cache indices) is made once a step."""
         bias = self.folded_bias(pos[:, None], keys, cache.k.dtype)
         if self.fused:
-            rows = torch.arange(len(tokens), device=tokens.device)[:, None]
-            groups = torch.arange(self.config.num_attention_groups, device=tokens.device)[None, :]
-            where = (rows, groups, pos[:, None])
+            where = cache.starts[:len(tokens)] + pos[:, None]
             x = self.model.embed_tokens(tokens)
-            for i, layer in enumerate(self.model.layers):
-                x = layer.step(x, bias, cache.k[i], cache.v[i], where)
+            for layer, layer_cache in zip(self.model.layers, cache.layers, strict=True):
+                x = layer.step(x, bias, layer_cache, where)
             return self.lm_head(self.model.norm(x)).float()
         x = self.model.embed_tokens(tokens[:, None])
         for i, layer in enumerate(self.model.layers):
