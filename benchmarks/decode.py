@@ -7,6 +7,7 @@ nothing but torch:
     python benchmarks/decode.py --shape released --batch-sizes 1,8,64 --json
     python benchmarks/decode.py --shape medium --workload fixed --cache-capacity 4096 --compare whole
     python benchmarks/decode.py --shape medium --prefill 8192     # one long prompt's prefill memory
+    python benchmarks/decode.py --shape released --attention flex # decode attention through FlexAttention
 
 Workloads (`--workload`):
 - `edit30`: 30 s edits: prompts of about 1,350 ids, budgets of about 2,550 (the
@@ -325,6 +326,8 @@ def main() -> None:
     ap.add_argument("--compare", choices=("whole",), default=None, help="also attend over the whole cache")
     ap.add_argument("--layers", type=int, default=None,
                     help="override the shape's layer count (two runs give the ops a layer and the fixed ops a step)")
+    ap.add_argument("--attention", choices=("sdpa", "flex"), default="sdpa",
+                    help="the decode step's attention: folded SDPA (the default) or FlexAttention")
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--jsonl", action="store_true", help="one JSON line as each row is measured (meta first)")
@@ -335,6 +338,7 @@ def main() -> None:
     if not cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
     model = build(args.shape, args.device, dtype, args.layers)
+    model.use_flex(args.attention == "flex")
     meta = {"shape": args.shape, "layers": model.config.num_hidden_layers, "device": args.device,
             "dtype": str(dtype).replace("torch.", ""), "workload": args.workload, "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if cuda else None, "threads": torch.get_num_threads()}

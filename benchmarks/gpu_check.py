@@ -131,7 +131,8 @@ def decode_rows(got: dict) -> list[Row]:
     ops = f"; {r['ops_per_step']:.0f} ops, {r['syncs_per_step']:.3f} syncs a step" if "ops_per_step" in r else ""
     if "kernels_per_step" in r:
         ops += f"; {r['kernels_per_step']:.0f} kernels a step"
-    return [(f"decode b{r['batch']}", f"{r['task_tokens_per_s']:.0f} task tok/s, {r['ms_per_step']:.2f} ms/step",
+    kind = " flex" if r["attention"].startswith("flex") else ""
+    return [(f"decode b{r['batch']}{kind}", f"{r['task_tokens_per_s']:.0f} task tok/s, {r['ms_per_step']:.2f} ms/step",
              f"{r['slots']} slot{'' if r['slots'] == 1 else 's'}; floor {r['floor_ms_per_step']:.2f} ms "
              f"({r['x_floor']:.2f}x); occupancy {r['occupancy']:.2f}; {r['tasks']} tasks; "
              f"{len(r['graphs'])} graphs, {r['captures']} captures "
@@ -303,6 +304,15 @@ def parts(args, tiny: Path) -> Iterator[tuple[str, list, float, Callable, list[s
     width = 8192 if gpu else 512 if args.quick else 2048
     yield ("prefill", [PY, "benchmarks/decode.py", "--shape", args.shape, *dev, "--prefill", width, "--jsonl"], 25,
            decode_rows, [f"prefill W={width}"])
+    # last, on what time is left, on a GPU only: the same decode through FlexAttention, to choose
+    # between them (on the CPU its compiler needs setuptools' C++ builder, which the image's
+    # import closure is not known to hold; tests/test_step1.py checks its arithmetic there)
+    if not gpu:
+        return
+    flex = [1, 64]
+    yield ("flex", [PY, "benchmarks/decode.py", "--shape", args.shape, *dev, "--workload", "edit30", "--attention",
+                    "flex", "--batch-sizes", ",".join(map(str, flex)), "--queue", "2", "--jsonl"],
+           90, lambda got: [] if "meta" in got else decode_rows(got), [f"decode b{b} flex" for b in flex])
 
 
 def main() -> None:

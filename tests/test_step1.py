@@ -125,6 +125,30 @@ def test_the_compiled_decode_step_equals_the_eager_one(tiny, tmp_path):
     assert any((tmp_path / "compiled").rglob("*")), "the compiler's cache is not in the folder given"
 
 
+def test_flex_attention_decodes_as_the_folded_sdpa(tiny):
+    """The decode step through FlexAttention (bias and causal limit inside the kernel, from the
+    rows' positions) gives float32 logits within 1e-5 of the folded SDPA's, for rows of different
+    lengths, while the key bucket and the rows change (the kernel is compiled for them)."""
+    from editx_cli.engine.stepaudio.runners import NativeRunner
+
+    sdpa, flex = (NativeRunner(Step1ForCausalLM.from_folder(tiny / "Step-Audio-EditX", "cpu", torch.float32), 96)
+                  for _ in range(2))
+    flex.model.use_flex()
+    assert flex.attention == "flex over live-key buckets" != sdpa.attention
+    rows = [prompt(31, 4), prompt(12, 5), prompt(47, 6)]
+    for runner in (sdpa, flex):
+        runner.allocate(3, 96, "cpu")
+        with torch.inference_mode():
+            runner.prefill(rows, [0, 1, 2], 0, "cpu")
+    with torch.inference_mode():
+        pos = torch.tensor([len(r) for r in rows])
+        for step, (width, keys) in enumerate([(3, 64), (3, 64), (3, 80), (2, 80), (3, 96)]):
+            tokens = torch.tensor([65600 + step, 66000 + step, 67000 + step])[:width]
+            a, b = (r.decode(tokens, pos[:width], keys) for r in (sdpa, flex))
+            assert a.shape == b.shape == (width, flex.vocab) and (a - b).abs().max() <= 1e-5, step
+            pos = pos + 1
+
+
 def test_a_row_decodes_the_same_alone_or_among_others(native, remote):
     short, long = prompt(25, 2), prompt(60, 3)
     alone = decode(native, [Job(short, seed=7, budget=30)])[0].tokens

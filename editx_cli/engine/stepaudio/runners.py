@@ -16,7 +16,6 @@ from editx_cli.engine.stepaudio.generate import PAD
 class NativeRunner:
     """The native Step1 over a static cache."""
 
-    attention = "sdpa over live-key buckets"
 
     def __init__(self, model: Any, window: int, compile_into: Path | None = None) -> None:
         """compile_into: compile the decode step with torch.compile, its cache in that folder."""
@@ -33,6 +32,10 @@ class NativeRunner:
         self.step = compiled(model.decode, compile_into) if compile_into is not None else model.decode
         self.compiled: set[tuple] = set()  # the shapes compiled so far
         self.compile_seconds = 0.0
+
+    @property
+    def attention(self) -> str:
+        return f"{'flex' if self.model.flex is not None else 'sdpa'} over live-key buckets"
 
     def allocate(self, slots: int, length: int, device: str) -> None:
         from editx_cli.engine.stepaudio.step1 import StaticCache

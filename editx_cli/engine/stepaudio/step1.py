@@ -27,10 +27,13 @@ cache's length.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -246,21 +249,73 @@ class Block(nn.Module):
         x = x + self.self_attn.forward_static(self.input_layernorm(x), bias, cache_k, cache_v, slots, pos)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def step(self, x: torch.Tensor, bias: torch.Tensor, cache: LayerCache, where: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, attend: Attend, cache: LayerCache, where: torch.Tensor, keys: int) -> torch.Tensor:
         """One decode step of a fused block: x (rows, hidden), row r in cache slot r; `where`
-        (rows, groups) each row's new position for every group in the cache's flat views, `bias`
-        folded (rows, groups, rep, keys). Four products (q/k/v, o with the residual, gate/up,
-        down with the residual), the cache written in place, one attention call: no fold or
-        unfold copies."""
-        a, rows, keys = self.self_attn, x.shape[0], bias.shape[-1]
+        (rows, groups) each row's new position for every group in the cache's flat views;
+        `attend` the step's attention over the first `keys` positions. Four products (q/k/v, o
+        with the residual, gate/up, down with the residual), the cache written in place, one
+        attention call: no fold or unfold copies."""
+        a, rows = self.self_attn, x.shape[0]
         q, k, v = torch.mm(self.input_layernorm(x), a.qkv).split_with_sizes(a.sizes, 1)
         cache.flat_k.index_put_((where,), k.view(rows, a.groups, a.head_dim))
         cache.flat_v.index_put_((where,), v.view(rows, a.groups, a.head_dim))
-        out = F.scaled_dot_product_attention(q.view(rows, a.groups, -1, a.head_dim), cache.live_k(rows, keys),
-                                             cache.live_v(rows, keys), attn_mask=bias)
-        x = torch.addmm(x, out.view(rows, -1), a.o_t)
+        x = torch.addmm(x, attend(q, cache.live_k(rows, keys), cache.live_v(rows, keys)), a.o_t)
         gate, up = torch.mm(self.post_attention_layernorm(x), self.mlp.gate_up).split_with_sizes(self.mlp.sizes, 1)
         return torch.addmm(x, F.silu(gate).mul_(up), self.mlp.down_t)
+
+
+# A decode step's attention: q (rows, heads * head_dim), keys and values (rows, groups, keys,
+# head_dim) -> (rows, heads * head_dim)
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def folded_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """SDPA over the key/value groups, the heads a group serves folded into the query axis
+    (every backend takes it without repeating keys); `bias` (rows, groups, rep, keys)."""
+    rows, groups, _, head_dim = k.shape
+    return F.scaled_dot_product_attention(q.view(rows, groups, -1, head_dim), k, v, attn_mask=bias).view(rows, -1)
+
+
+class FlexDecode:
+    """A decode step's attention through FlexAttention: the ALiBi-sqrt bias and each row's
+    causal limit computed inside the kernel from the rows' positions (never a rows x heads x
+    keys tensor), the groups read as they are (GQA). On CUDA the compiled kernel is the
+    flex-decoding one, which splits the keys over the GPU's blocks (SDPA's kernel at batch 1
+    runs a grid of 4 blocks). The kernel is compiled once a shape (rows, keys), as a CUDA
+    graph is captured; its positions live in one buffer the kernel reads, copied in a step."""
+
+    name = "flex"
+
+    def __init__(self, slopes: torch.Tensor) -> None:
+        self.slopes = slopes
+        self.pos: torch.Tensor | None = None
+        self.kernel: Any = None
+        self.score: Any = None
+
+    def _make(self, rows: int, device: torch.device) -> None:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        pos, slopes = torch.zeros(rows, dtype=torch.long, device=device), self.slopes.to(device)
+
+        def score(s: torch.Tensor, b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor,
+                  kv_idx: torch.Tensor) -> torch.Tensor:
+            d = pos[b] - kv_idx
+            return torch.where(d >= 0, s - slopes[h] * d.clamp(min=0).to(torch.float32).sqrt(), -math.inf)
+
+        self.pos, self.score = pos, score
+        # shapes marked dynamic after the first recompile: one kernel for the key buckets and widths
+        self.kernel = torch.compile(flex_attention)
+
+    def begin(self, pos: torch.Tensor) -> Attend:
+        """This step's attention for rows at positions `pos`."""
+        if self.pos is None or len(pos) > len(self.pos) or self.pos.device != pos.device:
+            self._make(max(len(pos), 64), pos.device)
+        self.pos[:len(pos)].copy_(pos)
+        return self
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        rows, _, _, head_dim = k.shape
+        return self.kernel(q.view(rows, -1, 1, head_dim), k, v, score_mod=self.score, enable_gqa=True).view(rows, -1)
 
 
 @dataclass(frozen=True)
@@ -318,6 +373,7 @@ class Step1ForCausalLM(nn.Module):
         self.model = Step1Body(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("slopes", alibi_slopes(cfg.num_attention_heads), persistent=False)
+        self.flex: FlexDecode | None = None  # decode attention through FlexAttention (`use_flex`)
 
     def attention_bias(self, key_mask: torch.Tensor, query_len: int, dtype: torch.dtype) -> torch.Tensor:
         """(batch, heads, query_len, key_len) additive bias: ALiBi-sqrt, causal, padded keys masked."""
@@ -388,17 +444,27 @@ class Step1ForCausalLM(nn.Module):
         cache positions 0..keys-1 (every live row's `pos` below `keys`); logits (rows, vocab).
         Fixed shapes for given rows and keys, so it can be captured as a CUDA graph. What every
         layer shares (the bias, the cache indices) is made once a step."""
-        bias = self.folded_bias(pos[:, None], keys, cache.k.dtype)
         if self.fused:
+            if self.flex is not None:
+                attend = self.flex.begin(pos)
+            else:
+                attend = functools.partial(folded_sdpa, bias=self.folded_bias(pos[:, None], keys, cache.k.dtype))
             where = cache.starts[:len(tokens)] + pos[:, None]
             x = self.model.embed_tokens(tokens)
             for layer, layer_cache in zip(self.model.layers, cache.layers, strict=True):
-                x = layer.step(x, bias, layer_cache, where)
+                x = layer.step(x, attend, layer_cache, where, keys)
             return self.lm_head(self.model.norm(x)).float()
+        bias = self.folded_bias(pos[:, None], keys, cache.k.dtype)
         x = self.model.embed_tokens(tokens[:, None])
         for i, layer in enumerate(self.model.layers):
             x = layer.forward_static(x, bias, cache.k[i], cache.v[i], None, pos[:, None])
         return self.lm_head(self.model.norm(x[:, 0])).float()
+
+    def use_flex(self, on: bool = True) -> None:
+        """Decode steps attend through FlexAttention (`FlexDecode`) instead of the folded SDPA
+        (a fused model's; a 4-bit one keeps SDPA). SDPA stays the default until a GPU's
+        figures choose (benchmarks/decode.py --attention flex)."""
+        self.flex = FlexDecode(self.slopes) if on else None
 
     def forward(self, input_ids: torch.Tensor, key_mask: torch.Tensor, past: KVCache | None = None,
                 all_logits: bool = False) -> tuple[torch.Tensor, KVCache]:
