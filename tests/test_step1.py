@@ -101,6 +101,23 @@ def test_the_fused_decode_step_equals_the_plain_one_for_rows_of_different_length
             pos = pos + 1
 
 
+def _decode_side_by_side(runners, steps: list[tuple[int, int]]) -> None:
+    """Three rows of different lengths prefilled into each runner, then decode steps of the
+    given (rows, keys): the runners' float32 logits agree within 1e-5 at every step."""
+    rows = [prompt(31, 4), prompt(12, 5), prompt(47, 6)]
+    for runner in runners:
+        runner.allocate(3, 96, "cpu")
+        with torch.inference_mode():
+            runner.prefill(rows, [0, 1, 2], 0, "cpu")
+    with torch.inference_mode():
+        pos = torch.tensor([len(r) for r in rows])
+        for step, (width, keys) in enumerate(steps):
+            tokens = torch.tensor([65600 + step, 66000 + step, 67000 + step])[:width]
+            a, b = (r.decode(tokens, pos[:width], keys) for r in runners)
+            assert a.shape == b.shape == (width, runners[0].vocab) and (a - b).abs().max() <= 1e-5, step
+            pos = pos + 1
+
+
 def test_the_compiled_decode_step_equals_the_eager_one(tiny, tmp_path):
     """--compile: the runner's decode step through torch.compile gives float32 logits within
     1e-5 of the eager step's, step after step, for rows of different lengths; its first call
@@ -109,18 +126,7 @@ def test_the_compiled_decode_step_equals_the_eager_one(tiny, tmp_path):
 
     eager, fast = (NativeRunner(Step1ForCausalLM.from_folder(tiny / "Step-Audio-EditX", "cpu", torch.float32), 96,
                                 compile_into) for compile_into in (None, tmp_path / "compiled"))
-    rows = [prompt(31, 4), prompt(12, 5), prompt(47, 6)]
-    for runner in (eager, fast):
-        runner.allocate(3, 96, "cpu")
-        with torch.inference_mode():
-            runner.prefill(rows, [0, 1, 2], 0, "cpu")
-    with torch.inference_mode():
-        pos = torch.tensor([len(r) for r in rows])
-        for step in range(6):
-            tokens = torch.tensor([65600 + step, 66000 + step, 67000 + step])
-            a, b = eager.decode(tokens, pos, 96), fast.decode(tokens, pos, 96)
-            assert (a - b).abs().max() <= 1e-5, step
-            pos = pos + 1
+    _decode_side_by_side((eager, fast), [(3, 96)] * 6)
     assert eager.compile_seconds == 0 and fast.compile_seconds > 0 and fast.compiled == {((3,), 96)}
     assert any((tmp_path / "compiled").rglob("*")), "the compiler's cache is not in the folder given"
 
@@ -135,18 +141,7 @@ def test_flex_attention_decodes_as_the_folded_sdpa(tiny):
                   for _ in range(2))
     flex.model.use_flex()
     assert flex.attention == "flex over live-key buckets" != sdpa.attention
-    rows = [prompt(31, 4), prompt(12, 5), prompt(47, 6)]
-    for runner in (sdpa, flex):
-        runner.allocate(3, 96, "cpu")
-        with torch.inference_mode():
-            runner.prefill(rows, [0, 1, 2], 0, "cpu")
-    with torch.inference_mode():
-        pos = torch.tensor([len(r) for r in rows])
-        for step, (width, keys) in enumerate([(3, 64), (3, 64), (3, 80), (2, 80), (3, 96)]):
-            tokens = torch.tensor([65600 + step, 66000 + step, 67000 + step])[:width]
-            a, b = (r.decode(tokens, pos[:width], keys) for r in (sdpa, flex))
-            assert a.shape == b.shape == (width, flex.vocab) and (a - b).abs().max() <= 1e-5, step
-            pos = pos + 1
+    _decode_side_by_side((sdpa, flex), [(3, 64), (3, 64), (3, 80), (2, 80), (3, 96)])
 
 
 def test_a_row_decodes_the_same_alone_or_among_others(native, remote):
