@@ -168,11 +168,12 @@ class Decoder:
         token = sample(r.logits, r.partner if guided else None, r.weight, r.history, r.seen, uniform, self.sampling)
         if guided:
             token = token.index_select(0, r.owner)  # a reference row takes its task's token
-        r.tokens.scatter_(1, at, torch.where(live, token, r.tokens.gather(1, at)[:, 0])[:, None])
-        r.history.copy_(torch.cat([r.history[:, 1:], token[:, None]], dim=1))
+        column = token[:, None]
+        r.tokens.scatter_(1, at, torch.where(live[:, None], column, r.tokens.gather(1, at)))
+        r.history.copy_(torch.cat([r.history[:, 1:], column], dim=1))
         r.seen.add_(1)
         r.step.add_(live)
-        r.done.logical_or_(live & ((token == EOS) | (r.step >= r.budget)))
+        r.done.logical_or_((token == EOS) | (r.step >= r.budget))  # a row not live is done already
         r.logits.copy_(self.runner.decode(token, r.pos, keys))
         r.pos.add_(live).clamp_(max=self.length)  # an ended row stays where it was
 

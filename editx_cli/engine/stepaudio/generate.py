@@ -130,7 +130,8 @@ def sample(logits: torch.Tensor, partner: torch.Tensor | None, weight: torch.Ten
     window = sampling.repetition_window
     if window:
         last = history[:, -1:]
-        repeated = ((history == last).sum(1, keepdim=True) * 10 > window) & (seen[:, None] >= window)
+        # the last id more than a tenth of the window: count * 10 > window, in whole numbers
+        repeated = ((history == last).sum(1, keepdim=True) > window // 10) & (seen[:, None] >= window)
         logits = logits.scatter(1, last, torch.where(repeated, float("-inf"), logits.gather(1, last)))
     if sampling.top_k and sampling.top_k < logits.shape[-1]:
         top, idx = logits.topk(sampling.top_k, dim=-1)  # order is the same before or after temperature

@@ -349,6 +349,7 @@ class StaticCache:
         self.slots, self.length = slots, length
         self.layers = [LayerCache(k, v, k.view(-1, cfg.head_dim), v.view(-1, cfg.head_dim))
                        for k, v in zip(self.k, self.v, strict=True)]
+        self.ramp = torch.arange(length, device=device, dtype=torch.float32)  # key positions, for the bias
         # where slot r's group g starts in the flat views; a step adds each row's position
         self.starts = torch.arange(slots * cfg.num_attention_groups, device=device).view(slots, -1) * length
 
@@ -374,6 +375,7 @@ class Step1ForCausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer("slopes", alibi_slopes(cfg.num_attention_heads), persistent=False)
         self.flex: FlexDecode | None = None  # decode attention through FlexAttention (`use_flex`)
+        self.neg_slopes: torch.Tensor | None = None  # -slopes as (heads, 1, 1) on the device, made once
 
     def attention_bias(self, key_mask: torch.Tensor, query_len: int, dtype: torch.dtype) -> torch.Tensor:
         """(batch, heads, query_len, key_len) additive bias: ALiBi-sqrt, causal, padded keys masked."""
@@ -389,16 +391,21 @@ class Step1ForCausalLM(nn.Module):
         bias = bias.masked_fill(blocked.all(-1, keepdim=True), 0.0)
         return bias.to(dtype)
 
-    def folded_bias(self, q_pos: torch.Tensor, keys: int, dtype: torch.dtype) -> torch.Tensor:
+    def folded_bias(self, q_pos: torch.Tensor, keys: int, cache: StaticCache) -> torch.Tensor:
         """The ALiBi-sqrt causal bias for queries at positions `q_pos` (rows, s) against key
         positions 0..keys-1 of the same sequence, in the head-folded layout of `fold`:
-        (rows, groups, rep * s, keys). Built in place: one float32 tensor of that size."""
-        dist = (q_pos[:, None, :, None] - torch.arange(keys, device=q_pos.device)).to(torch.float32)
+        (rows, groups, rep * s, keys), in the cache's dtype. Built in place: one float32 tensor
+        of that size, from the cache's positions (whole numbers, exact in float32) and the
+        negated slopes, both made once."""
+        if self.neg_slopes is None or self.neg_slopes.device != q_pos.device:
+            self.neg_slopes = -self.slopes.to(q_pos.device)[:, None, None]
+        dist = q_pos[..., None] - cache.ramp[:keys]  # (rows, s, keys)
         future = dist < 0
-        bias = dist.clamp_(min=0).sqrt_().mul(-self.slopes[None, :, None, None])  # (rows, heads, s, keys)
-        bias.masked_fill_(future, float("-inf"))
-        rows, s = q_pos.shape
-        return bias.to(dtype).view(rows, self.config.num_attention_groups, -1, keys)
+        bias = dist.clamp_(min=0).sqrt_()[:, None] * self.neg_slopes  # (rows, heads, s, keys)
+        bias.masked_fill_(future[:, None], float("-inf"))
+        if bias.dtype != cache.k.dtype:
+            bias = bias.to(cache.k.dtype)
+        return bias.view(len(q_pos), self.config.num_attention_groups, -1, keys)
 
     def extend(self, input_ids: torch.Tensor, start: int, slots: torch.Tensor, cache: StaticCache) -> torch.Tensor:
         """Run positions start..start+s-1 of the rows in cache `slots` (whose positions before
@@ -407,7 +414,7 @@ class Step1ForCausalLM(nn.Module):
         real query sees it, and the decode steps overwrite it before any query reaches it."""
         rows, width = input_ids.shape
         pos = torch.arange(start, start + width, device=input_ids.device)
-        bias = self.folded_bias(pos[None], start + width, cache.k.dtype)
+        bias = self.folded_bias(pos[None], start + width, cache)
         x = self.model.embed_tokens(input_ids)
         for i, layer in enumerate(self.model.layers):
             x = layer.forward_static(x, bias, cache.k[i], cache.v[i], slots, pos.expand(rows, width))
@@ -445,16 +452,18 @@ class Step1ForCausalLM(nn.Module):
         Fixed shapes for given rows and keys, so it can be captured as a CUDA graph. What every
         layer shares (the bias, the cache indices) is made once a step."""
         if self.fused:
+            column = pos[:, None]
             if self.flex is not None:
                 attend = self.flex.begin(pos)
             else:
-                attend = functools.partial(folded_sdpa, bias=self.folded_bias(pos[:, None], keys, cache.k.dtype))
-            where = cache.starts[:len(tokens)] + pos[:, None]
+                attend = functools.partial(folded_sdpa, bias=self.folded_bias(column, keys, cache))
+            where = cache.starts[:len(tokens)] + column
             x = self.model.embed_tokens(tokens)
             for layer, layer_cache in zip(self.model.layers, cache.layers, strict=True):
                 x = layer.step(x, attend, layer_cache, where, keys)
-            return self.lm_head(self.model.norm(x)).float()
-        bias = self.folded_bias(pos[:, None], keys, cache.k.dtype)
+            logits = self.lm_head(self.model.norm(x))
+            return logits if logits.dtype == torch.float32 else logits.float()
+        bias = self.folded_bias(pos[:, None], keys, cache)
         x = self.model.embed_tokens(tokens[:, None])
         for i, layer in enumerate(self.model.layers):
             x = layer.forward_static(x, bias, cache.k[i], cache.v[i], None, pos[:, None])
