@@ -298,7 +298,7 @@ def parts(args, tiny: Path) -> Iterator[tuple[str, list, float, Callable, list[s
     clones = 32 if gpu else 2 if args.quick else 8
     yield ("cli", [*child, "--part", "cli", "--tasks", clones], 60 if gpu else 120, passthrough_rows,
            [f"CLI {clones} clone tasks"])
-    yield ("deterministic", [*child, "--part", "deterministic"], 50 if gpu else 90, passthrough_rows,
+    yield ("deterministic", [*child, "--part", "deterministic"], 50 if gpu else 150, passthrough_rows,
            ["CLI --deterministic b8 = b1"])
     yield ("idle", [*child, "--part", "idle"], 35 if gpu else 60, passthrough_rows, ["serve idle release"])
     width = 8192 if gpu else 512 if args.quick else 2048

@@ -164,7 +164,7 @@ class Decoder:
         r = self._rows(w)
         live = ~r.done
         at = r.step.clamp(max=self.length - 1)[:, None]
-        uniform = r.uniforms.gather(1, at)[:, 0]
+        uniform = r.uniforms.gather(1, at)  # (rows, 1)
         token = sample(r.logits, r.partner if guided else None, r.weight, r.history, r.seen, uniform, self.sampling)
         if guided:
             token = token.index_select(0, r.owner)  # a reference row takes its task's token

@@ -122,7 +122,7 @@ def sample(logits: torch.Tensor, partner: torch.Tensor | None, weight: torch.Ten
     logits (rows, vocab) float32; `partner[r]` the row holding r's reference logits (r itself
     when unguided; None when no row is guided), `weight[r]` its guidance weight; `history`
     (rows, window) the last ids of each row's sequence, `seen` (rows,) how many ids that
-    sequence has; `uniform` (rows,) the row's draw for this step.
+    sequence has; `uniform` (rows,) or (rows, 1) the row's draw for this step.
     """
     if partner is not None:
         ref = logits.index_select(0, partner)
@@ -143,5 +143,6 @@ def sample(logits: torch.Tensor, partner: torch.Tensor | None, weight: torch.Ten
     if sampling.top_p < 1:  # ids in descending order: keep those with less than top_p before them
         probs = probs * ((probs.cumsum(-1) - probs) < sampling.top_p)
     cdf = probs.cumsum(-1)
-    choice = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
+    column = uniform if uniform.dim() == 2 else uniform[:, None]
+    choice = torch.searchsorted(cdf, column * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
     return choice[:, 0] if idx is None else idx.gather(1, choice)[:, 0]

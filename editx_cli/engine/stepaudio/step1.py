@@ -400,9 +400,9 @@ class Step1ForCausalLM(nn.Module):
         if self.neg_slopes is None or self.neg_slopes.device != q_pos.device:
             self.neg_slopes = -self.slopes.to(q_pos.device)[:, None, None]
         dist = q_pos[..., None] - cache.ramp[:keys]  # (rows, s, keys)
-        future = dist < 0
-        bias = dist.clamp_(min=0).sqrt_()[:, None] * self.neg_slopes  # (rows, heads, s, keys)
-        bias.masked_fill_(future[:, None], float("-inf"))
+        # a future key's distance is negative: its square root is NaN, which becomes -inf
+        bias = dist.sqrt_()[:, None] * self.neg_slopes  # (rows, heads, s, keys)
+        bias.nan_to_num_(nan=-math.inf)
         if bias.dtype != cache.k.dtype:
             bias = bias.to(cache.k.dtype)
         return bias.view(len(q_pos), self.config.num_attention_groups, -1, keys)
