@@ -281,10 +281,10 @@ class FlexDecode:
     causal limit computed inside the kernel from the rows' positions (never a rows x heads x
     keys tensor), the groups read as they are (GQA). On CUDA the compiled kernel is the
     flex-decoding one, which splits the keys over the GPU's blocks (SDPA's kernel at batch 1
-    runs a grid of 4 blocks). The kernel is compiled once a shape (rows, keys), as a CUDA
-    graph is captured; its positions live in one buffer the kernel reads, copied in a step."""
-
-    name = "flex"
+    runs a grid of 4 blocks). The kernel is compiled for the first shape, then once more with
+    shapes marked dynamic (every key bucket and width after that), during the decoder's
+    warm-up steps, before any graph is captured; its positions live in one buffer the kernel
+    reads, copied in a step."""
 
     def __init__(self, slopes: torch.Tensor) -> None:
         self.slopes = slopes
@@ -303,8 +303,7 @@ class FlexDecode:
             return torch.where(d >= 0, s - slopes[h] * d.clamp(min=0).to(torch.float32).sqrt(), -math.inf)
 
         self.pos, self.score = pos, score
-        # shapes marked dynamic after the first recompile: one kernel for the key buckets and widths
-        self.kernel = torch.compile(flex_attention)
+        self.kernel = torch.compile(flex_attention)  # not dynamic=False: one kernel for every bucket
 
     def begin(self, pos: torch.Tensor) -> Attend:
         """This step's attention for rows at positions `pos`."""
