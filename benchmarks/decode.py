@@ -256,7 +256,7 @@ def profile_counts(model, slots: int, args, device: str, whole: bool, decoder) -
         for e in prof.events():
             if e.name.startswith("aten::"):
                 ops += 1
-                calls += not _inside_an_op(e)
+                calls += not inside_an_op(e)
                 work += e.name not in METADATA_OPS
             if e.name in ("aten::_local_scalar_dense", SYNC_LABEL):
                 syncs += 1
@@ -267,7 +267,8 @@ def profile_counts(model, slots: int, args, device: str, whole: bool, decoder) -
     return tuple((b - a) / steps for a, b in zip(first[:-1], second[:-1], strict=True))
 
 
-def _inside_an_op(event) -> bool:
+def inside_an_op(event) -> bool:
+    """Whether a profiler event was recorded inside an aten op (not called by Python itself)."""
     parent = event.cpu_parent
     while parent is not None:
         if parent.name.startswith("aten::"):

@@ -161,7 +161,7 @@ VOCODER_METADATA_OPS = {f"aten::{name}" for name in (
 
 def op_counts(fn) -> tuple[int, int]:
     """(ops the Python code called, innermost ops that compute or copy) during fn()."""
-    from decode import METADATA_OPS  # this folder's decode benchmark: what counts as a work op
+    from decode import METADATA_OPS, inside_an_op  # this folder's decode benchmark: what counts as a work op
     from torch.profiler import ProfilerActivity, profile
 
     metadata = METADATA_OPS | VOCODER_METADATA_OPS
@@ -171,10 +171,7 @@ def op_counts(fn) -> tuple[int, int]:
     events = [e for e in prof.events() if e.name.startswith("aten::")]
     has_child = {id(e.cpu_parent) for e in events if e.cpu_parent is not None}
     for e in events:
-        parent = e.cpu_parent
-        while parent is not None and not parent.name.startswith("aten::"):
-            parent = parent.cpu_parent
-        calls += parent is None
+        calls += not inside_an_op(e)
         work += id(e) not in has_child and e.name not in metadata
     return calls, work
 

@@ -143,6 +143,5 @@ def sample(logits: torch.Tensor, partner: torch.Tensor | None, weight: torch.Ten
     if sampling.top_p < 1:  # ids in descending order: keep those with less than top_p before them
         probs = probs * ((probs.cumsum(-1) - probs) < sampling.top_p)
     cdf = probs.cumsum(-1)
-    column = uniform if uniform.dim() == 2 else uniform[:, None]
-    choice = torch.searchsorted(cdf, column * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
+    choice = torch.searchsorted(cdf, uniform.view(-1, 1) * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)
     return choice[:, 0] if idx is None else idx.gather(1, choice)[:, 0]

@@ -16,7 +16,6 @@ from editx_cli.engine.stepaudio.generate import PAD
 class NativeRunner:
     """The native Step1 over a static cache."""
 
-
     def __init__(self, model: Any, window: int, compile_into: Path | None = None) -> None:
         """compile_into: compile the decode step with torch.compile, its cache in that folder."""
         from editx_cli.engine.stepaudio.step1 import PREFILL_CHUNK
